@@ -51,6 +51,7 @@ def fetch(
 
 
 def main() -> int:
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines reach logs as they happen
     try:
         cfg = params.load("fetch")["fetch"]
     except params.ParamsError as exc:

@@ -93,6 +93,7 @@ def load_split(prepared_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main() -> int:
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines reach logs as they happen
     try:
         cfg = params.load("preprocess")["preprocess"]
     except params.ParamsError as exc:

@@ -1,0 +1,170 @@
+"""DVC stage ``evaluate``: test-set metrics, reports and figures; one MLflow run.
+
+The one place the test split is used. Writes ``reports/metrics.json`` (DVC
+metrics) and ``reports/evaluate/`` (per-class scores, confusions, predictions
+for DVC's confusion plot, figures), then logs the whole execution of
+train + evaluate as one MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stages import params, tracking
+from stages.files import atomic_path, write_json
+from stages.preprocess import PREPARED_DIR, STATS_FILE, load_split
+from stages.train import HISTORY_PATH, MODEL_PATH
+
+METRICS_PATH = Path("reports/metrics.json")
+REPORT_DIR = Path("reports/evaluate")
+REPORTS = Path("reports")
+
+
+def per_class_table(y_true: np.ndarray, y_pred: np.ndarray):
+    """Precision, recall, F1 and support per digit (scikit-learn's report as a DataFrame)."""
+    import pandas as pd  # noqa: PLC0415
+    from sklearn.metrics import classification_report  # noqa: PLC0415
+
+    report = classification_report(y_true, y_pred, labels=list(range(10)), output_dict=True, zero_division=0)
+    rows = {str(d): report[str(d)] for d in range(10)}
+    frame = pd.DataFrame.from_dict(rows, orient="index")[["precision", "recall", "f1-score", "support"]]
+    frame.index.name = "digit"
+    frame["support"] = frame["support"].astype(int)
+    return frame.rename(columns={"f1-score": "f1"})
+
+
+def top_confusions(matrix: np.ndarray, k: int):
+    """The ``k`` largest off-diagonal cells: (actual, predicted, count, share of that actual digit)."""
+    import pandas as pd  # noqa: PLC0415
+
+    off = matrix.copy()
+    np.fill_diagonal(off, 0)
+    actual, predicted = np.unravel_index(np.argsort(off, axis=None, kind="stable")[::-1][:k], off.shape)
+    frame = pd.DataFrame({"actual": actual, "predicted": predicted, "count": off[actual, predicted]})
+    frame = frame[frame["count"] > 0].reset_index(drop=True)
+    frame["share_of_actual"] = (frame["count"] / matrix.sum(axis=1)[frame["actual"]]).round(4)
+    return frame
+
+
+def write_reports(x_test: np.ndarray, y_test: np.ndarray, probs: np.ndarray, metrics: dict[str, Any],
+                  cfg: dict[str, Any], report_dir: Path = REPORT_DIR, metrics_path: Path = METRICS_PATH) -> dict:
+    """Every test-set report and figure; returns the confusion pairs for the log."""
+    import pandas as pd  # noqa: PLC0415
+    from sklearn.metrics import confusion_matrix  # noqa: PLC0415
+
+    from stages import plots  # noqa: PLC0415
+
+    y_pred = probs.argmax(axis=1)
+    matrix = confusion_matrix(y_test, y_pred, labels=list(range(10)))
+    table = per_class_table(y_test, y_pred)
+    pairs = top_confusions(matrix, cfg["top_confusions"])
+
+    report_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(report_dir / "per_class.csv") as tmp:
+        table.to_csv(tmp, float_format="%.6f")
+    write_json(report_dir / "per_class.json", json.loads(table.round(6).to_json(orient="index")))
+    with atomic_path(report_dir / "confusions.csv") as tmp:
+        pairs.to_csv(tmp, index=False)
+    with atomic_path(report_dir / "predictions.csv") as tmp:  # for `dvc plots` confusion template
+        pd.DataFrame({"actual": y_test, "predicted": y_pred}).to_csv(tmp, index=False)
+    plots.confusion_heatmap(matrix, report_dir / "confusion_matrix.png")
+
+    wrong = np.flatnonzero(y_pred != y_test)
+    # Most confident mistakes first: the most instructive ones.
+    wrong = wrong[np.argsort(-probs[wrong, y_pred[wrong]], kind="stable")][: cfg["gallery_size"]]
+    plots.image_grid(
+        x_test[wrong],
+        [f"true {y_test[i]} / pred {y_pred[i]}\n{probs[i, y_pred[i]]:.0%}" for i in wrong],
+        report_dir / "misclassified.png", title=f"Misclassified test images ({len(wrong)} most confident)",
+        highlight=[True] * len(wrong),
+    )
+    sample = np.arange(min(cfg["sample_size"], len(x_test)))
+    plots.image_grid(
+        x_test[sample], [f"actual {y_test[i]}\npred {y_pred[i]}" for i in sample],
+        report_dir / "samples.png", title="Sample test predictions",
+        highlight=[bool(y_pred[i] != y_test[i]) for i in sample],
+    )
+    write_json(metrics_path, metrics)
+    return pairs
+
+
+def pip_requirements() -> list[str]:
+    """Pinned requirements of the logged model, given rather than inferred (inference loads the model again)."""
+    names = ["tensorflow-cpu", "tensorflow", "keras", "numpy"]
+    pins = []
+    for name in names:
+        try:
+            pins.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    if any(p.startswith("tensorflow-cpu==") for p in pins):
+        pins = [p for p in pins if not p.startswith("tensorflow==")]
+    return pins
+
+
+def read_history(path: Path = HISTORY_PATH) -> list[dict[str, float]]:
+    import pandas as pd  # noqa: PLC0415
+
+    return pd.read_csv(path).to_dict(orient="records")
+
+
+def main() -> int:
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines reach logs as they happen
+    try:
+        cfg = params.load("model", "train", "evaluate")
+        uri, _ = tracking.store()
+        tracking.preflight(uri)
+    except (params.ParamsError, tracking.TrackingError) as exc:
+        print(f"evaluate: error: {exc}", file=sys.stderr)
+        return 2
+
+    import keras  # noqa: PLC0415
+
+    from stages import model as nn  # noqa: PLC0415
+
+    keras.config.disable_interactive_logging()  # no progress bars from MLflow's model checks
+    started = time.monotonic()
+    model = keras.models.load_model(MODEL_PATH)
+    loss_fn = nn.loss_function(cfg["train"]["labels"], cfg["model"]["output"])
+    (x_val, y_val), (x_test, y_test) = load_split(PREPARED_DIR, "val"), load_split(PREPARED_DIR, "test")
+    labels = cfg["train"]["labels"]
+    batch = cfg["evaluate"]["batch_size"]
+    val_loss, val_accuracy, _ = nn.evaluate(model, x_val, nn.encode_labels(y_val, labels), loss_fn, batch)
+    test_loss, test_accuracy, outputs = nn.evaluate(model, x_test, nn.encode_labels(y_test, labels), loss_fn, batch)
+    metrics = {k: round(v, 6) for k, v in {
+        "test_accuracy": test_accuracy, "test_loss": test_loss,
+        "val_accuracy": val_accuracy, "val_loss": val_loss,
+    }.items()}
+    probs = nn.probabilities(outputs, cfg["model"]["output"])
+    pairs = write_reports(x_test, y_test, probs, metrics, cfg["evaluate"])
+    top = ", ".join(f"{a}->{p} ({c})" for a, p, c in pairs[["actual", "predicted", "count"]].head(3).itertuples(index=False))
+    print(f"evaluate: test_accuracy {test_accuracy:.4f}, test_loss {test_loss:.4f}; most confused: {top} "
+          f"({time.monotonic() - started:.1f}s)")
+
+    started = time.monotonic()
+    stats = json.loads((PREPARED_DIR / STATS_FILE).read_text())
+    run_id = tracking.log_run(
+        params=params.flatten(params.read_raw()),
+        history=read_history(),
+        metrics=metrics,
+        tags=tracking.run_tags(stats["sha256"]),
+        artifacts=REPORTS,
+        model=model,
+        input_example=x_test[:3],
+        pip_requirements=pip_requirements(),
+        run_name=os.environ.get("DVC_EXP_NAME") or None,
+    )
+    print(f"evaluate: logged MLflow run {run_id} to {tracking.store()[0]} ({time.monotonic() - started:.1f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

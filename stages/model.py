@@ -1,0 +1,120 @@
+"""The network, its loss, and compiled training/evaluation steps (TensorFlow backend).
+
+Importing this module imports TensorFlow (~10 s): stages validate their params
+first and import it afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Tiny matrices: oneDNN's per-op set-up and a thread pool cost more than they
+# save. Must be set before TensorFlow is imported.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+NUM_CLASSES = 10
+IMAGE_SHAPE = (28, 28)
+
+
+def configure(seed: int) -> None:
+    """Seeds, deterministic ops and one thread each: same params, same weights."""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # already initialized (e.g. a second call in one process)
+        pass
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def build(hidden_units: list[int], activation: str, dropout: float, output: str) -> keras.Model:
+    """Flatten -> [Dense(units, activation) -> Dropout]* -> Dense(10, softmax | linear)."""
+    layers: list[keras.layers.Layer] = [keras.Input(shape=IMAGE_SHAPE, name="image"), keras.layers.Flatten()]
+    for i, units in enumerate(hidden_units, start=1):
+        layers.append(keras.layers.Dense(units, activation=activation, name=f"hidden_{i}"))
+        if dropout > 0:
+            layers.append(keras.layers.Dropout(dropout, name=f"dropout_{i}"))
+    layers.append(keras.layers.Dense(NUM_CLASSES, activation="softmax" if output == "softmax" else None, name="output"))
+    return keras.Sequential(layers, name="mnist_dense")
+
+
+def loss_function(labels: str, output: str) -> keras.losses.Loss:
+    """Cross-entropy matching the label encoding and whether the model outputs logits."""
+    from_logits = output == "linear"
+    if labels == "onehot":
+        return keras.losses.CategoricalCrossentropy(from_logits=from_logits)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+
+
+def encode_labels(y: np.ndarray, labels: str) -> np.ndarray:
+    """Integer labels as the loss expects them: int32, or one-hot float32."""
+    if labels == "onehot":
+        return np.eye(NUM_CLASSES, dtype=np.float32)[y]
+    return y.astype(np.int32)
+
+
+def _correct(y: tf.Tensor, out: tf.Tensor) -> tf.Tensor:
+    truth = tf.argmax(y, axis=-1, output_type=tf.int32) if y.shape.rank == 2 else tf.cast(y, tf.int32)
+    return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(out, axis=-1, output_type=tf.int32), truth), tf.float32))
+
+
+class Steps:
+    """XLA-compiled training and evaluation over in-memory float32 tensors.
+
+    ``train_group`` runs a few optimizer steps per compiled call (unrolled at
+    trace time), which amortizes the per-call overhead that dominates for a
+    network this small; it returns the summed loss and the number correct.
+    """
+
+    def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer, loss_fn: keras.losses.Loss):
+        self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
+        optimizer.build(model.trainable_variables)
+        self.train_group = tf.function(self._train_group, jit_compile=True)
+        self.run_groups = tf.function(self._run_groups)
+
+    def _train_group(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        loss_sum = tf.constant(0.0)
+        correct = tf.constant(0.0)
+        for i in range(x.shape[0]):  # Python loop: unrolled into one compiled program
+            with tf.GradientTape() as tape:
+                out = self.model(x[i], training=True)
+                loss = self.loss_fn(y[i], out)
+            grads = tape.gradient(loss, self.model.trainable_variables)
+            self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+            loss_sum += loss * tf.cast(tf.shape(x[i])[0], tf.float32)
+            correct += _correct(y[i], out)
+        return loss_sum, correct
+
+    def _run_groups(self, x: tf.Tensor, y: tf.Tensor, order: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Train on ``x[order[g]]`` for each group ``g`` (order: groups x steps x batch)."""
+
+        def body(g, loss_sum, correct):
+            loss, right = self.train_group(tf.gather(x, order[g]), tf.gather(y, order[g]))
+            return g + 1, loss_sum + loss, correct + right
+
+        start = (tf.constant(0), tf.constant(0.0), tf.constant(0.0))
+        _, loss_sum, correct = tf.while_loop(lambda g, *_: g < tf.shape(order)[0], body, start)
+        return loss_sum, correct
+
+
+def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, loss_fn: keras.losses.Loss,
+             batch_size: int = 2048) -> tuple[float, float, np.ndarray]:
+    """Mean loss, accuracy and the model's outputs on (x, y); y as the loss expects it."""
+    outputs = np.concatenate(
+        [model(x[i : i + batch_size], training=False).numpy() for i in range(0, len(x), batch_size)]
+    )
+    loss = float(loss_fn(y, outputs))
+    truth = y.argmax(axis=-1) if y.ndim == 2 else y
+    accuracy = float((outputs.argmax(axis=-1) == truth).mean())
+    return loss, accuracy, outputs
+
+
+def probabilities(outputs: np.ndarray, output: str) -> np.ndarray:
+    """Class probabilities from the model's outputs (softmax applied to logits)."""
+    return tf.nn.softmax(outputs).numpy() if output == "linear" else outputs

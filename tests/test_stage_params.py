@@ -1,0 +1,74 @@
+"""Bad params fail the TensorFlow stages in one line, before TensorFlow is imported."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECK = (
+    "import sys; from stages import {stage} as s; rc = s.main(); "
+    "print('TF_IMPORTED' if 'tensorflow' in sys.modules else 'TF_NOT_IMPORTED'); sys.exit(rc)"
+)
+
+
+def run_stage(stage, tmp_path, edit):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    edit(params)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return subprocess.run(
+        [sys.executable, "-c", CHECK.format(stage=stage)], cwd=tmp_path, capture_output=True, text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "DVC_ROOT": str(tmp_path)}, timeout=60,
+    )
+
+
+def set_value(section, key, value):
+    def edit(params):
+        params[section][key] = value
+    return edit
+
+
+def delete(section, key):
+    def edit(params):
+        del params[section][key]
+    return edit
+
+
+@pytest.mark.parametrize("stage", ["train", "evaluate"])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (set_value("train", "epochs", 0), "train.epochs must be an integer >= 1, got 0"),
+        (set_value("model", "activation", "swish"), "model.activation must be one of relu, sigmoid, tanh"),
+        (set_value("model", "dropout", 1.5), r"model.dropout must be a number in [0, 1)"),
+        (set_value("model", "hidden_units", []), "model.hidden_units must be a list of 1+ items"),
+        (set_value("train", "batch_size", 0), "train.batch_size must be an integer >= 1"),
+        (delete("train", "learning_rate"), "train.learning_rate is missing"),
+    ],
+)
+def test_bad_params_fail_before_tensorflow(stage, edit, message, tmp_path):
+    result = run_stage(stage, tmp_path, edit)
+    assert result.returncode == 2
+    assert result.stdout.strip() == "TF_NOT_IMPORTED"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_unreachable_tracking_server_fails_before_tensorflow(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run(
+        [sys.executable, "-c", CHECK.format(stage="train")], cwd=tmp_path, capture_output=True, text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"},
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stdout.strip() == "TF_NOT_IMPORTED"
+    assert f"MLflow server at http://127.0.0.1:{port} is unreachable" in result.stderr

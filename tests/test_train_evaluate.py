@@ -1,0 +1,142 @@
+"""A tiny end-to-end train + evaluate + MLflow run on a few hundred synthetic images."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow
+
+nn = pytest.importorskip("stages.model")
+
+from stages import evaluate, params, tracking, train  # noqa: E402
+from stages.preprocess import load_split, prepare  # noqa: E402
+from tests.conftest import make_synthetic  # noqa: E402
+
+TRAIN = {"labels": "sparse", "learning_rate": 0.005, "epochs": 3, "batch_size": 16, "seed": 7,
+         "early_stopping_patience": 0}
+EVAL = {"batch_size": 128, "top_confusions": 5, "gallery_size": 6, "sample_size": 8}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    raw = make_synthetic(n_train_per_class=40, n_test_per_class=10, seed=3).write(root / "raw")
+    prepare(raw, root / "prepared", 0.2, seed=0, method="minmax")
+    return root / "prepared"
+
+
+def train_once(prepared, model_cfg=None, train_cfg=None, val=None):
+    model_cfg = {"hidden_units": [32], "activation": "relu", "dropout": 0.0, "output": "softmax",
+                 **(model_cfg or {})}
+    cfg = {**TRAIN, **(train_cfg or {})}
+    nn.configure(cfg["seed"])
+    model = nn.build(**model_cfg)
+    lines = []
+    history = train.fit(model, load_split(prepared, "train"), val or load_split(prepared, "val"), cfg,
+                        model_cfg["output"], log=lines.append)
+    return model, history, lines
+
+
+def test_learns_the_synthetic_digits_and_logs_one_line_per_epoch(prepared):
+    model, history, lines = train_once(prepared)
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert history[-1]["val_accuracy"] > 0.9
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert len(lines) == 3 and all(line.startswith(f"epoch {i}/3 - ") for i, line in enumerate(lines, 1))
+    assert all("\r" not in line for line in lines)
+
+
+@pytest.mark.parametrize("model_cfg, train_cfg", [
+    ({"output": "linear"}, {"labels": "onehot"}),
+    ({"activation": "sigmoid", "dropout": 0.3, "hidden_units": [32, 16]}, {}),
+])
+def test_variants_train(prepared, model_cfg, train_cfg):
+    _, history, _ = train_once(prepared, model_cfg, train_cfg)
+    assert all(math.isfinite(row["loss"]) for row in history)
+    assert history[-1]["val_accuracy"] > 0.5
+
+
+def test_same_params_same_weights(prepared):
+    a, history_a, _ = train_once(prepared)
+    b, history_b, _ = train_once(prepared)
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+    strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
+    assert strip(history_a) == strip(history_b)
+
+
+def test_early_stopping_restores_the_best_epoch(prepared):
+    # Validation labels unrelated to the images: val_loss must rise as the model fits the training set.
+    x_val, y_val = load_split(prepared, "val")
+    y_val = np.random.default_rng(0).permutation(y_val)
+    model, history, lines = train_once(prepared, train_cfg={"epochs": 30, "early_stopping_patience": 2},
+                                       val=(x_val, y_val))
+    assert len(history) < 30 and "early stopping" in lines[-1]
+    best = min(history, key=lambda row: row["val_loss"])
+    assert best is not history[-1]
+    val_loss, _, _ = nn.evaluate(model, x_val, y_val.astype(np.int32), nn.loss_function("sparse", "softmax"))
+    assert val_loss == pytest.approx(best["val_loss"], rel=1e-4)
+
+
+def test_nan_loss_stops_with_a_clear_error_and_no_model(prepared, tmp_path):
+    x, y = load_split(prepared, "train")
+    x = x.copy()
+    x[0, 0, 0] = np.nan
+    nn.configure(0)
+    model = nn.build([8], "relu", 0.0, "softmax")
+    with pytest.raises(train.TrainingDiverged, match="training loss became nan in epoch 1"):
+        train.fit(model, (x, y), load_split(prepared, "val"), TRAIN, "softmax", log=lambda m: None)
+
+
+def test_end_to_end_reports_and_one_mlflow_run(prepared, tmp_path, monkeypatch):
+    import mlflow
+
+    model, history, _ = train_once(prepared)
+    monkeypatch.chdir(tmp_path)
+    train.save_model(model, tmp_path / "model.keras")
+    train.write_history(history, tmp_path / "history.csv")
+    written = pd.read_csv(tmp_path / "history.csv")
+    assert list(written.columns) == train.HISTORY_COLUMNS and len(written) == 3
+
+    import keras
+
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    x_test, y_test = load_split(prepared, "test")
+    loss, accuracy, outputs = nn.evaluate(loaded, x_test, y_test.astype(np.int32), nn.loss_function("sparse", "softmax"))
+    metrics = {"test_accuracy": round(accuracy, 6), "test_loss": round(loss, 6),
+               "val_accuracy": round(history[-1]["val_accuracy"], 6)}
+    reports = tmp_path / "reports"
+    evaluate.write_reports(x_test, y_test, nn.probabilities(outputs, "softmax"), metrics, EVAL,
+                           reports / "evaluate", reports / "metrics.json")
+    assert json.loads((reports / "metrics.json").read_text()) == metrics
+    for name in ["per_class.csv", "per_class.json", "confusions.csv", "predictions.csv",
+                 "confusion_matrix.png", "misclassified.png", "samples.png"]:
+        assert (reports / "evaluate" / name).stat().st_size > 0, name
+
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.setenv("DVC_EXP_NAME", "tiny-test")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    all_params = {"train": {**TRAIN}, "model": {"hidden_units": [32]}}
+    run_id = tracking.log_run(
+        params=params.flatten(all_params), history=history, metrics=metrics,
+        tags=tracking.run_tags("feedbeef"), artifacts=reports, model=loaded, input_example=x_test[:2],
+        pip_requirements=evaluate.pip_requirements(), run_name="tiny-test",
+    )
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "tiny-test"
+    assert run.data.params["train.epochs"] == "3" and run.data.params["model.hidden_units"] == "[32]"
+    assert run.data.tags["dvc.exp_name"] == "tiny-test" and run.data.tags["data.sha256"] == "feedbeef"
+    assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    steps = [m.step for m in client.get_metric_history(run_id, "val_accuracy")]
+    assert steps == [1, 2, 3]
+    assert "final_val_accuracy" in run.data.metrics
+    artifacts = [f.path for f in client.list_artifacts(run_id, "reports/evaluate")]
+    assert "reports/evaluate/confusion_matrix.png" in artifacts
+    assert (tmp_path / "mlartifacts").is_dir()
+    logged = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    assert list(logged.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 28, 28]
+    np.testing.assert_allclose(logged.predict(x_test[:4]), loaded(x_test[:4]).numpy(), rtol=1e-5)
