@@ -2,6 +2,7 @@
 #   make repro   - create .venv, install the locked dependencies, run the DVC pipeline
 #   make test    - the same set-up if needed, then the whole test suite
 # Both are idempotent: the install re-runs only when requirements.lock changes.
+# `make reproduce` re-runs the whole pipeline and checks the committed metrics (CI does).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -11,6 +12,10 @@ STAMP  := $(VENV)/.installed-lock
 # DVC runs each stage's `python -m stages.<name>` through the shell: use the venv's python.
 export PATH := $(BIN):$(PATH)
 export PYTHONDONTWRITEBYTECODE := 1
+
+# `make reproduce`: allowed drift from the committed metrics (accuracy: absolute; others: relative).
+TOLERANCE ?= 0.002
+LOSS_RTOL ?= 0.05
 
 .PHONY: install repro test test-fast reproduce lock clean
 
@@ -30,6 +35,12 @@ test: install
 
 test-fast: install
 	python -m pytest
+
+# Run every stage again from nothing (no cached results, data fetched anew) and
+# fail if the metrics drift from those committed at HEAD.
+reproduce: install
+	dvc repro --force
+	python -m stages.metrics_check --tolerance $(TOLERANCE) --loss-rtol $(LOSS_RTOL)
 
 # Regenerate requirements.lock from pyproject.toml (Linux x86-64, CPython 3.11).
 lock:

@@ -35,7 +35,7 @@ def configure(seed: int) -> None:
 
 def build(hidden_units: list[int], activation: str, dropout: float, output: str) -> keras.Model:
     """Flatten -> [Dense(units, activation) -> Dropout]* -> Dense(10, softmax | linear)."""
-    layers: list[keras.layers.Layer] = [keras.Input(shape=IMAGE_SHAPE, name="image"), keras.layers.Flatten()]
+    layers: list[keras.layers.Layer] = [keras.Input(shape=IMAGE_SHAPE, name="image"), keras.layers.Flatten(name="flatten")]
     for i, units in enumerate(hidden_units, start=1):
         layers.append(keras.layers.Dense(units, activation=activation, name=f"hidden_{i}"))
         if dropout > 0:

@@ -115,8 +115,43 @@ def write_history(history: list[dict[str, float]], path: Path = HISTORY_PATH) ->
 
 
 def save_model(model: Any, path: Path = MODEL_PATH) -> None:
+    """Save in Keras' native format, byte-reproducibly (see ``normalize_keras_archive``)."""
     with atomic_path(path, suffix=".keras") as tmp:
         model.save(tmp)
+        normalize_keras_archive(tmp)
+
+
+def normalize_keras_archive(path: Path) -> None:
+    """Make a ``.keras`` zip depend only on the model, so equal weights give equal bytes.
+
+    Keras stamps ``metadata.json`` with ``date_saved``, the zip entries with the
+    current time, and ``config.json`` with ``shared_object_id``s that are memory
+    addresses (renumbered here in order of appearance, which keeps shared
+    references shared). Without this, ``dvc.lock`` would change on every run.
+    """
+    import json  # noqa: PLC0415
+    import re  # noqa: PLC0415
+    import zipfile  # noqa: PLC0415
+
+    ids: dict[str, str] = {}
+
+    def renumber(match: re.Match) -> str:
+        return f'"shared_object_id": {ids.setdefault(match.group(1), str(len(ids) + 1))}'
+
+    with zipfile.ZipFile(path) as archive:
+        entries = [(info, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w") as archive:
+        for info, data in entries:
+            if info.filename == "metadata.json":
+                meta = json.loads(data)
+                meta.pop("date_saved", None)
+                data = json.dumps(meta, sort_keys=True).encode()
+            elif info.filename == "config.json":
+                data = re.sub(r'"shared_object_id": (\d+)', renumber, data.decode()).encode()
+            fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            fixed.compress_type = info.compress_type
+            fixed.external_attr = info.external_attr
+            archive.writestr(fixed, data)
 
 
 def main() -> int:

@@ -2,6 +2,7 @@
 
 import json
 import math
+import time
 
 import numpy as np
 import pandas as pd
@@ -59,11 +60,15 @@ def test_variants_train(prepared, model_cfg, train_cfg):
     assert history[-1]["val_accuracy"] > 0.5
 
 
-def test_same_params_same_weights(prepared):
+def test_same_params_same_weights_same_bytes(prepared, tmp_path):
     a, history_a, _ = train_once(prepared)
     b, history_b, _ = train_once(prepared)
     for wa, wb in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_array_equal(wa, wb)
+    train.save_model(a, tmp_path / "a.keras")
+    time.sleep(1.1)  # a different save time must not matter either
+    train.save_model(b, tmp_path / "b.keras")
+    assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
     strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
     assert strip(history_a) == strip(history_b)
 
