@@ -126,9 +126,9 @@ def main() -> int:
         print(f"evaluate: error: {exc}", file=sys.stderr)
         return 2
 
-    import keras  # noqa: PLC0415
+    from stages import model as nn  # noqa: PLC0415 - first: it sets TensorFlow's options
 
-    from stages import model as nn  # noqa: PLC0415
+    import keras  # noqa: PLC0415
 
     keras.config.disable_interactive_logging()  # no progress bars from MLflow's model checks
     started = time.monotonic()

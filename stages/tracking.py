@@ -21,9 +21,6 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 EXPERIMENT = "mnist"
-# Keep MLflow's HTTP client from retrying for minutes when a server goes away.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
 class TrackingError(RuntimeError):
@@ -91,7 +88,9 @@ def git_commit(cwd: Path | None = None) -> str | None:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
 
 
 def run_tags(data_hash: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -122,6 +121,9 @@ def log_run(
     environ: Mapping[str, str] | None = None,
 ) -> str:
     """Log one complete run (params, per-epoch history, metrics, artifacts, model); return its id."""
+    # Keep MLflow's HTTP client from retrying for minutes when a server goes away.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     import mlflow  # noqa: PLC0415 - heavy, and only needed here
     import mlflow.tensorflow  # noqa: PLC0415
     from mlflow.entities import Metric, Param  # noqa: PLC0415

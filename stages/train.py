@@ -59,10 +59,10 @@ def fit(
     (printed and benchmarked, but not written to the history file, which must
     be identical from run to run).
     """
+    from stages import model as nn  # noqa: PLC0415 - first: it sets TensorFlow's options
+
     import keras  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
-
-    from stages import model as nn  # noqa: PLC0415
 
     loss_fn = nn.loss_function(cfg["labels"], output)
     steps = nn.Steps(model, keras.optimizers.Adam(cfg["learning_rate"]), loss_fn)
