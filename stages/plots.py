@@ -39,7 +39,8 @@ def image_grid(images: np.ndarray, captions: list[str], path: Path, title: str,
     """A grid of 28x28 images with a caption under each (red when highlighted)."""
     n = len(images)
     rows = max(1, int(np.ceil(n / columns)))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.3, rows * 1.55), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.3, rows * 1.6 + 0.4), squeeze=False,
+                             layout="constrained")
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:
