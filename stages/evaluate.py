@@ -55,8 +55,8 @@ def top_confusions(matrix: np.ndarray, k: int):
 
 
 def write_reports(x_test: np.ndarray, y_test: np.ndarray, probs: np.ndarray, metrics: dict[str, Any],
-                  cfg: dict[str, Any], report_dir: Path = REPORT_DIR, metrics_path: Path = METRICS_PATH) -> dict:
-    """Every test-set report and figure; returns the confusion pairs for the log."""
+                  cfg: dict[str, Any], report_dir: Path = REPORT_DIR, metrics_path: Path = METRICS_PATH):
+    """Every test-set report and figure; returns the most confused pairs (a DataFrame) for the log."""
     import pandas as pd  # noqa: PLC0415
     from sklearn.metrics import confusion_matrix  # noqa: PLC0415
 

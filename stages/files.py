@@ -18,12 +18,14 @@ def _umask() -> int:
     return mask
 
 
-def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def file_digest(path: Path, algorithm: str = "sha256") -> bytes:
+    """The ``algorithm`` digest of a file, read in chunks."""
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, algorithm).digest()
+
+
+def sha256_file(path: Path) -> str:
+    return file_digest(path, "sha256").hex()
 
 
 @contextlib.contextmanager

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import gzip
-import hashlib
 import json
 import os
 import re
@@ -26,7 +25,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from stages import idx
-from stages.files import sha256_file
+from stages.files import file_digest, sha256_file
 from stages.progress import Progress
 
 Log = Callable[[str], None]
@@ -114,11 +113,7 @@ def verify(directory: Path, expected: dict[str, str]) -> None:
 
 
 def _check_digest(path: Path, algorithm: str, expected: bytes, what: str) -> None:
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    if h.digest() != expected:
+    if file_digest(path, algorithm) != expected:
         raise SourceError(f"{what}: {algorithm} checksum mismatch (corrupt or wrong download)")
 
 
