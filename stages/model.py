@@ -1,4 +1,4 @@
-"""The network, its loss, and compiled training/evaluation steps (TensorFlow backend).
+"""The network, its loss, the compiled training steps and evaluation (TensorFlow backend).
 
 Importing this module imports TensorFlow (~10 s): stages validate their params
 first and import it afterwards.
@@ -65,11 +65,13 @@ def _correct(y: tf.Tensor, out: tf.Tensor) -> tf.Tensor:
 
 
 class Steps:
-    """XLA-compiled training and evaluation over in-memory float32 tensors.
+    """XLA-compiled training over in-memory float32 tensors.
 
     ``train_group`` runs a few optimizer steps per compiled call (unrolled at
     trace time), which amortizes the per-call overhead that dominates for a
     network this small; it returns the summed loss and the number correct.
+    ``run_groups`` loops over an epoch's groups in graph mode. (Evaluation is a
+    plain forward pass: see ``evaluate``.)
     """
 
     def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer, loss_fn: keras.losses.Loss):
