@@ -64,44 +64,66 @@ def _correct(y: tf.Tensor, out: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(out, axis=-1, output_type=tf.int32), truth), tf.float32))
 
 
+# Optimizer steps per compiled call. Each call loops over its steps inside one
+# XLA program, reusing the same buffers every step; the calls are chained in
+# graph mode. See README, "Speed".
+STEPS_PER_CALL = 32
+
+
 class Steps:
     """XLA-compiled training over in-memory float32 tensors.
 
-    ``train_group`` runs a few optimizer steps per compiled call (unrolled at
-    trace time), which amortizes the per-call overhead that dominates for a
-    network this small; it returns the summed loss and the number correct.
-    ``run_groups`` loops over an epoch's groups in graph mode. (Evaluation is a
-    plain forward pass: see ``evaluate``.)
+    ``train_steps`` is one compiled program: an XLA while loop of optimizer
+    steps over a stack of batches, returning the summed loss and the number
+    correct. ``train_epoch`` feeds it an epoch's batches, ``steps_per_call`` at
+    a time, from a graph-mode loop, so Python is entered once per epoch.
+    (Evaluation is a plain forward pass: see ``evaluate``.)
     """
 
-    def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer, loss_fn: keras.losses.Loss):
+    def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer, loss_fn: keras.losses.Loss,
+                 steps_per_call: int = STEPS_PER_CALL):
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
+        self.steps_per_call = steps_per_call
         optimizer.build(model.trainable_variables)
-        self.train_group = tf.function(self._train_group, jit_compile=True)
-        self.run_groups = tf.function(self._run_groups)
+        self.train_steps = tf.function(self._train_steps, jit_compile=True)
+        self.train_epoch = tf.function(self._train_epoch)
 
-    def _train_group(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        loss_sum = tf.constant(0.0)
-        correct = tf.constant(0.0)
-        for i in range(x.shape[0]):  # Python loop: unrolled into one compiled program
-            with tf.GradientTape() as tape:
-                out = self.model(x[i], training=True)
-                loss = self.loss_fn(y[i], out)
-            grads = tape.gradient(loss, self.model.trainable_variables)
-            self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
-            loss_sum += loss * tf.cast(tf.shape(x[i])[0], tf.float32)
-            correct += _correct(y[i], out)
-        return loss_sum, correct
+    def _train_step(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """One optimizer step on one batch; its summed loss and number correct."""
+        with tf.GradientTape() as tape:
+            out = self.model(x, training=True)
+            loss = self.loss_fn(y, out)
+        grads = tape.gradient(loss, self.model.trainable_variables)
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        return loss * tf.cast(tf.shape(x)[0], tf.float32), _correct(y, out)
 
-    def _run_groups(self, x: tf.Tensor, y: tf.Tensor, order: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Train on ``x[order[g]]`` for each group ``g`` (order: groups x steps x batch)."""
+    def _train_steps(self, x: tf.Tensor, y: tf.Tensor, n: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Steps on the batches ``x[0]``, ..., ``x[n - 1]`` (x: steps x batch x 28 x 28)."""
 
-        def body(g, loss_sum, correct):
-            loss, right = self.train_group(tf.gather(x, order[g]), tf.gather(y, order[g]))
-            return g + 1, loss_sum + loss, correct + right
+        def body(i, loss_sum, correct):
+            loss, right = self._train_step(x[i], y[i])
+            return i + 1, loss_sum + loss, correct + right
 
         start = (tf.constant(0), tf.constant(0.0), tf.constant(0.0))
-        _, loss_sum, correct = tf.while_loop(lambda g, *_: g < tf.shape(order)[0], body, start)
+        _, loss_sum, correct = tf.while_loop(lambda i, *_: i < n, body, start)
+        return loss_sum, correct
+
+    def _train_epoch(self, x: tf.Tensor, y: tf.Tensor, order: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """One step on ``x[order[s]]`` for each row ``s`` of ``order`` (steps x batch indices)."""
+        k = self.steps_per_call
+        steps = tf.shape(order)[0]
+        calls = (steps + k - 1) // k
+        # Whole calls keep one compiled shape; the padding rows of the last call
+        # are gathered but never trained on (it runs only the remaining steps).
+        chunks = tf.reshape(tf.pad(order, [[0, calls * k - steps], [0, 0]]), [calls, k, order.shape[1]])
+
+        def body(c, loss_sum, correct):
+            rows = chunks[c]
+            loss, right = self.train_steps(tf.gather(x, rows), tf.gather(y, rows), tf.minimum(k, steps - c * k))
+            return c + 1, loss_sum + loss, correct + right
+
+        start = (tf.constant(0), tf.constant(0.0), tf.constant(0.0))
+        _, loss_sum, correct = tf.while_loop(lambda c, *_: c < calls, body, start)
         return loss_sum, correct
 
 

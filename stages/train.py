@@ -21,28 +21,25 @@ from stages.preprocess import PREPARED_DIR, load_split
 MODEL_PATH = Path("data/model/model.keras")
 HISTORY_PATH = Path("reports/train/history.csv")
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
-# Optimizer steps per compiled call: amortizes call overhead (see README, "Speed").
-STEPS_PER_CALL = 2
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-def epoch_order(n: int, batch_size: int, steps_per_call: int, rng: np.random.Generator) -> np.ndarray:
-    """Shuffle ``range(n)`` into a (groups, steps, batch) index array.
+def epoch_order(n: int, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+    """Shuffle ``range(n)`` into a (steps, batch) index array: one row per batch.
 
-    The remainder that does not fill a whole group is left out of this epoch
-    (like ``drop_remainder`` in ``tf.data``): one compiled shape, no partial
-    batch. A fresh shuffle each epoch means different images are left out
-    (at most ``batch_size * steps_per_call - 1``: 48 of 54,000 with defaults).
+    The last partial batch is left out of this epoch (like ``drop_remainder``
+    in ``tf.data``), so every step has the same compiled shape. A fresh shuffle
+    each epoch means different images are left out (16 of 54,000 with the
+    defaults).
     """
-    per_group = batch_size * steps_per_call
-    n_groups = n // per_group
-    if n_groups == 0:
-        raise ValueError(f"{n} training images cannot fill one group of {per_group} (train.batch_size too large)")
+    steps = n // batch_size
+    if steps == 0:
+        raise ValueError(f"{n} training images cannot fill one batch of {batch_size} (train.batch_size too large)")
     perm = rng.permutation(n).astype(np.int32)
-    return perm[: n_groups * per_group].reshape(n_groups, steps_per_call, batch_size)
+    return perm[: steps * batch_size].reshape(steps, batch_size)
 
 
 def fit(
@@ -76,8 +73,8 @@ def fit(
 
     for epoch in range(1, cfg["epochs"] + 1):
         started = time.monotonic()
-        order = epoch_order(len(train[0]), cfg["batch_size"], STEPS_PER_CALL, rng)
-        loss_sum, correct = steps.run_groups(x, y, tf.constant(order))
+        order = epoch_order(len(train[0]), cfg["batch_size"], rng)
+        loss_sum, correct = steps.train_epoch(x, y, tf.constant(order))
         seen = order.size
         train_loss, train_accuracy = float(loss_sum) / seen, float(correct) / seen
         if not math.isfinite(train_loss):

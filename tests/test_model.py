@@ -1,6 +1,7 @@
 """The network and the training loop (TensorFlow: slow to import, so marked slow)."""
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -50,3 +51,32 @@ def test_loss_matches_labels_and_output(labels, output, loss):
 def test_probabilities_from_logits():
     logits = np.array([[0.0, np.log(3.0)] + [-np.inf] * 8], np.float32)
     np.testing.assert_allclose(nn.probabilities(logits, "linear")[0, :2], [0.25, 0.75], rtol=1e-6)
+
+
+def _trained_weights(x, y, order, steps_per_call):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = nn.build([8], "relu", 0.0, "softmax")
+    optimizer = keras.optimizers.Adam(1e-2)
+    steps = nn.Steps(model, optimizer, nn.loss_function("sparse", "softmax"), steps_per_call=steps_per_call)
+    loss_sum, correct = steps.train_epoch(x, y, order)
+    return model.get_weights(), int(optimizer.iterations.numpy()), float(loss_sum), float(correct)
+
+
+def test_train_epoch_takes_one_step_per_row_whatever_the_steps_per_call():
+    # 10 batches of 4: calls of 1 step, 3 + 3 + 3 + a partial 1, 10 exactly, and
+    # one partial call of 10 out of 16 (its padding rows must not be trained on).
+    rng = np.random.default_rng(1)
+    x = rng.random((40, 28, 28), dtype=np.float32)
+    y = rng.integers(0, 10, 40).astype(np.int32)
+    order = rng.permutation(40).astype(np.int32).reshape(10, 4)
+    reference, iterations, loss_sum, correct = _trained_weights(x, y, order, 1)
+    assert iterations == 10
+    assert math.isfinite(loss_sum) and 0 <= correct <= 40
+    for k in (3, 10, 16):
+        weights, iterations, other_loss, other_correct = _trained_weights(x, y, order, k)
+        assert iterations == 10, k
+        for got, want in zip(weights, reference):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        assert other_loss == pytest.approx(loss_sum, rel=1e-5) and other_correct == correct
