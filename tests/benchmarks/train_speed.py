@@ -10,8 +10,8 @@ is tested on the test split. Each method runs in its own process (TensorFlow's
 threading is per process). The methods take turns for ``--rounds`` rounds, so
 that a slow spell of this shared machine does not land on one side only. Epoch
 times are medians over all rounds: the first epoch of each process includes
-tracing and compiling. Test accuracies are from the last round. Prints one
-JSON line.
+tracing and compiling. Totals and test accuracies are from the last round.
+Prints one JSON line.
 """
 
 from __future__ import annotations
