@@ -133,9 +133,9 @@ def main() -> int:
     keras.config.disable_interactive_logging()  # no progress bars from MLflow's model checks
     started = time.monotonic()
     model = keras.models.load_model(MODEL_PATH)
-    loss_fn = nn.loss_function(cfg["train"]["labels"], cfg["model"]["output"])
-    (x_val, y_val), (x_test, y_test) = load_split(PREPARED_DIR, "val"), load_split(PREPARED_DIR, "test")
     labels = cfg["train"]["labels"]
+    loss_fn = nn.loss_function(labels, cfg["model"]["output"])
+    (x_val, y_val), (x_test, y_test) = load_split(PREPARED_DIR, "val"), load_split(PREPARED_DIR, "test")
     batch = cfg["evaluate"]["batch_size"]
     val_loss, val_accuracy, _ = nn.evaluate(model, x_val, nn.encode_labels(y_val, labels), loss_fn, batch)
     test_loss, test_accuracy, outputs = nn.evaluate(model, x_test, nn.encode_labels(y_test, labels), loss_fn, batch)
@@ -162,7 +162,7 @@ def main() -> int:
         pip_requirements=pip_requirements(),
         run_name=os.environ.get("DVC_EXP_NAME") or None,
     )
-    print(f"evaluate: logged MLflow run {run_id} to {tracking.store()[0]} ({time.monotonic() - started:.1f}s)")
+    print(f"evaluate: logged MLflow run {run_id} to {uri} ({time.monotonic() - started:.1f}s)")
     return 0
 
 
