@@ -19,13 +19,9 @@ from typing import Any
 import numpy as np
 
 from stages import params, tracking
+from stages.config import EVALUATE_DIR, HISTORY_PATH, METRICS_PATH, MODEL_PATH, PREPARED_DIR, REPORTS_DIR
+from stages.data import load_split, read_stats
 from stages.files import atomic_path, write_json
-from stages.preprocess import PREPARED_DIR, STATS_FILE, load_split
-from stages.train import HISTORY_PATH, MODEL_PATH
-
-METRICS_PATH = Path("reports/metrics.json")
-REPORT_DIR = Path("reports/evaluate")
-REPORTS = Path("reports")
 
 
 def per_class_table(y_true: np.ndarray, y_pred: np.ndarray):
@@ -54,8 +50,15 @@ def top_confusions(matrix: np.ndarray, k: int):
     return frame
 
 
-def write_reports(x_test: np.ndarray, y_test: np.ndarray, probs: np.ndarray, metrics: dict[str, Any],
-                  cfg: dict[str, Any], report_dir: Path = REPORT_DIR, metrics_path: Path = METRICS_PATH):
+def write_reports(
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    probs: np.ndarray,
+    metrics: dict[str, Any],
+    cfg: dict[str, Any],
+    report_dir: Path = EVALUATE_DIR,
+    metrics_path: Path = METRICS_PATH,
+):
     """Every test-set report and figure; returns the most confused pairs (a DataFrame) for the log."""
     import pandas as pd  # noqa: PLC0415
     from sklearn.metrics import confusion_matrix  # noqa: PLC0415
@@ -83,13 +86,16 @@ def write_reports(x_test: np.ndarray, y_test: np.ndarray, probs: np.ndarray, met
     plots.image_grid(
         x_test[wrong],
         [f"true {y_test[i]} / pred {y_pred[i]}\n{probs[i, y_pred[i]]:.0%}" for i in wrong],
-        report_dir / "misclassified.png", title=f"Misclassified test images ({len(wrong)} most confident)",
+        report_dir / "misclassified.png",
+        title=f"Misclassified test images ({len(wrong)} most confident)",
         highlight=[True] * len(wrong),
     )
     sample = np.arange(min(cfg["sample_size"], len(x_test)))
     plots.image_grid(
-        x_test[sample], [f"actual {y_test[i]}\npred {y_pred[i]}" for i in sample],
-        report_dir / "samples.png", title="Sample test predictions",
+        x_test[sample],
+        [f"actual {y_test[i]}\npred {y_pred[i]}" for i in sample],
+        report_dir / "samples.png",
+        title="Sample test predictions",
         highlight=[bool(y_pred[i] != y_test[i]) for i in sample],
     )
     write_json(metrics_path, metrics)
@@ -126,9 +132,9 @@ def main() -> int:
         print(f"evaluate: error: {exc}", file=sys.stderr)
         return 2
 
-    from stages import model as nn  # noqa: PLC0415 - first: it sets TensorFlow's options
-
     import keras  # noqa: PLC0415
+
+    from stages import model as nn  # noqa: PLC0415 - first: it sets TensorFlow's options
 
     keras.config.disable_interactive_logging()  # no progress bars from MLflow's model checks
     started = time.monotonic()
@@ -139,24 +145,33 @@ def main() -> int:
     batch = cfg["evaluate"]["batch_size"]
     val_loss, val_accuracy, _ = nn.evaluate(model, x_val, nn.encode_labels(y_val, labels), loss_fn, batch)
     test_loss, test_accuracy, outputs = nn.evaluate(model, x_test, nn.encode_labels(y_test, labels), loss_fn, batch)
-    metrics = {k: round(v, 6) for k, v in {
-        "test_accuracy": test_accuracy, "test_loss": test_loss,
-        "val_accuracy": val_accuracy, "val_loss": val_loss,
-    }.items()}
+    metrics = {
+        k: round(v, 6)
+        for k, v in {
+            "test_accuracy": test_accuracy,
+            "test_loss": test_loss,
+            "val_accuracy": val_accuracy,
+            "val_loss": val_loss,
+        }.items()
+    }
     probs = nn.probabilities(outputs, cfg["model"]["output"])
     pairs = write_reports(x_test, y_test, probs, metrics, cfg["evaluate"])
-    top = ", ".join(f"{a}->{p} ({c})" for a, p, c in pairs[["actual", "predicted", "count"]].head(3).itertuples(index=False))
-    print(f"evaluate: test_accuracy {test_accuracy:.4f}, test_loss {test_loss:.4f}; most confused: {top} "
-          f"({time.monotonic() - started:.1f}s)")
+    top = ", ".join(
+        f"{a}->{p} ({c})" for a, p, c in pairs[["actual", "predicted", "count"]].head(3).itertuples(index=False)
+    )
+    print(
+        f"evaluate: test_accuracy {test_accuracy:.4f}, test_loss {test_loss:.4f}; most confused: {top} "
+        f"({time.monotonic() - started:.1f}s)"
+    )
 
     started = time.monotonic()
-    stats = json.loads((PREPARED_DIR / STATS_FILE).read_text())
+    stats = read_stats()
     run_id = tracking.log_run(
         params=params.flatten(params.read_raw()),
         history=read_history(),
         metrics=metrics,
         tags=tracking.run_tags(stats["sha256"]),
-        artifacts=REPORTS,
+        artifacts=REPORTS_DIR,
         model=model,
         input_example=x_test[:3],
         pip_requirements=pip_requirements(),

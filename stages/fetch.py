@@ -11,10 +11,9 @@ import time
 from pathlib import Path
 
 from stages import params
+from stages.config import RAW_DIR
 from stages.files import staged_dir
 from stages.sources import SOURCES, Expected, Settings, SourceError, SourceSkipped, verify
-
-RAW_DIR = Path("data/raw")
 
 
 class FetchError(RuntimeError):
@@ -24,11 +23,13 @@ class FetchError(RuntimeError):
 def fetch(
     sources: list[str],
     dest: Path = RAW_DIR,
-    settings: Settings = Settings(),
-    expected: Expected = Expected(),
+    settings: Settings | None = None,
+    expected: Expected | None = None,
     log=print,
 ) -> str:
     """Fill ``dest`` from the first source that delivers verified files; return its name."""
+    settings = settings or Settings()
+    expected = expected or Expected()
     failures = []
     for name in sources:
         started = time.monotonic()
@@ -44,8 +45,7 @@ def fetch(
             log(f"fetch: {name} failed: {exc}")
             failures.append(f"{name}: {exc}")
         else:
-            log(f"fetch: {name} verified {len(expected.files)} files into {dest} "
-                f"in {time.monotonic() - started:.1f}s")
+            log(f"fetch: {name} verified {len(expected.files)} files into {dest} in {time.monotonic() - started:.1f}s")
             return name
     raise FetchError("no source produced verified MNIST files; tried " + "; ".join(failures))
 

@@ -78,7 +78,5 @@ def read_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndar
     images = read(images_path, ndim=3)
     labels = read(labels_path, ndim=1)
     if images.shape[0] != labels.shape[0]:
-        raise IdxError(
-            f"{images_path} has {images.shape[0]} images but {labels_path} has {labels.shape[0]} labels"
-        )
+        raise IdxError(f"{images_path} has {images.shape[0]} images but {labels_path} has {labels.shape[0]} labels")
     return images, labels

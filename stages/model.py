@@ -6,7 +6,11 @@ first and import it afterwards.
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import zipfile
+from pathlib import Path
 
 # Tiny matrices: oneDNN's per-op set-up and a thread pool cost more than they
 # save. Must be set before TensorFlow is imported.
@@ -14,9 +18,11 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
+
+from stages.files import atomic_path
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28)
@@ -35,7 +41,10 @@ def configure(seed: int) -> None:
 
 def build(hidden_units: list[int], activation: str, dropout: float, output: str) -> keras.Model:
     """Flatten -> [Dense(units, activation) -> Dropout]* -> Dense(10, softmax | linear)."""
-    layers: list[keras.layers.Layer] = [keras.Input(shape=IMAGE_SHAPE, name="image"), keras.layers.Flatten(name="flatten")]
+    layers: list[keras.layers.Layer] = [
+        keras.Input(shape=IMAGE_SHAPE, name="image"),
+        keras.layers.Flatten(name="flatten"),
+    ]
     for i, units in enumerate(hidden_units, start=1):
         layers.append(keras.layers.Dense(units, activation=activation, name=f"hidden_{i}"))
         if dropout > 0:
@@ -80,8 +89,13 @@ class Steps:
     (Evaluation is a plain forward pass: see ``evaluate``.)
     """
 
-    def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer, loss_fn: keras.losses.Loss,
-                 steps_per_call: int = STEPS_PER_CALL):
+    def __init__(
+        self,
+        model: keras.Model,
+        optimizer: keras.optimizers.Optimizer,
+        loss_fn: keras.losses.Loss,
+        steps_per_call: int = STEPS_PER_CALL,
+    ):
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.steps_per_call = steps_per_call
         optimizer.build(model.trainable_variables)
@@ -94,7 +108,7 @@ class Steps:
             out = self.model(x, training=True)
             loss = self.loss_fn(y, out)
         grads = tape.gradient(loss, self.model.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables, strict=True))
         return loss * tf.cast(tf.shape(x)[0], tf.float32), _correct(y, out)
 
     def _train_steps(self, x: tf.Tensor, y: tf.Tensor, n: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -127,8 +141,9 @@ class Steps:
         return loss_sum, correct
 
 
-def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, loss_fn: keras.losses.Loss,
-             batch_size: int = 2048) -> tuple[float, float, np.ndarray]:
+def evaluate(
+    model: keras.Model, x: np.ndarray, y: np.ndarray, loss_fn: keras.losses.Loss, batch_size: int = 2048
+) -> tuple[float, float, np.ndarray]:
     """Mean loss, accuracy and the model's outputs on (x, y); y as the loss expects it."""
     outputs = np.concatenate(
         [model(x[i : i + batch_size], training=False).numpy() for i in range(0, len(x), batch_size)]
@@ -142,3 +157,39 @@ def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, loss_fn: keras.lo
 def probabilities(outputs: np.ndarray, output: str) -> np.ndarray:
     """Class probabilities from the model's outputs (softmax applied to logits)."""
     return tf.nn.softmax(outputs).numpy() if output == "linear" else outputs
+
+
+def save_model(model: keras.Model, path: Path) -> None:
+    """Save in Keras' native format, byte-reproducibly (see ``normalize_keras_archive``)."""
+    with atomic_path(path, suffix=".keras") as tmp:
+        model.save(tmp)
+        normalize_keras_archive(tmp)
+
+
+def normalize_keras_archive(path: Path) -> None:
+    """Make a ``.keras`` zip depend only on the model, so equal weights give equal bytes.
+
+    Keras stamps ``metadata.json`` with ``date_saved``, the zip entries with the
+    current time, and ``config.json`` with ``shared_object_id``s that are memory
+    addresses (renumbered here in order of appearance, which keeps shared
+    references shared). Without this, ``dvc.lock`` would change on every run.
+    """
+    ids: dict[str, str] = {}
+
+    def renumber(match: re.Match) -> str:
+        return f'"shared_object_id": {ids.setdefault(match.group(1), str(len(ids) + 1))}'
+
+    with zipfile.ZipFile(path) as archive:
+        entries = [(info, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w") as archive:
+        for info, data in entries:
+            if info.filename == "metadata.json":
+                meta = json.loads(data)
+                meta.pop("date_saved", None)
+                data = json.dumps(meta, sort_keys=True).encode()
+            elif info.filename == "config.json":
+                data = re.sub(r'"shared_object_id": (\d+)', renumber, data.decode()).encode()
+            fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            fixed.compress_type = info.compress_type
+            fixed.external_attr = info.external_attr
+            archive.writestr(fixed, data)

@@ -7,13 +7,14 @@ import or work, so a typo costs a second, not a training run.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
-PARAMS_FILE = Path("params.yaml")
+from stages.config import PARAMS_FILE
 
 
 class ParamsError(ValueError):
@@ -147,9 +148,7 @@ def validate(raw: Any, sections: list[str] | tuple[str, ...]) -> dict[str, dict[
             raise ParamsError(f"params: section '{section}' is missing (keys: {', '.join(schema)})")
         unknown = sorted(set(values) - set(schema))
         if unknown:
-            raise ParamsError(
-                f"params: unknown key {section}.{unknown[0]} (allowed: {', '.join(schema)})"
-            )
+            raise ParamsError(f"params: unknown key {section}.{unknown[0]} (allowed: {', '.join(schema)})")
         out = {}
         for key, spec in schema.items():
             name = f"{section}.{key}"
@@ -158,9 +157,7 @@ def validate(raw: Any, sections: list[str] | tuple[str, ...]) -> dict[str, dict[
             try:
                 out[key] = spec.check(values[key])
             except (ValueError, TypeError):
-                raise ParamsError(
-                    f"params: {name} must be {spec.describe}, got {values[key]!r}"
-                ) from None
+                raise ParamsError(f"params: {name} must be {spec.describe}, got {values[key]!r}") from None
         cleaned[section] = out
     return cleaned
 

@@ -8,11 +8,11 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
 
-from stages.files import atomic_path  # noqa: E402
+from stages.files import atomic_path
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
@@ -25,22 +25,38 @@ def _save(fig: plt.Figure, path: Path) -> None:
 def confusion_heatmap(matrix: np.ndarray, path: Path, title: str = "Confusion matrix (test set)") -> None:
     """Counts per (actual, predicted) digit, labelled, diagonal included."""
     fig, ax = plt.subplots(figsize=(8, 6.5))
-    sns.heatmap(matrix, annot=True, fmt="d", cmap="Blues", cbar=True, square=True, ax=ax,
-                xticklabels=range(matrix.shape[1]), yticklabels=range(matrix.shape[0]),
-                annot_kws={"fontsize": 8})
+    sns.heatmap(
+        matrix,
+        annot=True,
+        fmt="d",
+        cmap="Blues",
+        cbar=True,
+        square=True,
+        ax=ax,
+        xticklabels=range(matrix.shape[1]),
+        yticklabels=range(matrix.shape[0]),
+        annot_kws={"fontsize": 8},
+    )
     ax.set_xlabel("Predicted")
     ax.set_ylabel("Actual")
     ax.set_title(title)
     _save(fig, path)
 
 
-def image_grid(images: np.ndarray, captions: list[str], path: Path, title: str,
-               highlight: list[bool] | None = None, columns: int = 8) -> None:
+def image_grid(
+    images: np.ndarray,
+    captions: list[str],
+    path: Path,
+    title: str,
+    highlight: list[bool] | None = None,
+    columns: int = 8,
+) -> None:
     """A grid of 28x28 images with a caption under each (red when highlighted)."""
     n = len(images)
     rows = max(1, int(np.ceil(n / columns)))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.3, rows * 1.6 + 0.4), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(columns * 1.3, rows * 1.6 + 0.4), squeeze=False, layout="constrained"
+    )
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:

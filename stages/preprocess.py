@@ -14,12 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from stages import idx, params
+from stages.config import PREPARED_DIR, RAW_DIR, STATS_PATH
+from stages.data import SPLITS
 from stages.files import staged_dir, write_json
-from stages.fetch import RAW_DIR
-
-PREPARED_DIR = Path("data/prepared")
-SPLITS = ("train", "val", "test")
-STATS_FILE = "stats.json"
 
 
 def split_train_val(
@@ -54,7 +51,7 @@ def normalize(images: np.ndarray, constants: dict[str, float]) -> np.ndarray:
 
 def class_counts(labels: np.ndarray) -> dict[str, int]:
     values, counts = np.unique(labels, return_counts=True)
-    return {str(int(v)): int(c) for v, c in zip(values, counts)}
+    return {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)}
 
 
 def prepare(raw_dir: Path, out_dir: Path, val_fraction: float, seed: int, method: str) -> dict:
@@ -65,9 +62,12 @@ def prepare(raw_dir: Path, out_dir: Path, val_fraction: float, seed: int, method
     constants = fit_normalization(x_train, method)
 
     arrays = {
-        "x_train": normalize(x_train, constants), "y_train": y_train.astype(np.int64),
-        "x_val": normalize(x_val, constants), "y_val": y_val.astype(np.int64),
-        "x_test": normalize(x_test, constants), "y_test": y_test.astype(np.int64),
+        "x_train": normalize(x_train, constants),
+        "y_train": y_train.astype(np.int64),
+        "x_val": normalize(x_val, constants),
+        "y_val": y_val.astype(np.int64),
+        "x_test": normalize(x_test, constants),
+        "y_test": y_test.astype(np.int64),
     }
     digest = hashlib.sha256()
     with staged_dir(out_dir) as staging:
@@ -80,16 +80,8 @@ def prepare(raw_dir: Path, out_dir: Path, val_fraction: float, seed: int, method
             "shapes": {name: list(a.shape) for name, a in arrays.items()},
             "sha256": digest.hexdigest(),
         }
-        write_json(staging / STATS_FILE, stats)
+        write_json(staging / STATS_PATH.name, stats)
     return stats
-
-
-def load_split(prepared_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """The cached (images, labels) arrays of one split; never unpickles."""
-    prepared_dir = Path(prepared_dir)
-    x = np.load(prepared_dir / f"x_{split}.npy", allow_pickle=False)
-    y = np.load(prepared_dir / f"y_{split}.npy", allow_pickle=False)
-    return x, y
 
 
 def main() -> int:

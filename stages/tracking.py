@@ -17,8 +17,11 @@ import os
 import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
+
+from stages.config import MLFLOW_ARTIFACTS, MLFLOW_DB
 
 EXPERIMENT = "mnist"
 
@@ -46,7 +49,7 @@ def store(environ: Mapping[str, str] | None = None) -> tuple[str, str | None]:
     if uri:
         return uri, None
     root = repo_root(environ)
-    return f"sqlite:///{root / 'mlflow.db'}", (root / "mlartifacts").as_uri()
+    return f"sqlite:///{root / MLFLOW_DB}", (root / MLFLOW_ARTIFACTS).as_uri()
 
 
 def preflight(uri: str, timeout_s: float = 5.0) -> None:
@@ -136,7 +139,8 @@ def log_run(
     with store_lock(uri):
         experiment = client.get_experiment_by_name(EXPERIMENT)
         experiment_id = (
-            experiment.experiment_id if experiment
+            experiment.experiment_id
+            if experiment
             else client.create_experiment(EXPERIMENT, artifact_location=artifact_location)
         )
         run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
@@ -145,22 +149,30 @@ def log_run(
             timestamp = run.info.start_time
             epoch_metrics = [
                 Metric(key, float(row[key]), timestamp, int(row["epoch"]))
-                for row in history for key in row if key != "epoch"
+                for row in history
+                for key in row
+                if key != "epoch"
             ]
             # A final value whose name is also a per-epoch series would add a bogus point to it.
             series = {key for row in history for key in row}
-            final = [Metric(f"final_{key}" if key in series else key, float(value), timestamp, 0)
-                     for key, value in metrics.items()]
+            final = [
+                Metric(f"final_{key}" if key in series else key, float(value), timestamp, 0)
+                for key, value in metrics.items()
+            ]
             params_list = [Param(key, str(value)) for key, value in params.items()]
             for start in range(0, max(len(epoch_metrics), 1), 900):  # log_batch takes <= 1000 metrics
-                client.log_batch(run_id, metrics=epoch_metrics[start : start + 900],
-                                 params=params_list if start == 0 else [])
+                client.log_batch(
+                    run_id, metrics=epoch_metrics[start : start + 900], params=params_list if start == 0 else []
+                )
             client.log_batch(run_id, metrics=final)
             client.log_artifacts(run_id, str(artifacts), "reports")
             with mlflow.start_run(run_id=run_id):
                 signature = infer_signature(input_example, model(input_example, training=False).numpy())
                 mlflow.tensorflow.log_model(
-                    model, name="model", signature=signature, input_example=input_example,
+                    model,
+                    name="model",
+                    signature=signature,
+                    input_example=input_example,
                     pip_requirements=pip_requirements,
                 )
         except BaseException:

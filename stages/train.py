@@ -9,17 +9,17 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from stages import params, tracking
+from stages.config import HISTORY_PATH, MODEL_PATH, PREPARED_DIR
+from stages.data import load_split
 from stages.files import atomic_path
-from stages.preprocess import PREPARED_DIR, load_split
 
-MODEL_PATH = Path("data/model/model.keras")
-HISTORY_PATH = Path("reports/train/history.csv")
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
 
 
@@ -56,10 +56,10 @@ def fit(
     (printed and benchmarked, but not written to the history file, which must
     be identical from run to run).
     """
-    from stages import model as nn  # noqa: PLC0415 - first: it sets TensorFlow's options
-
     import keras  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
+
+    from stages import model as nn  # noqa: PLC0415 - first: it sets TensorFlow's options
 
     loss_fn = nn.loss_function(cfg["labels"], output)
     steps = nn.Steps(model, keras.optimizers.Adam(cfg["learning_rate"]), loss_fn)
@@ -83,11 +83,19 @@ def fit(
                 "lower train.learning_rate or check the input data (no model was written)"
             )
         val_loss, val_accuracy, _ = nn.evaluate(model, x_val, y_val, loss_fn)
-        row = {"epoch": epoch, "loss": train_loss, "accuracy": train_accuracy,
-               "val_loss": val_loss, "val_accuracy": val_accuracy, "seconds": time.monotonic() - started}
+        row = {
+            "epoch": epoch,
+            "loss": train_loss,
+            "accuracy": train_accuracy,
+            "val_loss": val_loss,
+            "val_accuracy": val_accuracy,
+            "seconds": time.monotonic() - started,
+        }
         history.append(row)
-        log(f"epoch {epoch}/{cfg['epochs']} - {row['seconds']:.2f}s - "
-            + " - ".join(f"{k} {row[k]:.4f}" for k in HISTORY_COLUMNS[1:]))
+        log(
+            f"epoch {epoch}/{cfg['epochs']} - {row['seconds']:.2f}s - "
+            + " - ".join(f"{k} {row[k]:.4f}" for k in HISTORY_COLUMNS[1:])
+        )
 
         if patience:
             if val_loss < best_loss:
@@ -95,8 +103,10 @@ def fit(
             else:
                 waited += 1
                 if waited >= patience:
-                    log(f"early stopping: val_loss has not improved for {patience} epochs; "
-                        f"restoring the weights of epoch {epoch - patience}")
+                    log(
+                        f"early stopping: val_loss has not improved for {patience} epochs; "
+                        f"restoring the weights of epoch {epoch - patience}"
+                    )
                     break
     if best_weights is not None:
         model.set_weights(best_weights)
@@ -109,46 +119,6 @@ def write_history(history: list[dict[str, float]], path: Path = HISTORY_PATH) ->
     frame = pd.DataFrame(history, columns=HISTORY_COLUMNS)
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6f")
-
-
-def save_model(model: Any, path: Path = MODEL_PATH) -> None:
-    """Save in Keras' native format, byte-reproducibly (see ``normalize_keras_archive``)."""
-    with atomic_path(path, suffix=".keras") as tmp:
-        model.save(tmp)
-        normalize_keras_archive(tmp)
-
-
-def normalize_keras_archive(path: Path) -> None:
-    """Make a ``.keras`` zip depend only on the model, so equal weights give equal bytes.
-
-    Keras stamps ``metadata.json`` with ``date_saved``, the zip entries with the
-    current time, and ``config.json`` with ``shared_object_id``s that are memory
-    addresses (renumbered here in order of appearance, which keeps shared
-    references shared). Without this, ``dvc.lock`` would change on every run.
-    """
-    import json  # noqa: PLC0415
-    import re  # noqa: PLC0415
-    import zipfile  # noqa: PLC0415
-
-    ids: dict[str, str] = {}
-
-    def renumber(match: re.Match) -> str:
-        return f'"shared_object_id": {ids.setdefault(match.group(1), str(len(ids) + 1))}'
-
-    with zipfile.ZipFile(path) as archive:
-        entries = [(info, archive.read(info)) for info in archive.infolist()]
-    with zipfile.ZipFile(path, "w") as archive:
-        for info, data in entries:
-            if info.filename == "metadata.json":
-                meta = json.loads(data)
-                meta.pop("date_saved", None)
-                data = json.dumps(meta, sort_keys=True).encode()
-            elif info.filename == "config.json":
-                data = re.sub(r'"shared_object_id": (\d+)', renumber, data.decode()).encode()
-            fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
-            fixed.compress_type = info.compress_type
-            fixed.external_attr = info.external_attr
-            archive.writestr(fixed, data)
 
 
 def main() -> int:
@@ -173,10 +143,12 @@ def main() -> int:
         print(f"train: error: {exc}", file=sys.stderr)
         return 1
     seconds = time.monotonic() - started
-    save_model(model)
+    nn.save_model(model, MODEL_PATH)
     write_history(history)
-    print(f"train: {len(history)} epochs in {seconds:.1f}s ({seconds / len(history):.2f}s/epoch); "
-          f"val_accuracy {history[-1]['val_accuracy']:.4f}; model -> {MODEL_PATH}")
+    print(
+        f"train: {len(history)} epochs in {seconds:.1f}s ({seconds / len(history):.2f}s/epoch); "
+        f"val_accuracy {history[-1]['val_accuracy']:.4f}; model -> {MODEL_PATH}"
+    )
     return 0
 
 

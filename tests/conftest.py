@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import tarfile
@@ -97,13 +98,14 @@ def expected(synthetic: Synthetic) -> Expected:
 
 # --- a scripted HTTP server on 127.0.0.1 ---------------------------------------
 
+
 @dataclass
 class Route:
     body: bytes
-    fail_first: int = 0              # answer 503 this many times first
-    hang_s: float = 0.0              # sleep before answering (bounded)
-    auth: str | None = None          # required "Authorization" header value
-    truncate_to: int | None = None   # send only this many bytes, with the full Content-Length
+    fail_first: int = 0  # answer 503 this many times first
+    hang_s: float = 0.0  # sleep before answering (bounded)
+    auth: str | None = None  # required "Authorization" header value
+    truncate_to: int | None = None  # send only this many bytes, with the full Content-Length
     status: int = 200
     hits: int = 0
     headers_seen: list = field(default_factory=list)
@@ -118,7 +120,7 @@ class Server:
             def log_message(self, *args):  # keep test output quiet
                 pass
 
-            def do_GET(self):  # noqa: N802 - http.server API
+            def do_GET(self):
                 route = routes.get(self.path)
                 if route is None:
                     self.send_error(404)
@@ -140,10 +142,8 @@ class Server:
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(route.body)))
                 self.end_headers()
-                try:
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True

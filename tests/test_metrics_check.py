@@ -40,12 +40,15 @@ def test_missing_metric_fails_and_extra_metric_is_new():
     assert rows["val_loss"] == "MISSING" and rows["test_f1"] == "new"
 
 
-@pytest.mark.parametrize("text, message", [
-    ("{not json", "not valid JSON"),
-    ("[1, 2]", "expected a JSON object"),
-    ('{"test_accuracy": "high"}', "test_accuracy is not a finite number"),
-    ('{"test_accuracy": NaN}', "test_accuracy is not a finite number"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"test_accuracy": "high"}', "test_accuracy is not a finite number"),
+        ('{"test_accuracy": NaN}', "test_accuracy is not a finite number"),
+    ],
+)
 def test_malformed_json(text, message):
     with pytest.raises(mc.MetricsError, match=message):
         mc.parse(text, "m.json")

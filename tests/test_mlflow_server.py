@@ -32,10 +32,23 @@ def mlflow_server(tmp_path):
     if not mlflow_bin.exists() and not shutil.which("mlflow"):
         pytest.skip("mlflow CLI not installed")
     proc = subprocess.Popen(
-        [str(mlflow_bin if mlflow_bin.exists() else "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            str(mlflow_bin if mlflow_bin.exists() else "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path}/server.db",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -65,9 +78,14 @@ def test_run_logged_to_a_real_server(mlflow_server, tmp_path, monkeypatch):
     (tmp_path / "reports" / "metrics.json").write_text('{"test_accuracy": 0.5}')
     history = [{"epoch": 1, "loss": 1.0, "val_accuracy": 0.4}, {"epoch": 2, "loss": 0.5, "val_accuracy": 0.5}]
     run_id = tracking.log_run(
-        params={"train.epochs": 2}, history=history, metrics={"test_accuracy": 0.5},
-        tags={"data.sha256": "x"}, artifacts=tmp_path / "reports", model=model,
-        input_example=np.zeros((1, 28, 28), np.float32), pip_requirements=evaluate.pip_requirements(),
+        params={"train.epochs": 2},
+        history=history,
+        metrics={"test_accuracy": 0.5},
+        tags={"data.sha256": "x"},
+        artifacts=tmp_path / "reports",
+        model=model,
+        input_example=np.zeros((1, 28, 28), np.float32),
+        pip_requirements=evaluate.pip_requirements(),
         run_name="served",
     )
     client = mlflow.MlflowClient(mlflow_server)

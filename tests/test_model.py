@@ -35,12 +35,15 @@ def test_default_network_is_the_notebooks():
     assert model.count_params() == 784 * 128 + 128 + 128 * 10 + 10
 
 
-@pytest.mark.parametrize("labels, output, loss", [
-    ("sparse", "softmax", ("SparseCategoricalCrossentropy", False)),
-    ("sparse", "linear", ("SparseCategoricalCrossentropy", True)),
-    ("onehot", "softmax", ("CategoricalCrossentropy", False)),
-    ("onehot", "linear", ("CategoricalCrossentropy", True)),
-])
+@pytest.mark.parametrize(
+    "labels, output, loss",
+    [
+        ("sparse", "softmax", ("SparseCategoricalCrossentropy", False)),
+        ("sparse", "linear", ("SparseCategoricalCrossentropy", True)),
+        ("onehot", "softmax", ("CategoricalCrossentropy", False)),
+        ("onehot", "linear", ("CategoricalCrossentropy", True)),
+    ],
+)
 def test_loss_matches_labels_and_output(labels, output, loss):
     fn = nn.loss_function(labels, output)
     assert (type(fn).__name__, fn.get_config()["from_logits"]) == loss
@@ -77,6 +80,6 @@ def test_train_epoch_takes_one_step_per_row_whatever_the_steps_per_call():
     for k in (3, 10, 16):
         weights, iterations, other_loss, other_correct = _trained_weights(x, y, order, k)
         assert iterations == 10, k
-        for got, want in zip(weights, reference):
+        for got, want in zip(weights, reference, strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
         assert other_loss == pytest.approx(loss_sum, rel=1e-5) and other_correct == correct

@@ -37,7 +37,12 @@ def test_committed_params_are_valid(raw):
         ("model", "output", "sigmoid", "model.output must be one of softmax, linear"),
         ("preprocess", "val_fraction", 1, r"preprocess.val_fraction must be a number in \(0, 1\)"),
         ("preprocess", "normalize", "robust", "preprocess.normalize must be one of minmax, zscore"),
-        ("fetch", "sources", ["keras", "pypi"], "fetch.sources must be a list of 1\\+ distinct items, each one of keras"),
+        (
+            "fetch",
+            "sources",
+            ["keras", "pypi"],
+            "fetch.sources must be a list of 1\\+ distinct items, each one of keras",
+        ),
         ("fetch", "sources", ["npm", "npm"], "fetch.sources must be a list of 1\\+ distinct"),
     ],
 )

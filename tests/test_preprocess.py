@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from stages import idx
-from stages.preprocess import fit_normalization, load_split, normalize, prepare, split_train_val
+from stages.data import load_split
+from stages.preprocess import fit_normalization, normalize, prepare, split_train_val
 from tests.conftest import make_synthetic
 
 
@@ -60,7 +61,7 @@ def test_prepare_writes_cached_arrays_and_stats(raw_dir, tmp_path):
     x_test, y_test = load_split(out, "test")
     assert x_train.shape == (180, 28, 28) and x_val.shape == (20, 28, 28) and x_test.shape == (30, 28, 28)
     assert x_train.dtype == np.float32 and y_train.dtype.kind == "i"
-    assert 0.0 <= x_train.min() and x_train.max() <= 1.0
+    assert x_train.min() >= 0.0 and x_train.max() <= 1.0
     on_disk = json.loads((out / "stats.json").read_text())
     assert on_disk == stats
     assert on_disk["class_counts"]["val"] == {str(d): 2 for d in range(10)}

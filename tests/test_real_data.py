@@ -5,9 +5,10 @@ import shutil
 import numpy as np
 import pytest
 
+from stages.data import load_split
 from stages.fetch import fetch
 from stages.files import sha256_file
-from stages.preprocess import load_split, prepare
+from stages.preprocess import prepare
 from stages.sources import MNIST_FILES
 
 pytestmark = [

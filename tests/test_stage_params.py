@@ -19,20 +19,26 @@ def run_stage(stage, tmp_path, edit):
     edit(params)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return subprocess.run(
-        [sys.executable, "-c", CHECK.format(stage=stage)], cwd=tmp_path, capture_output=True, text=True,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "DVC_ROOT": str(tmp_path)}, timeout=60,
+        [sys.executable, "-c", CHECK.format(stage=stage)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "DVC_ROOT": str(tmp_path)},
+        timeout=60,
     )
 
 
 def set_value(section, key, value):
     def edit(params):
         params[section][key] = value
+
     return edit
 
 
 def delete(section, key):
     def edit(params):
         del params[section][key]
+
     return edit
 
 
@@ -65,10 +71,24 @@ def test_unreachable_tracking_server_fails_before_tensorflow(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     result = subprocess.run(
-        [sys.executable, "-c", CHECK.format(stage="train")], cwd=tmp_path, capture_output=True, text=True,
+        [sys.executable, "-c", CHECK.format(stage="train")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"},
         timeout=60,
     )
     assert result.returncode == 2
     assert result.stdout.strip() == "TF_NOT_IMPORTED"
     assert f"MLflow server at http://127.0.0.1:{port} is unreachable" in result.stderr
+
+
+def test_a_python_without_the_dependencies_says_which_environment_to_activate(tmp_path):
+    # -S: no site-packages, like the system Python DVC finds when .venv is not activated.
+    result = subprocess.run(
+        [sys.executable, "-S", "-m", "stages.fetch"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "lacks the project's packages" in lines[0] and "source .venv/bin/activate" in lines[0]

@@ -27,7 +27,9 @@ def test_default_store_is_sqlite_at_repo_root(tmp_path):
 
 def test_tracking_uri_overrides(tmp_path):
     assert tracking.store({"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000", "DVC_ROOT": str(tmp_path)}) == (
-        "http://127.0.0.1:5000", None)
+        "http://127.0.0.1:5000",
+        None,
+    )
 
 
 def test_unreachable_server_fails_fast_with_a_clear_message():

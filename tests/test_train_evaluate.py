@@ -13,11 +13,18 @@ pytestmark = pytest.mark.slow
 nn = pytest.importorskip("stages.model")
 
 from stages import evaluate, params, tracking, train  # noqa: E402
-from stages.preprocess import load_split, prepare  # noqa: E402
+from stages.data import load_split  # noqa: E402
+from stages.preprocess import prepare  # noqa: E402
 from tests.conftest import make_synthetic  # noqa: E402
 
-TRAIN = {"labels": "sparse", "learning_rate": 0.005, "epochs": 3, "batch_size": 16, "seed": 7,
-         "early_stopping_patience": 0}
+TRAIN = {
+    "labels": "sparse",
+    "learning_rate": 0.005,
+    "epochs": 3,
+    "batch_size": 16,
+    "seed": 7,
+    "early_stopping_patience": 0,
+}
 EVAL = {"batch_size": 128, "top_confusions": 5, "gallery_size": 6, "sample_size": 8}
 
 
@@ -30,14 +37,19 @@ def prepared(tmp_path_factory):
 
 
 def train_once(prepared, model_cfg=None, train_cfg=None, val=None):
-    model_cfg = {"hidden_units": [32], "activation": "relu", "dropout": 0.0, "output": "softmax",
-                 **(model_cfg or {})}
+    model_cfg = {"hidden_units": [32], "activation": "relu", "dropout": 0.0, "output": "softmax", **(model_cfg or {})}
     cfg = {**TRAIN, **(train_cfg or {})}
     nn.configure(cfg["seed"])
     model = nn.build(**model_cfg)
     lines = []
-    history = train.fit(model, load_split(prepared, "train"), val or load_split(prepared, "val"), cfg,
-                        model_cfg["output"], log=lines.append)
+    history = train.fit(
+        model,
+        load_split(prepared, "train"),
+        val or load_split(prepared, "val"),
+        cfg,
+        model_cfg["output"],
+        log=lines.append,
+    )
     return model, history, lines
 
 
@@ -50,10 +62,13 @@ def test_learns_the_synthetic_digits_and_logs_one_line_per_epoch(prepared):
     assert all("\r" not in line for line in lines)
 
 
-@pytest.mark.parametrize("model_cfg, train_cfg", [
-    ({"output": "linear"}, {"labels": "onehot"}),
-    ({"activation": "sigmoid", "dropout": 0.3, "hidden_units": [32, 16]}, {}),
-])
+@pytest.mark.parametrize(
+    "model_cfg, train_cfg",
+    [
+        ({"output": "linear"}, {"labels": "onehot"}),
+        ({"activation": "sigmoid", "dropout": 0.3, "hidden_units": [32, 16]}, {}),
+    ],
+)
 def test_variants_train(prepared, model_cfg, train_cfg):
     _, history, _ = train_once(prepared, model_cfg, train_cfg)
     assert all(math.isfinite(row["loss"]) for row in history)
@@ -63,11 +78,11 @@ def test_variants_train(prepared, model_cfg, train_cfg):
 def test_same_params_same_weights_same_bytes(prepared, tmp_path):
     a, history_a, _ = train_once(prepared)
     b, history_b, _ = train_once(prepared)
-    for wa, wb in zip(a.get_weights(), b.get_weights()):
+    for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
         np.testing.assert_array_equal(wa, wb)
-    train.save_model(a, tmp_path / "a.keras")
+    nn.save_model(a, tmp_path / "a.keras")
     time.sleep(1.1)  # a different save time must not matter either
-    train.save_model(b, tmp_path / "b.keras")
+    nn.save_model(b, tmp_path / "b.keras")
     assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
     strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
     assert strip(history_a) == strip(history_b)
@@ -77,8 +92,9 @@ def test_early_stopping_restores_the_best_epoch(prepared):
     # Validation labels unrelated to the images: val_loss must rise as the model fits the training set.
     x_val, y_val = load_split(prepared, "val")
     y_val = np.random.default_rng(0).permutation(y_val)
-    model, history, lines = train_once(prepared, train_cfg={"epochs": 30, "early_stopping_patience": 2},
-                                       val=(x_val, y_val))
+    model, history, lines = train_once(
+        prepared, train_cfg={"epochs": 30, "early_stopping_patience": 2}, val=(x_val, y_val)
+    )
     assert len(history) < 30 and "early stopping" in lines[-1]
     best = min(history, key=lambda row: row["val_loss"])
     assert best is not history[-1]
@@ -101,7 +117,7 @@ def test_end_to_end_reports_and_one_mlflow_run(prepared, tmp_path, monkeypatch):
 
     model, history, _ = train_once(prepared)
     monkeypatch.chdir(tmp_path)
-    train.save_model(model, tmp_path / "model.keras")
+    nn.save_model(model, tmp_path / "model.keras")
     train.write_history(history, tmp_path / "history.csv")
     written = pd.read_csv(tmp_path / "history.csv")
     assert list(written.columns) == train.HISTORY_COLUMNS and len(written) == 3
@@ -110,15 +126,34 @@ def test_end_to_end_reports_and_one_mlflow_run(prepared, tmp_path, monkeypatch):
 
     loaded = keras.models.load_model(tmp_path / "model.keras")
     x_test, y_test = load_split(prepared, "test")
-    loss, accuracy, outputs = nn.evaluate(loaded, x_test, y_test.astype(np.int32), nn.loss_function("sparse", "softmax"))
-    metrics = {"test_accuracy": round(accuracy, 6), "test_loss": round(loss, 6),
-               "val_accuracy": round(history[-1]["val_accuracy"], 6)}
+    loss, accuracy, outputs = nn.evaluate(
+        loaded, x_test, y_test.astype(np.int32), nn.loss_function("sparse", "softmax")
+    )
+    metrics = {
+        "test_accuracy": round(accuracy, 6),
+        "test_loss": round(loss, 6),
+        "val_accuracy": round(history[-1]["val_accuracy"], 6),
+    }
     reports = tmp_path / "reports"
-    evaluate.write_reports(x_test, y_test, nn.probabilities(outputs, "softmax"), metrics, EVAL,
-                           reports / "evaluate", reports / "metrics.json")
+    evaluate.write_reports(
+        x_test,
+        y_test,
+        nn.probabilities(outputs, "softmax"),
+        metrics,
+        EVAL,
+        reports / "evaluate",
+        reports / "metrics.json",
+    )
     assert json.loads((reports / "metrics.json").read_text()) == metrics
-    for name in ["per_class.csv", "per_class.json", "confusions.csv", "predictions.csv",
-                 "confusion_matrix.png", "misclassified.png", "samples.png"]:
+    for name in [
+        "per_class.csv",
+        "per_class.json",
+        "confusions.csv",
+        "predictions.csv",
+        "confusion_matrix.png",
+        "misclassified.png",
+        "samples.png",
+    ]:
         assert (reports / "evaluate" / name).stat().st_size > 0, name
 
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
@@ -126,9 +161,15 @@ def test_end_to_end_reports_and_one_mlflow_run(prepared, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     all_params = {"train": {**TRAIN}, "model": {"hidden_units": [32]}}
     run_id = tracking.log_run(
-        params=params.flatten(all_params), history=history, metrics=metrics,
-        tags=tracking.run_tags("feedbeef"), artifacts=reports, model=loaded, input_example=x_test[:2],
-        pip_requirements=evaluate.pip_requirements(), run_name="tiny-test",
+        params=params.flatten(all_params),
+        history=history,
+        metrics=metrics,
+        tags=tracking.run_tags("feedbeef"),
+        artifacts=reports,
+        model=loaded,
+        input_example=x_test[:2],
+        pip_requirements=evaluate.pip_requirements(),
+        run_name="tiny-test",
     )
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     run = client.get_run(run_id)

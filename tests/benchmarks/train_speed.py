@@ -34,7 +34,8 @@ def baseline(epochs: int) -> dict:
     import keras
     import numpy as np
 
-    from stages.preprocess import PREPARED_DIR, load_split
+    from stages.config import PREPARED_DIR
+    from stages.data import load_split
 
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
         load_split(ROOT / PREPARED_DIR, s) for s in ("train", "val", "test")
@@ -42,12 +43,14 @@ def baseline(epochs: int) -> dict:
     # Back to the notebooks' input: uint8 pixels divided by 255.0 (float64).
     x_train, x_val, x_test = (np.rint(x * 255).astype(np.uint8) / 255.0 for x in (x_train, x_val, x_test))
     keras.utils.set_random_seed(SEED)
-    model = keras.Sequential([
-        keras.Input((28, 28)),
-        keras.layers.Flatten(),
-        keras.layers.Dense(128, activation="relu"),
-        keras.layers.Dense(10, activation="softmax"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     seconds: list[float] = []
 
@@ -66,14 +69,21 @@ def baseline(epochs: int) -> dict:
 def pipeline(epochs: int) -> dict:
     """The train stage's own code with the default params."""
     from stages import model as nn
-    from stages.preprocess import PREPARED_DIR, load_split
+    from stages.config import PREPARED_DIR
+    from stages.data import load_split
     from stages.train import fit
 
     nn.configure(SEED)
     train, val, (x_test, y_test) = (load_split(ROOT / PREPARED_DIR, s) for s in ("train", "val", "test"))
     model = nn.build([128], "relu", 0.0, "softmax")
-    cfg = {"labels": "sparse", "learning_rate": 1e-3, "epochs": epochs, "batch_size": 32,
-           "seed": SEED, "early_stopping_patience": 0}
+    cfg = {
+        "labels": "sparse",
+        "learning_rate": 1e-3,
+        "epochs": epochs,
+        "batch_size": 32,
+        "seed": SEED,
+        "early_stopping_patience": 0,
+    }
     history = fit(model, train, val, cfg, "softmax", log=lambda line: print(line, file=sys.stderr))
     _, accuracy, _ = nn.evaluate(model, x_test, y_test.astype("int32"), nn.loss_function("sparse", "softmax"))
     return {"epoch_seconds": [row["seconds"] for row in history], "test_accuracy": accuracy}
@@ -82,7 +92,11 @@ def pipeline(epochs: int) -> dict:
 def run_worker(method: str, epochs: int) -> dict:
     result = subprocess.run(
         [sys.executable, __file__, "--worker", method, "--epochs", str(epochs)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=True, cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        check=True,
+        cwd=ROOT,
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -109,17 +123,21 @@ def main() -> None:
             results.append(run_worker(method, args.epochs))
     base_s, fast_s = (statistics.median(s for r in runs[m] for s in r["epoch_seconds"]) for m in runs)
     base, fast = runs["baseline"][-1], runs["pipeline"][-1]
-    print(json.dumps({
-        "epochs": args.epochs,
-        "rounds": args.rounds,
-        "baseline_epoch_s": round(base_s, 3),
-        "pipeline_epoch_s": round(fast_s, 3),
-        "speedup": round(base_s / fast_s, 2),
-        "baseline_total_s": round(sum(base["epoch_seconds"]), 2),
-        "pipeline_total_s": round(sum(fast["epoch_seconds"]), 2),
-        "baseline_test_accuracy": round(base["test_accuracy"], 4),
-        "pipeline_test_accuracy": round(fast["test_accuracy"], 4),
-    }))
+    print(
+        json.dumps(
+            {
+                "epochs": args.epochs,
+                "rounds": args.rounds,
+                "baseline_epoch_s": round(base_s, 3),
+                "pipeline_epoch_s": round(fast_s, 3),
+                "speedup": round(base_s / fast_s, 2),
+                "baseline_total_s": round(sum(base["epoch_seconds"]), 2),
+                "pipeline_total_s": round(sum(fast["epoch_seconds"]), 2),
+                "baseline_test_accuracy": round(base["test_accuracy"], 4),
+                "pipeline_test_accuracy": round(fast["test_accuracy"], 4),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,34 @@
+"""Every path of the project, in one place.
+
+Paths are relative to the repository root, where DVC runs each stage. Raw
+data is immutable input; everything else under ``data/`` and ``reports/`` is
+derived by the pipeline (``dvc.yaml`` declares which stage writes what).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PARAMS_FILE = Path("params.yaml")
+
+DATA_DIR = Path("data")
+RAW_DIR = DATA_DIR / "raw"  # fetch: the four IDX files, verified
+PREPARED_DIR = DATA_DIR / "prepared"  # preprocess: normalized arrays
+STATS_PATH = PREPARED_DIR / "stats.json"  # preprocess: normalization constants, class counts, hash
+MODEL_DIR = DATA_DIR / "model"
+MODEL_PATH = MODEL_DIR / "model.keras"  # train
+
+REPORTS_DIR = Path("reports")
+HISTORY_PATH = REPORTS_DIR / "train" / "history.csv"  # train: one row per epoch
+METRICS_PATH = REPORTS_DIR / "metrics.json"  # evaluate
+EVALUATE_DIR = REPORTS_DIR / "evaluate"  # evaluate: tables and figures
+PR_REPORT_DIR = REPORTS_DIR / "pr"  # make report: the pull-request report (not a pipeline output)
+
+# Facts about a run that must not enter DVC's hashes (wall-clock times):
+# git-ignored, read by the stage that logs the run to MLflow.
+RUNTIME_DIR = Path(".runtime")
+TIMING_PATH = RUNTIME_DIR / "train_timing.json"
+
+# The default MLflow store, at the root of the DVC repository (see tracking.store).
+MLFLOW_DB = "mlflow.db"
+MLFLOW_ARTIFACTS = "mlartifacts"

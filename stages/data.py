@@ -1,0 +1,26 @@
+"""Reading back the arrays the preprocess stage prepared (never unpickling)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stages.config import PREPARED_DIR, STATS_PATH
+
+SPLITS = ("train", "val", "test")
+
+
+def load_split(prepared_dir: Path = PREPARED_DIR, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """The cached (images, labels) arrays of one split."""
+    prepared_dir = Path(prepared_dir)
+    x = np.load(prepared_dir / f"x_{split}.npy", allow_pickle=False)
+    y = np.load(prepared_dir / f"y_{split}.npy", allow_pickle=False)
+    return x, y
+
+
+def read_stats(path: Path = STATS_PATH) -> dict[str, Any]:
+    """``stats.json``: normalization constants, class counts, shapes and the arrays' hash."""
+    return json.loads(Path(path).read_text())
