@@ -31,7 +31,8 @@ def test_tolerance_is_configurable():
 
 
 def test_loss_uses_relative_tolerance():
-    assert statuses(mc.compare(COMMITTED, {**COMMITTED, "test_loss": 0.0794 * 1.06}))["test_loss"] == "DRIFT"
+    assert statuses(mc.compare(COMMITTED, {**COMMITTED, "test_loss": 0.0794 * 1.11}))["test_loss"] == "DRIFT"
+    assert statuses(mc.compare(COMMITTED, {**COMMITTED, "test_loss": 0.0794 * 1.09}))["test_loss"] == "ok"
 
 
 def test_missing_metric_fails_and_extra_metric_is_new():
