@@ -17,6 +17,7 @@ PREPARED_DIR = DATA_DIR / "prepared"  # preprocess: normalized arrays
 STATS_PATH = PREPARED_DIR / "stats.json"  # preprocess: normalization constants, class counts, hash
 MODEL_DIR = DATA_DIR / "model"
 MODEL_PATH = MODEL_DIR / "model.keras"  # train
+SERVING_CONFIG_PATH = MODEL_DIR / "serving.json"  # train: input normalization and output kind
 
 REPORTS_DIR = Path("reports")
 HISTORY_PATH = REPORTS_DIR / "train" / "history.csv"  # train: one row per epoch
@@ -27,7 +28,6 @@ PR_REPORT_DIR = REPORTS_DIR / "pr"  # make report: the pull-request report (not 
 # Facts about a run that must not enter DVC's hashes (wall-clock times):
 # git-ignored, read by the stage that logs the run to MLflow.
 RUNTIME_DIR = Path(".runtime")
-TIMING_PATH = RUNTIME_DIR / "train_timing.json"
 
 # The default MLflow store, at the root of the DVC repository (see tracking.store).
 MLFLOW_DB = "mlflow.db"

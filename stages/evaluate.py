@@ -1,27 +1,24 @@
-"""DVC stage ``evaluate``: test-set metrics, reports and figures; one MLflow run.
+"""DVC stage ``evaluate``: test-set metrics, reports and figures.
 
 The one place the test split is used. Writes ``reports/metrics.json`` (DVC
 metrics) and ``reports/evaluate/`` (per-class scores, confusions, predictions
-for DVC's confusion plot, figures), then logs the whole execution of
-train + evaluate as one MLflow run.
+for DVC's confusion plot, figures). The ``publish`` stage logs them to MLflow.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from stages import params, tracking
-from stages.config import EVALUATE_DIR, HISTORY_PATH, METRICS_PATH, MODEL_PATH, PREPARED_DIR, REPORTS_DIR
-from stages.data import load_split, read_stats
-from stages.files import atomic_path, write_json
+from stages import params, runtime
+from stages.config import EVALUATE_DIR, METRICS_PATH, MODEL_PATH, PREPARED_DIR
+from stages.data import load_split
+from stages.files import atomic_path, sha256_file, write_json
 
 
 def per_class_table(y_true: np.ndarray, y_pred: np.ndarray):
@@ -102,43 +99,19 @@ def write_reports(
     return pairs
 
 
-def pip_requirements() -> list[str]:
-    """Pinned requirements of the logged model, given rather than inferred (inference loads the model again)."""
-    names = ["tensorflow-cpu", "tensorflow", "keras", "numpy"]
-    pins = []
-    for name in names:
-        try:
-            pins.append(f"{name}=={metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            continue
-    if any(p.startswith("tensorflow-cpu==") for p in pins):
-        pins = [p for p in pins if not p.startswith("tensorflow==")]
-    return pins
-
-
-def read_history(path: Path = HISTORY_PATH) -> list[dict[str, float]]:
-    import pandas as pd  # noqa: PLC0415
-
-    return pd.read_csv(path).to_dict(orient="records")
-
-
 def main() -> int:
     sys.stdout.reconfigure(line_buffering=True)  # progress lines reach logs as they happen
+    stage_started = time.time()
     try:
         cfg = params.load("model", "train", "evaluate")
-        uri, _ = tracking.store()
-        tracking.preflight(uri)
-    except (params.ParamsError, tracking.TrackingError) as exc:
+    except params.ParamsError as exc:
         print(f"evaluate: error: {exc}", file=sys.stderr)
         return 2
 
-    import keras  # noqa: PLC0415
+    from stages import model as nn  # noqa: PLC0415 - TensorFlow, after the cheap checks
 
-    from stages import model as nn  # noqa: PLC0415 - first: it sets TensorFlow's options
-
-    keras.config.disable_interactive_logging()  # no progress bars from MLflow's model checks
     started = time.monotonic()
-    model = keras.models.load_model(MODEL_PATH)
+    model = nn.load_model(MODEL_PATH)
     labels = cfg["train"]["labels"]
     loss_fn = nn.loss_function(labels, cfg["model"]["output"])
     (x_val, y_val), (x_test, y_test) = load_split(PREPARED_DIR, "val"), load_split(PREPARED_DIR, "test")
@@ -164,20 +137,7 @@ def main() -> int:
         f"({time.monotonic() - started:.1f}s)"
     )
 
-    started = time.monotonic()
-    stats = read_stats()
-    run_id = tracking.log_run(
-        params=params.flatten(params.read_raw()),
-        history=read_history(),
-        metrics=metrics,
-        tags=tracking.run_tags(stats["sha256"]),
-        artifacts=REPORTS_DIR,
-        model=model,
-        input_example=x_test[:3],
-        pip_requirements=pip_requirements(),
-        run_name=os.environ.get("DVC_EXP_NAME") or None,
-    )
-    print(f"evaluate: logged MLflow run {run_id} to {uri} ({time.monotonic() - started:.1f}s)")
+    runtime.remember("evaluate", sha256_file(MODEL_PATH), started=stage_started, ended=time.time())
     return 0
 
 

@@ -10,10 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-from stages import params
+from stages import params, runtime
 from stages.config import RAW_DIR
-from stages.files import staged_dir
-from stages.sources import SOURCES, Expected, Settings, SourceError, SourceSkipped, verify
+from stages.files import dir_digest, staged_dir
+from stages.sources import SOURCES, Expected, Settings, SourceError, SourceSkipped, origin, verify
 
 
 class FetchError(RuntimeError):
@@ -59,10 +59,11 @@ def main() -> int:
         return 2
     settings = Settings(**{k: v for k, v in cfg.items() if k != "sources"})
     try:
-        fetch(cfg["sources"], RAW_DIR, settings)
+        source = fetch(cfg["sources"], RAW_DIR, settings)
     except FetchError as exc:
         print(f"fetch: error: {exc}", file=sys.stderr)
         return 1
+    runtime.remember("fetch", dir_digest(RAW_DIR), source=source, origin=origin(source, settings, Expected()))
     return 0
 
 

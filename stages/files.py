@@ -29,6 +29,15 @@ def sha256_file(path: Path) -> str:
     return file_digest(path, "sha256").hex()
 
 
+def dir_digest(directory: Path) -> str:
+    """One sha256 for the files directly in ``directory`` (names and contents)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(directory).iterdir()):
+        if path.is_file():
+            digest.update(f"{path.name}\0{sha256_file(path)}\0".encode())
+    return digest.hexdigest()
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it into place on success.

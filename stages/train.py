@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from stages import params, tracking
-from stages.config import HISTORY_PATH, MODEL_PATH, PREPARED_DIR
-from stages.data import load_split
-from stages.files import atomic_path
+from stages import params, runtime, tracking
+from stages.config import HISTORY_PATH, MODEL_PATH, PREPARED_DIR, SERVING_CONFIG_PATH, STATS_PATH
+from stages.data import load_split, read_stats
+from stages.files import atomic_path, sha256_file, write_json
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
 
@@ -56,10 +56,9 @@ def fit(
     (printed and benchmarked, but not written to the history file, which must
     be identical from run to run).
     """
-    import keras  # noqa: PLC0415
-    import tensorflow as tf  # noqa: PLC0415
+    from stages import model as nn  # noqa: PLC0415 - it sets TensorFlow's options before importing it
 
-    from stages import model as nn  # noqa: PLC0415 - first: it sets TensorFlow's options
+    keras, tf = nn.keras, nn.tf
 
     loss_fn = nn.loss_function(cfg["labels"], output)
     steps = nn.Steps(model, keras.optimizers.Adam(cfg["learning_rate"]), loss_fn)
@@ -113,6 +112,11 @@ def fit(
     return history
 
 
+def write_serving_config(output: str, stats_path: Path = STATS_PATH, path: Path = SERVING_CONFIG_PATH) -> None:
+    """What a client of the model needs besides its weights: the input scaling and the output kind."""
+    write_json(path, {"normalization": read_stats(stats_path)["normalization"], "output": output})
+
+
 def write_history(history: list[dict[str, float]], path: Path = HISTORY_PATH) -> None:
     import pandas as pd  # noqa: PLC0415
 
@@ -123,6 +127,7 @@ def write_history(history: list[dict[str, float]], path: Path = HISTORY_PATH) ->
 
 def main() -> int:
     sys.stdout.reconfigure(line_buffering=True)  # progress lines reach logs as they happen
+    stage_started = time.time()
     try:
         cfg = params.load("model", "train")
         uri, _ = tracking.store()
@@ -144,7 +149,9 @@ def main() -> int:
         return 1
     seconds = time.monotonic() - started
     nn.save_model(model, MODEL_PATH)
+    write_serving_config(cfg["model"]["output"])
     write_history(history)
+    runtime.remember("train", sha256_file(MODEL_PATH), started=stage_started, ended=time.time(), train_seconds=seconds)
     print(
         f"train: {len(history)} epochs in {seconds:.1f}s ({seconds / len(history):.2f}s/epoch); "
         f"val_accuracy {history[-1]['val_accuracy']:.4f}; model -> {MODEL_PATH}"
