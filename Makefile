@@ -17,7 +17,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 TOLERANCE ?= 0.002
 LOSS_RTOL ?= 0.10
 
-.PHONY: install repro test test-fast lint reproduce lock clean
+.PHONY: install repro test test-fast lint reproduce report summary comment serve lock-check lock clean
 
 $(STAMP): requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,12 +40,39 @@ test-fast: install
 lint: install
 	ruff check .
 	ruff format --check .
+	actionlint .github/workflows/*.yml
 
 # Run every stage again from nothing (no cached results, data fetched anew) and
 # fail if the metrics drift from those committed at HEAD.
 reproduce: install
 	dvc repro --force
 	python -m stages.metrics_check --tolerance $(TOLERANCE) --loss-rtol $(LOSS_RTOL)
+
+# Fail when dvc.lock is stale against the code and params (CI's first gate).
+lock-check: install
+	python -m stages.lock_check
+
+# The pull-request report: metrics and params against BASE (default: the merge
+# base with main, or HEAD~1), curves and confusion matrices, in reports/pr/.
+BASE ?=
+report: install
+	python -m stages.report $(if $(BASE),--base $(BASE))
+
+# Tables only, for a CI job summary (images cannot be shown there).
+summary:
+	@cat reports/pr/summary.md
+
+# Post the report as one pull-request comment, updated in place on each push
+# (CML; GitHub Actions installs it and provides REPO_TOKEN).
+CML ?= cml
+comment:
+	$(CML) comment update --target=pr --watermark-title="MNIST pipeline report" reports/pr/report.md
+
+# Serve the registry's champion over HTTP on 127.0.0.1:$(PORT) (see README, "Serving").
+PORT ?= 5001
+serve: install
+	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
+	  mlflow models serve -m "models:/mnist-classifier@champion" --env-manager local -h 127.0.0.1 -p $(PORT)
 
 # Regenerate requirements.lock from pyproject.toml (Linux x86-64, CPython 3.11).
 lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -64,4 +65,18 @@ def image_grid(
             red = highlight is not None and highlight[i]
             ax.set_title(captions[i], fontsize=8, color="tab:red" if red else "black")
     fig.suptitle(title)
+    _save(fig, path)
+
+
+def history_curves(histories: dict[str, Any], path: Path) -> None:
+    """Loss and accuracy per epoch (training dashed, validation solid) of one or more revisions."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    for (label, frame), color in zip(histories.items(), sns.color_palette(n_colors=len(histories)), strict=True):
+        for ax, metric, name in [(axes[0], "loss", "Cross-entropy loss"), (axes[1], "accuracy", "Accuracy")]:
+            ax.plot(frame["epoch"], frame[metric], "--", color=color, label=f"{label}: training")
+            ax.plot(frame["epoch"], frame[f"val_{metric}"], "-", color=color, label=f"{label}: validation")
+            ax.set_xlabel("Epoch")
+            ax.set_ylabel(name)
+    axes[1].legend(fontsize=8)
+    fig.suptitle("Training history")
     _save(fig, path)

@@ -1,0 +1,116 @@
+"""The pull-request report: what a change did to the metrics, params, curves and confusion matrix.
+
+    python -m stages.report [--base REV] [--out reports/pr]
+
+Compares the workspace (after ``make reproduce``) with ``--base`` (default:
+the merge base with ``main``, or ``HEAD~1`` on ``main`` itself). The tables
+are DVC's own (``dvc metrics diff --md``, ``dvc params diff --md``); the
+figures are the training curves of both revisions drawn together and each
+revision's confusion matrix as the pipeline drew it. Writes ``report.md``
+(for the pull-request comment) and ``summary.md`` (tables only, for the job
+summary, where images cannot be shown). Runs offline; changes nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+from stages.config import EVALUATE_DIR, HISTORY_PATH, PR_REPORT_DIR
+
+
+class ReportError(RuntimeError):
+    pass
+
+
+def run(args: list[str]) -> str:
+    result = subprocess.run(args, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ReportError(f"{' '.join(args)} failed: {result.stderr.strip().splitlines()[-1:] or result.returncode}")
+    return result.stdout
+
+
+def default_base() -> str:
+    """The merge base with ``main`` (``origin/main`` in a CI checkout); ``HEAD~1`` when that is HEAD itself."""
+    head = run(["git", "rev-parse", "HEAD"]).strip()
+    for branch in ["origin/main", "main"]:
+        try:
+            base = run(["git", "merge-base", "HEAD", branch]).strip()
+        except ReportError:
+            continue
+        if base != head:
+            return base
+    return "HEAD~1"
+
+
+def at_revision(rev: str, path: Path) -> bytes | None:
+    """The committed bytes of ``path`` at ``rev``, or None when it is not there."""
+    result = subprocess.run(["git", "show", f"{rev}:{path.as_posix()}"], capture_output=True)
+    return result.stdout if result.returncode == 0 else None
+
+
+def table(kind: str, base: str) -> str:
+    """DVC's own markdown diff of ``kind`` (metrics or params) against ``base``."""
+    text = run(["dvc", kind, "diff", base, "--md"]).strip()
+    return text if text.count("\n") >= 2 else f"No {kind} changed."
+
+
+def write_report(base: str, out: Path = PR_REPORT_DIR) -> Path:
+    import pandas as pd  # noqa: PLC0415
+
+    from stages import plots  # noqa: PLC0415
+
+    label = run(["git", "rev-parse", "--short", base]).strip()
+    out.mkdir(parents=True, exist_ok=True)
+    metrics, params = table("metrics", base), table("params", base)
+
+    histories = {"workspace": pd.read_csv(HISTORY_PATH)}
+    committed = at_revision(base, HISTORY_PATH)
+    if committed is not None:
+        histories = {f"base {label}": pd.read_csv(io.BytesIO(committed)), **histories}
+    plots.history_curves(histories, out / "curves.png")
+    images = ["![Training curves](curves.png)"]
+    confusion = EVALUATE_DIR / "confusion_matrix.png"
+    old = at_revision(base, confusion)
+    if old is not None:
+        (out / "confusion_base.png").write_bytes(old)
+        images.append(f"Base {label}:\n\n![Confusion matrix, base](confusion_base.png)")
+    (out / "confusion_workspace.png").write_bytes(confusion.read_bytes())
+    images.append("This change:\n\n![Confusion matrix, this change](confusion_workspace.png)")
+
+    tables = f"## Metrics against {label}\n\n{metrics}\n\n## Params changed\n\n{params}\n"
+    (out / "summary.md").write_text(f"# MNIST pipeline: this change against {label}\n\n{tables}")
+    body = "\n\n".join(
+        [
+            f"# MNIST pipeline: this change against {label}",
+            tables,
+            "## Loss and accuracy per epoch",
+            images[0],
+            "## Confusion matrix (test set)",
+            *images[1:],
+        ]
+    )
+    (out / "report.md").write_text(body + "\n")
+    return out / "report.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", help="git revision to compare with (default: merge base with main, or HEAD~1)")
+    parser.add_argument("--out", type=Path, default=PR_REPORT_DIR)
+    args = parser.parse_args(argv)
+    try:
+        base = args.base or default_base()
+        path = write_report(base, args.out)
+    except (ReportError, FileNotFoundError) as exc:
+        print(f"report: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"report: {path} (against {base})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

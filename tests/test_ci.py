@@ -1,0 +1,114 @@
+"""CI as users run it: the workflow passes actionlint, `make report` and the dvc.lock gate work."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stages.lock_check import stale_entries
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+WORKFLOW = ROOT / ".github" / "workflows" / "ci.yml"
+
+
+def test_workflow_passes_actionlint():
+    actionlint = shutil.which("actionlint", path=str(BIN)) or shutil.which("actionlint")
+    if actionlint is None:
+        pytest.skip("actionlint is not installed (it is in the dev dependencies)")
+    result = subprocess.run([actionlint, str(WORKFLOW)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_workflow_only_calls_make_targets_that_exist():
+    import re
+
+    import yaml
+
+    steps = yaml.safe_load(WORKFLOW.read_text())["jobs"]["pipeline"]["steps"]
+    commands = [step["run"] for step in steps if "run" in step]
+    targets = {m.group(1) for c in commands for m in [re.match(r"make (?:--silent )?([\w-]+)", c)] if m}
+    assert all(c.startswith("make ") for c in commands), commands
+    makefile = (ROOT / "Makefile").read_text()
+    assert targets and all(re.search(rf"^{t}:", makefile, re.M) for t in targets), targets
+
+
+def test_lock_check_ignores_absent_data_but_not_changed_code_or_params():
+    absent = {
+        "train": [{"changed deps": {"data/prepared": "deleted"}}, {"changed outs": {"x": "not in cache"}}],
+        "publish": ["always changed"],
+    }
+    assert stale_entries(absent) == []
+    changed = {
+        "train": [{"changed deps": {"stages/train.py": "modified", "params.yaml": {"train.epochs": "modified"}}}],
+        "evaluate": ["changed command"],
+    }
+    assert stale_entries(changed) == [
+        "train: stages/train.py modified",
+        "train: param train.epochs modified",
+        "evaluate: changed command",
+    ]
+
+
+@pytest.fixture
+def two_commits(tmp_path) -> Path:
+    """A clone of this repository plus one commit that changes a param and the metrics."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    git = ["git", "-C", str(clone), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    params = (clone / "params.yaml").read_text().replace("epochs: 10", "epochs: 12")
+    (clone / "params.yaml").write_text(params)
+    metrics = json.loads((clone / "reports" / "metrics.json").read_text())
+    metrics["test_accuracy"] = round(metrics["test_accuracy"] + 0.0042, 6)
+    (clone / "reports" / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    subprocess.run([*git, "commit", "-qam", "more epochs"], check=True)
+    return clone
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+
+
+@pytest.mark.slow
+def test_report_shows_the_changed_metric_and_param_with_images(two_commits):
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.report", "--base", "HEAD~1"],
+        cwd=two_commits,
+        env={**env(), "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    out = two_commits / "reports" / "pr"
+    report = (out / "report.md").read_text()
+    assert "test_accuracy" in report and "0.0042" in report  # dvc metrics diff's Change column
+    assert "train.epochs" in report and "12" in report
+    for image in ["curves.png", "confusion_base.png", "confusion_workspace.png"]:
+        assert (out / image).stat().st_size > 1000 and f"({image})" in report
+    assert "![" not in (out / "summary.md").read_text()  # tables only
+
+
+@pytest.mark.slow
+def test_lock_check_fails_on_a_changed_param(two_commits):
+    def check():
+        return subprocess.run(
+            [sys.executable, "-m", "stages.lock_check"],
+            cwd=two_commits,
+            env={**env(), "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    subprocess.run(["git", "-C", str(two_commits), "checkout", "-q", "HEAD~1", "--", "params.yaml"], check=True)
+    assert check().returncode == 0
+    (two_commits / "params.yaml").write_text((two_commits / "params.yaml").read_text().replace("seed: 1", "seed: 2"))
+    failed = check()
+    assert failed.returncode == 1 and "param train.seed modified" in failed.stderr
