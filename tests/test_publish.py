@@ -7,6 +7,7 @@ sees exactly what it sees after `dvc repro`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -36,6 +37,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running(proc: subprocess.Popen, url: str, probe: str, timeout_s: float):
+    """Wait until ``url + probe`` answers, yield ``url``; stop the server's process group afterwards."""
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(url + probe, timeout=1):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"{proc.args[1:3]} did not start")
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
 
 
 def run_stage(stage: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
@@ -182,21 +202,8 @@ def served(project):
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/ping", timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("mlflow models serve did not start")
-                time.sleep(0.5)
+    with running(proc, f"http://127.0.0.1:{port}", "/ping", 120) as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 def post(url: str, body: bytes) -> tuple[int, dict]:
@@ -265,21 +272,8 @@ def tracking_server(tmp_path):
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("mlflow server did not start")
-                time.sleep(0.5)
+    with running(proc, f"http://127.0.0.1:{port}", "/health", 60) as url:
         yield url, tmp_path
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
 
 
 def test_publish_to_a_real_tracking_server(project, tracking_server):

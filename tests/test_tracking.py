@@ -64,10 +64,24 @@ def test_missing_sqlite_directory(tmp_path):
         tracking.preflight(f"sqlite:///{tmp_path}/nope/mlflow.db")
 
 
-def test_tags_name_the_experiment_and_data():
-    tags = tracking.run_tags("abc123", {"DVC_EXP_NAME": "lucky-lion", "DVC_EXP_BASELINE_REV": "f00"})
-    assert tags["dvc.exp_name"] == "lucky-lion"
-    assert tags["dvc.baseline_rev"] == "f00"
-    assert tags["data.sha256"] == "abc123"
-    assert len(tags["git.commit"]) == 40  # the tests run inside the project's git checkout
-    assert "dvc.exp_name" not in tracking.run_tags("abc123", {})
+def test_result_key_changes_with_any_file_or_param(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_text("model")
+    b.write_text("metrics")
+    key = tracking.result_key([a, b], {"train.epochs": 10})
+    assert key == tracking.result_key([a, b], {"train.epochs": 10})
+    assert key != tracking.result_key([a, b], {"train.epochs": 11})
+    b.write_text("metrics!")
+    assert key != tracking.result_key([a, b], {"train.epochs": 10})
+
+
+def test_no_store_yet_means_no_run(tmp_path):
+    assert tracking.find_run(f"sqlite:///{tmp_path}/mlflow.db", "k") is None
+    assert not (tmp_path / "mlflow.db").exists()  # looking does not create the store
+
+
+def test_run_names():
+    from stages.publish import run_name
+
+    assert run_name({"DVC_EXP_NAME": "lucky-lion"}) == "lucky-lion"
+    assert run_name({}).startswith("workspace@")  # the tests run inside the project's git checkout
