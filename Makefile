@@ -19,10 +19,11 @@ LOSS_RTOL ?= 0.10
 
 .PHONY: install repro test test-fast lint reproduce report summary comment serve lock-check lock clean
 
-$(STAMP): requirements.lock
+$(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "Installing the locked dependencies into $(VENV) (a few minutes the first time)..."
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .  # the mnist-predict command
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -192,6 +192,8 @@ def publish(uri: str, artifact_location: str | None, cfg: dict[str, Any], key: s
         if found:
             return f"publish: this result is already in {uri} as run {found[1]} ({found[0]}); nothing logged"
         experiment_id = tracking.ensure_experiment(client, artifact_location)
+        # MLflow files the logged model under the *active* experiment (else 'Default', in ./mlruns).
+        mlflow.set_experiment(experiment_id=experiment_id)
         history = pd.read_csv(HISTORY_PATH).to_dict(orient="records")
         run_id = tracking.log_run(
             client,

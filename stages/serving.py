@@ -93,7 +93,7 @@ class MnistClassifier(PythonModel):
         )
         return softmax(out) if self.logits else out
 
-    def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as a schema
+    def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:
         probs = self.probabilities(check_pixels(model_input))
         return pd.DataFrame({"digit": probs.argmax(axis=1).astype(np.int64), "probabilities": list(probs)})
 

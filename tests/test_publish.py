@@ -122,6 +122,8 @@ def test_one_complete_run_per_result_per_store(project):
     assert [t.value for t in inputs["mnist-train"].tags] == ["training"]
     assert c.get_experiment_by_name("mnist").tags["mlflow.experimentKind"] == "custom_model_development"
     artifacts = {f.path for f in c.list_artifacts(run.info.run_id, "reports")}
+    assert not (project / "mlruns").exists()  # nothing outside the store (MLflow's default ./mlruns)
+    assert c.get_logged_model(run.outputs.model_outputs[0].model_id).experiment_id == run.info.experiment_id
     assert "reports/metrics.json" in artifacts
 
     # Same store again: nothing logged, and quickly (no MLflow import).

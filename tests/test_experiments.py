@@ -1,0 +1,107 @@
+"""The MLflow rule through real DVC commands on a clone (slow: real MNIST, 1-epoch trainings).
+
+One run per distinct result per store: a fresh store gets the result, the same
+store twice gets nothing, queued experiments (`dvc queue start -j 2`) get one
+run each, outputs restored from DVC's run-cache are not logged again where
+they already are, and a new store gets them once.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def sh(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    environ.update({"PATH": f"{BIN}:{environ['PATH']}", **env})
+    return subprocess.run(args, cwd=cwd, env=environ, capture_output=True, text=True, timeout=600)
+
+
+def finished_runs(uri: str) -> list:
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("mnist")
+    return (
+        [] if experiment is None else client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'")
+    )
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("exp") / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(path)], check=True)
+    params = yaml.safe_load((path / "params.yaml").read_text())
+    params["fetch"]["sources"] = ["npm"]
+    params["model"]["hidden_units"] = [16]
+    params["train"]["epochs"] = 1
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "commit", "-qam", "tiny"], cwd=path, check=True)
+    return path
+
+
+def test_repro_queue_run_cache_and_stores(clone):
+    import mlflow
+
+    uri = f"sqlite:///{clone}/mlflow.db"
+    first = sh(["dvc", "repro"], clone)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    assert "is the first champion" in first.stdout
+    [run] = finished_runs(uri)
+    assert run.info.run_name.startswith("workspace@")
+
+    again = sh(["dvc", "repro"], clone)
+    assert again.returncode == 0 and "this result is already in" in again.stdout
+    assert "Running stage 'train'" not in again.stdout and len(finished_runs(uri)) == 1
+
+    for seed in (2, 3):
+        queued = sh(["dvc", "exp", "run", "--queue", "-S", f"train.seed={seed}"], clone)
+        assert queued.returncode == 0, queued.stderr
+    assert sh(["dvc", "queue", "start", "-j", "2"], clone).returncode == 0
+    deadline = time.monotonic() + 480
+    while True:
+        status = sh(["dvc", "queue", "status"], clone).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(3)
+    assert status.count("Success") == 2, status + sh(["dvc", "queue", "logs", "--help"], clone).stdout
+
+    runs = finished_runs(uri)
+    assert len(runs) == 3
+    names = {r.data.tags.get("dvc.exp_name") for r in runs} - {None}
+    assert len(names) == 2 and all(r.info.run_name in names for r in runs if r.data.tags.get("dvc.exp_name"))
+    client = mlflow.MlflowClient(uri)
+    versions = client.search_model_versions("name = 'mnist-classifier'")
+    assert len(versions) == 3
+    champion = client.get_model_version_by_alias("mnist-classifier", "champion")
+    assert float(champion.tags["val_accuracy"]) == max(float(v.tags["val_accuracy"]) for v in versions)
+
+    # The workspace at seed 2: DVC restores train and evaluate from its run-cache; that result is in the store.
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["train"]["seed"] = 2
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    restored = sh(["dvc", "repro"], clone)
+    assert restored.returncode == 0, restored.stderr[-2000:]
+    assert "Running stage 'train'" not in restored.stdout and "already in" in restored.stdout
+    assert len(finished_runs(uri)) == 3
+
+    # A new store gets it once, marked as not timed (nothing was trained here for it).
+    other = f"sqlite:///{clone}/other.db"
+    for _ in range(2):
+        assert sh(["dvc", "repro"], clone, MLFLOW_TRACKING_URI=other).returncode == 0
+    [new] = finished_runs(other)
+    assert "restored by DVC" in new.data.tags["pipeline.timing"]

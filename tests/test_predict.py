@@ -1,0 +1,263 @@
+"""predict: MNIST-style preprocessing of people's images, bad inputs, the command line, the quality gate."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+from stages import predict
+from stages.predict import CENTRE, ImageError, decode, expand, mnist_style, prepare
+from tests.photos import write_photos
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def drawn_seven(size=(300, 200), ink=30, paper=235, width=12) -> Image.Image:
+    """A dark 7 on light paper, off-centre, like a photo of a drawing."""
+    image = Image.new("L", size, paper)
+    draw = ImageDraw.Draw(image)
+    draw.line([(60, 40), (150, 40), (90, 170)], fill=ink, width=width)
+    return image
+
+
+def ink_box(pixels: np.ndarray, level: float = 30) -> tuple[int, int]:
+    rows, cols = np.nonzero(pixels > level)
+    return rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+
+
+def test_dark_on_light_becomes_light_on_dark_20px_and_centred():
+    out = mnist_style(np.asarray(drawn_seven(), dtype=float))
+    assert out.shape == (28, 28) and out.dtype == np.float32
+    assert out[0].max() == 0 and out[:, 0].max() == 0  # black background
+    assert out.max() > 200  # light ink
+    assert max(ink_box(out, 0)) == 20
+    com = ndimage.center_of_mass(out)
+    assert abs(com[0] - CENTRE[0]) <= 0.5 and abs(com[1] - CENTRE[1]) <= 0.5
+
+
+def test_aspect_ratio_is_kept():
+    image = Image.new("L", (200, 200), 0)
+    ImageDraw.Draw(image).rectangle([90, 20, 109, 179], fill=255)  # a 20 x 160 bar: 1:8
+    height, width = ink_box(mnist_style(np.asarray(image, dtype=float)), 60)
+    assert height == 20 and width in (2, 3)
+
+
+def test_noise_jpeg_artefacts_and_a_faint_shadow_do_not_widen_the_box():
+    rng = np.random.default_rng(0)
+    clean = np.asarray(drawn_seven(), dtype=float)
+    noisy = clean + rng.normal(0, 10, clean.shape)
+    noisy[:, 250:] -= 40  # a faint shadow along one side
+    noisy[10:12, 280:282] = 0  # two dark specks far away
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=60)
+    out = mnist_style(np.asarray(Image.open(buffer), dtype=float))
+    reference = mnist_style(clean)
+    assert abs(ndimage.center_of_mass(out)[1] - ndimage.center_of_mass(reference)[1]) < 1
+    assert np.abs(out - reference).mean() < 15
+
+
+def test_blank_image_has_no_digit():
+    with pytest.raises(ImageError, match="no digit found"):
+        mnist_style(np.full((50, 50), 240.0))
+
+
+def save(image: Image.Image, path: Path, **kwargs) -> Path:
+    image.save(path, **kwargs)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: save(drawn_seven().convert("RGB"), p / "rgb.png"),
+        lambda p: save(drawn_seven().convert("P"), p / "palette.png"),
+        lambda p: save(drawn_seven().convert("CMYK"), p / "cmyk.jpg"),
+        lambda p: save(Image.fromarray(np.asarray(drawn_seven(), dtype=np.uint16) * 257), p / "16bit.png"),
+        lambda p: save(drawn_seven().convert("RGB").convert("RGBA"), p / "rgba.webp"),
+        lambda p: save(drawn_seven(), p / "gray.tiff"),
+        lambda p: save(drawn_seven(), p / "gray.bmp"),
+    ],
+)
+def test_formats_and_modes_decode_to_the_same_digit(tmp_path, make):
+    reference = mnist_style(np.asarray(drawn_seven(), dtype=float))
+    out = mnist_style(decode(make(tmp_path)))
+    assert np.abs(out - reference).mean() < 8
+
+
+def test_transparency_is_composited_onto_white(tmp_path):
+    rgba = Image.new("RGBA", (300, 200), (0, 0, 0, 0))  # transparent black: white once composited
+    ImageDraw.Draw(rgba).line([(60, 40), (150, 40), (90, 170)], fill=(0, 0, 0, 255), width=12)
+    out = mnist_style(decode(save(rgba, tmp_path / "t.png")))
+    reference = mnist_style(np.asarray(drawn_seven(ink=0, paper=255), dtype=float))
+    assert np.abs(out - reference).mean() < 8
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    rotated = drawn_seven().rotate(90, expand=True)  # stored sideways, EXIF says "rotate back"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 CW to display
+    path = save(rotated, tmp_path / "exif.jpg", exif=exif, quality=95)
+    reference = mnist_style(np.asarray(drawn_seven(), dtype=float))
+    assert np.abs(mnist_style(decode(path)) - reference).mean() < 10
+
+
+def test_an_animated_gif_uses_its_first_frame(tmp_path):
+    first, second = drawn_seven(), Image.new("L", (300, 200), 235)
+    path = tmp_path / "anim.gif"
+    first.save(path, save_all=True, append_images=[second])
+    assert mnist_style(decode(path)).max() > 200
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda p: (p / "notes.png").write_text("not an image"), "not an image"),
+        (lambda p: (p / "empty.png").write_bytes(b""), "empty file"),
+        (lambda p: (p / "blank.png").write_bytes(png(Image.new("L", (40, 40), 250))), "no digit found"),
+        (lambda p: (p / "cut.png").write_bytes(png(drawn_seven())[:300]), "cannot decode"),
+    ],
+)
+def test_bad_files_get_a_one_line_reason(tmp_path, setup, message):
+    setup(tmp_path)
+    [outcome] = expand([str(tmp_path)])
+    prepare(outcome)
+    assert outcome.pixels is None and message in outcome.error and "\n" not in outcome.error
+
+
+def test_a_decompression_bomb_is_refused_before_decoding(tmp_path, monkeypatch):
+    path = save(drawn_seven(), tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ImageError, match="too large to decode safely"):
+        decode(path)
+
+
+def test_paths_directories_and_globs(tmp_path):
+    (tmp_path / "b.png").write_bytes(png(drawn_seven()))
+    (tmp_path / "a.jpg").write_bytes(png(drawn_seven()))
+    (tmp_path / "readme.txt").write_text("x")
+    (tmp_path / "empty").mkdir()
+    found = expand(
+        [
+            str(tmp_path),
+            str(tmp_path / "*.png"),
+            str(tmp_path / "missing.png"),
+            str(tmp_path / "empty"),
+            str(tmp_path / "*.gif"),
+        ]
+    )
+    assert [Path(o.path).name for o in found] == ["a.jpg", "b.png", "b.png", "missing.png", "empty", "*.gif"]
+    errors = [o.error for o in found]
+    assert errors[:3] == [None, None, None]
+    assert errors[3:] == ["no such file", "directory has no image files", "no file matches this pattern"]
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+# --- the command line, with a tiny model (slow: TensorFlow) --------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    nn = pytest.importorskip("stages.model")
+    root = tmp_path_factory.mktemp("tiny")
+    nn.configure(0)
+    nn.save_model(nn.build([8], "relu", 0.0, "linear"), root / "data" / "model" / "model.keras")
+    (root / "data" / "model" / "serving.json").write_text(
+        json.dumps({"normalization": {"method": "minmax", "offset": 0.0, "scale": 255.0}, "output": "linear"})
+    )
+    return root
+
+
+@pytest.mark.slow
+def test_cli_table_json_exit_codes_and_saved_inputs(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "seven.png").write_bytes(png(drawn_seven()))
+    (images / "broken.jpg").write_text("nope")
+    monkeypatch.chdir(tiny_model_dir)
+
+    assert predict.main([str(images), "--save-inputs", str(tmp_path / "seen")]) == 1
+    out, err = capsys.readouterr()
+    header, row = out.strip().splitlines()
+    assert header.split()[:3] == ["path", "digit", "confidence"] and row.startswith(str(images / "seven.png"))
+    assert f"predict: error: {images / 'broken.jpg'}: not an image" in err
+    seen = Image.open(tmp_path / "seen" / "0001-seven.png")
+    assert seen.size == (28, 28) and seen.mode == "L"
+
+    assert predict.main([str(images / "seven.png"), "--json", "--top", "3"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert len(record["top"]) == 3 and len(record["probabilities"]) == 10
+    assert abs(sum(record["probabilities"]) - 1) < 1e-4  # softmax applied to the logits
+    assert record["digit"] == record["top"][0]["digit"]
+
+
+# --- the quality gate: real MNIST test digits as photos, the default model (slow) ---------
+
+
+@pytest.fixture(scope="module")
+def default_model() -> Path:
+    """The pipeline's model; `dvc repro train` first when this checkout has none (a fresh clone)."""
+    import os
+    import subprocess
+    import sys
+
+    if not (ROOT / "data" / "model" / "model.keras").exists():
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        result = subprocess.run(["dvc", "repro", "train"], cwd=ROOT, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
+    return ROOT
+
+
+@pytest.mark.slow
+def test_quality_gate_on_photo_like_digits(default_model, tmp_path, monkeypatch, capsys):
+    from stages import idx
+    from stages.serving import MnistClassifier
+
+    raw = default_model / "data" / "raw"
+    images = idx.read(raw / "t10k-images-idx3-ubyte")[:1000]
+    labels = idx.read(raw / "t10k-labels-idx1-ubyte")[:1000]
+    monkeypatch.chdir(default_model)
+    model = MnistClassifier().load(predict.MODEL_PATH, predict.SERVING_CONFIG_PATH)
+    clean = model.probabilities(images.astype(np.float32)).argmax(axis=1)
+
+    # MNIST images saved as PNG files come out nearly unchanged and get the evaluate stage's answers.
+    pngs = tmp_path / "png"
+    pngs.mkdir()
+    changes = []
+    for i, image in enumerate(images[:300]):
+        Image.fromarray(image).save(pngs / f"{i:04d}.png")
+        changes.append(np.abs(mnist_style(image.astype(float)) - image).mean())
+    # Mostly identical; a digit whose centre of mass sits half-way between pixels may move by one.
+    assert np.median(changes) < 0.5 and np.mean(np.array(changes) < 2) >= 0.9
+    assert predict.main([str(pngs), "--json"]) == 0
+    answers = [json.loads(line)["digit"] for line in capsys.readouterr().out.splitlines()]
+    assert np.mean(np.array(answers) == clean[:300]) >= 0.995
+
+    # Photos and scans: dark on light, 100-400 px, off-centre, tilted, blurred or noisy, JPEG.
+    write_photos(images, tmp_path / "photos")
+    assert predict.main([str(tmp_path / "photos"), "--json"]) == 0
+    answers = np.array([json.loads(line)["digit"] for line in capsys.readouterr().out.splitlines()])
+    photo_accuracy, clean_accuracy = np.mean(answers == labels), np.mean(clean == labels)
+    # Without the preprocessing: the photo squeezed to 28x28, as it is.
+    squeezed = np.stack(
+        [
+            np.asarray(Image.open(p).convert("L").resize((28, 28)), dtype=np.float32)
+            for p in sorted((tmp_path / "photos").iterdir())
+        ]
+    )
+    naive_accuracy = np.mean(model.probabilities(squeezed).argmax(axis=1) == labels)
+    print(
+        f"quality gate: photos {photo_accuracy:.3f}, clean {clean_accuracy:.3f}, no preprocessing {naive_accuracy:.3f}"
+    )
+    assert photo_accuracy >= 0.96 and clean_accuracy - photo_accuracy <= 0.02
+    assert naive_accuracy < 0.5
