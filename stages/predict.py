@@ -18,9 +18,11 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import multiprocessing
 import sys
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 BOX = 20  # MNIST: the digit's longer side, in pixels
 SIDE = 28
 CENTRE = (14.0, 14.0)  # where MNIST puts the centre of mass (row, column): measured on the training set
+WORKING_SIZE = 160  # larger images are reduced to about this before the digit is found
 
 
 class ImageError(ValueError):
@@ -55,9 +58,14 @@ def decode(path: Path) -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 image.seek(0)  # the first frame of an animation
+                longer = max(image.size)
+                if image.format == "JPEG" and longer > WORKING_SIZE:  # the decoder scales down, far faster
+                    image.draft(
+                        "L", (-(-image.width * WORKING_SIZE // longer), -(-image.height * WORKING_SIZE // longer))
+                    )
                 image.load()
                 image = ImageOps.exif_transpose(image)
-                return _grayscale(image)
+                return shrink(_grayscale(image))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(
             f"image too large to decode safely (over Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} pixels)"
@@ -66,6 +74,15 @@ def decode(path: Path) -> np.ndarray:
         raise ImageError("not an image (or a format Pillow cannot read)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"cannot decode: {exc}") from None
+
+
+def shrink(gray: np.ndarray, limit: int = WORKING_SIZE) -> np.ndarray:
+    """Average blocks of pixels so the longer side is at most about ``limit``: the digit ends up 20 px anyway."""
+    factor = -(-max(gray.shape) // limit)
+    if factor <= 1:
+        return gray
+    height, width = (gray.shape[0] // factor) * factor, (gray.shape[1] // factor) * factor
+    return gray[:height, :width].reshape(height // factor, factor, width // factor, factor).mean(axis=(1, 3))
 
 
 def _grayscale(image) -> np.ndarray:
@@ -169,7 +186,8 @@ def expand(paths: list[str]) -> list[Outcome]:
     return found
 
 
-def prepare(outcome: Outcome) -> None:
+def prepare(outcome: Outcome) -> Outcome:
+    """Fill in ``outcome.pixels`` (the image in MNIST's form) or ``outcome.error``; return it."""
     if outcome.error is None:
         try:
             path = Path(outcome.path)
@@ -178,6 +196,7 @@ def prepare(outcome: Outcome) -> None:
             outcome.pixels = mnist_style(decode(path))
         except ImageError as exc:
             outcome.error = str(exc)
+    return outcome
 
 
 # --- the model -------------------------------------------------------------------
@@ -186,11 +205,11 @@ def prepare(outcome: Outcome) -> None:
 def load_model(uri: str | None):
     """A function from raw-pixel batches (N, 28, 28) to probabilities (N, 10)."""
     if uri is None:
-        from stages.serving import MnistClassifier  # noqa: PLC0415
+        from stages.classifier import Classifier  # noqa: PLC0415
 
         if not MODEL_PATH.exists():
             raise FileNotFoundError(f"{MODEL_PATH} not found: run `dvc repro` first, or pass --model URI")
-        return MnistClassifier().load(MODEL_PATH, SERVING_CONFIG_PATH).probabilities
+        return Classifier(MODEL_PATH, SERVING_CONFIG_PATH).probabilities
     import mlflow.pyfunc  # noqa: PLC0415
 
     model = mlflow.pyfunc.load_model(uri)
@@ -219,13 +238,15 @@ def as_json(o: Outcome, top: int) -> str:
     if o.error is not None:
         return json.dumps({"path": o.path, "error": o.error})
     best = ranked(o.probabilities, top)
-    return json.dumps({
-        "path": o.path,
-        "digit": best[0][0],
-        "confidence": round(best[0][1], 6),
-        "top": [{"digit": d, "probability": round(p, 6)} for d, p in best],
-        "probabilities": [round(float(p), 6) for p in o.probabilities],
-    })
+    return json.dumps(
+        {
+            "path": o.path,
+            "digit": best[0][0],
+            "confidence": round(best[0][1], 6),
+            "top": [{"digit": d, "probability": round(p, 6)} for d, p in best],
+            "probabilities": [round(float(p), 6) for p in o.probabilities],
+        }
+    )
 
 
 def save_inputs(outcomes: list[Outcome], directory: Path) -> None:
@@ -252,15 +273,18 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     outcomes = expand(args.paths)
-    for o in outcomes:
-        prepare(o)
-    good = [o for o in outcomes if o.pixels is not None]
-    if good:
+    # Decode and preprocess in a second process while this one loads the model
+    # (importing TensorFlow is most of the start-up): both cores at work.
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as pool:
+        prepared = pool.map(prepare, outcomes, chunksize=64)
         try:
             predict = load_model(args.model)
-        except Exception as exc:
+        except Exception as exc:  # any failure to load is reported in one line
             print(f"predict: error: cannot load the model: {str(exc).splitlines()[0]}", file=sys.stderr)
             return 2
+        outcomes = list(prepared)
+    good = [o for o in outcomes if o.pixels is not None]
+    if good:
         probs = predict(np.stack([o.pixels for o in good]))
         for o, p in zip(good, probs, strict=True):
             o.probabilities = p

@@ -38,6 +38,7 @@ SECTIONS = ("fetch", "preprocess", "model", "train", "evaluate")
 # What a result is: these files' contents plus every param.
 RESULT_FILES = [MODEL_PATH, SERVING_CONFIG_PATH, METRICS_PATH, HISTORY_PATH, STATS_PATH]
 SERVING_CODE = Path(__file__).with_name("serving.py")
+CLASSIFIER_CODE = Path(__file__).with_name("classifier.py")
 # Key params copied onto each registered model version, next to its scores.
 VERSION_PARAMS = (
     "model.hidden_units",
@@ -112,7 +113,7 @@ def signature() -> Any:
 
 
 def log_model(run_id: str, input_example: Any) -> Any:
-    """The served model (``serving.py`` + the Keras file + its normalization) into the run."""
+    """The served model (``serving.py``, ``classifier.py``, the Keras file, its normalization) into the run."""
     import mlflow.pyfunc  # noqa: PLC0415
     from mlflow.models import Model  # noqa: PLC0415
 
@@ -124,6 +125,7 @@ def log_model(run_id: str, input_example: Any) -> Any:
         flavor=mlflow.pyfunc,
         run_id=run_id,
         python_model=str(SERVING_CODE),  # models from code: nothing pickled
+        code_paths=[str(CLASSIFIER_CODE)],
         artifacts={serving.KERAS_ARTIFACT: str(MODEL_PATH), serving.CONFIG_ARTIFACT: str(SERVING_CONFIG_PATH)},
         signature=signature(),
         input_example=input_example,

@@ -221,13 +221,13 @@ def default_model() -> Path:
 @pytest.mark.slow
 def test_quality_gate_on_photo_like_digits(default_model, tmp_path, monkeypatch, capsys):
     from stages import idx
-    from stages.serving import MnistClassifier
+    from stages.classifier import Classifier
 
     raw = default_model / "data" / "raw"
     images = idx.read(raw / "t10k-images-idx3-ubyte")[:1000]
     labels = idx.read(raw / "t10k-labels-idx1-ubyte")[:1000]
     monkeypatch.chdir(default_model)
-    model = MnistClassifier().load(predict.MODEL_PATH, predict.SERVING_CONFIG_PATH)
+    model = Classifier(predict.MODEL_PATH, predict.SERVING_CONFIG_PATH)
     clean = model.probabilities(images.astype(np.float32)).argmax(axis=1)
 
     # MNIST images saved as PNG files come out nearly unchanged and get the evaluate stage's answers.

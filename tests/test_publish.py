@@ -220,14 +220,12 @@ def post(url: str, body: bytes) -> tuple[int, dict]:
 def test_served_model_answers_raw_pixels_like_the_local_model(project, served):
     import mlflow
 
-    from stages.serving import MnistClassifier
+    from stages.classifier import Classifier
 
     raw = idx.read(project / "data" / "raw" / "t10k-images-idx3-ubyte")[:5]
     status, answer = post(served, json.dumps({"inputs": raw.tolist()}).encode())
     assert status == 200
-    local = MnistClassifier().load(
-        project / "data" / "model" / "model.keras", project / "data" / "model" / "serving.json"
-    )
+    local = Classifier(project / "data" / "model" / "model.keras", project / "data" / "model" / "serving.json")
     probs = local.probabilities(raw.astype(np.float32))
     assert [p["digit"] for p in answer["predictions"]] == probs.argmax(axis=1).tolist()
     np.testing.assert_allclose([p["probabilities"] for p in answer["predictions"]], probs, rtol=1e-4, atol=1e-6)
@@ -288,3 +286,24 @@ def test_publish_to_a_real_tracking_server(project, tracking_server):
     assert (server_dir / "server-artifacts").is_dir()  # artifacts went through the server
     again = run_stage("publish", project, MLFLOW_TRACKING_URI=url)
     assert "already in" in again.stdout and len(runs(url)) == 1  # found over REST
+
+
+def test_predict_with_a_logged_model_uri(project, tmp_path, monkeypatch, capsys):
+    """`predict --model runs:/<id>/model`: a registered or logged model, no DVC workspace needed."""
+    from PIL import Image
+
+    from stages import predict
+
+    uri = f"sqlite:///{project}/mlflow.db"
+    if not runs(uri):
+        assert run_stage("publish", project).returncode == 0
+    run_id = runs(uri)[0].info.run_id
+    raw = idx.read(project / "data" / "raw" / "t10k-images-idx3-ubyte")[:3]
+    for i, image in enumerate(raw):
+        Image.fromarray(255 - image).resize((120, 120)).save(tmp_path / f"{i}.png")  # dark on light
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # no data/model here: the model comes from the store
+    for model_uri in [f"runs:/{run_id}/model", "models:/mnist-classifier@champion"]:
+        assert predict.main([str(tmp_path), "--json", "--model", model_uri]) == 0
+        records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert len(records) == 3 and all(len(r["probabilities"]) == 10 for r in records)
