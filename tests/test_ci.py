@@ -113,3 +113,19 @@ def test_lock_check_fails_on_a_changed_param(two_commits):
     (two_commits / "params.yaml").write_text((two_commits / "params.yaml").read_text().replace("seed: 1", "seed: 2"))
     failed = check()
     assert failed.returncode == 1 and "param train modified" in failed.stderr
+
+
+def test_make_comment_posts_the_report_as_one_updatable_pr_comment(tmp_path):
+    """CML is not installable here: a stand-in records the command line `make comment` runs on GitHub."""
+    fake = tmp_path / "cml"
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path / "args"}\n')
+    fake.chmod(0o755)
+    result = subprocess.run(["make", "--silent", "comment", f"CML={fake}"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "args").read_text().splitlines() == [
+        "comment",
+        "update",
+        "--target=pr",
+        "--watermark-title=MNIST pipeline report",
+        "reports/pr/report.md",
+    ]
