@@ -60,6 +60,8 @@ def store(environ: Mapping[str, str] | None = None) -> tuple[str, str | None]:
     """(tracking URI, artifact location for a new experiment or None to let the server decide)."""
     environ = os.environ if environ is None else environ
     uri = environ.get("MLFLOW_TRACKING_URI")
+    if uri and uri.startswith("sqlite:///"):  # artifacts beside the database, not in ./mlruns of wherever it ran
+        return uri, (Path(uri.removeprefix("sqlite:///")).parent / MLFLOW_ARTIFACTS).as_uri()
     if uri:
         return uri, None
     root = repo_root(environ)

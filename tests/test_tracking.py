@@ -59,6 +59,11 @@ def test_healthy_server_passes(http_server):
     tracking.preflight(http_server.url)
 
 
+def test_a_sqlite_store_keeps_its_artifacts_beside_it(tmp_path):
+    uri = f"sqlite:///{tmp_path}/team.db"
+    assert tracking.store({"MLFLOW_TRACKING_URI": uri}) == (uri, (tmp_path / "mlartifacts").as_uri())
+
+
 def test_missing_sqlite_directory(tmp_path):
     with pytest.raises(tracking.TrackingError, match="not a writable directory"):
         tracking.preflight(f"sqlite:///{tmp_path}/nope/mlflow.db")
