@@ -17,7 +17,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 TOLERANCE ?= 0.002
 LOSS_RTOL ?= 0.10
 
-.PHONY: install repro test test-fast lint reproduce report summary comment serve lock-check lock clean
+.PHONY: install repro test test-fast lint reproduce report summary comment serve server server-stop remote lock-check lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -74,6 +74,24 @@ PORT ?= 5001
 serve: install
 	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
 	  mlflow models serve -m "models:/mnist-classifier@champion" --env-manager local -h 127.0.0.1 -p $(PORT)
+
+# A team-style tracking server on 127.0.0.1:$(SERVER_PORT): PostgreSQL backend
+# (MLFLOW_BACKEND_URI, or a throw-away cluster in .server/) and proxied
+# artifacts. See README, "Team use".
+SERVER_HOST ?= 127.0.0.1
+SERVER_PORT ?= 5000
+server: install
+	python -m stages.server start --host $(SERVER_HOST) --port $(SERVER_PORT)
+
+server-stop:
+	python -m stages.server stop
+
+# A shared DVC remote, in this clone's .dvc/config.local (never committed):
+#   make remote REMOTE=s3://bucket/mnist   or   make remote REMOTE=/shared/dvc-store
+REMOTE ?=
+remote:
+	@test -n "$(REMOTE)" || { echo "make remote: set REMOTE=<url or directory>"; exit 2; }
+	dvc remote add --local --default --force shared "$(REMOTE)"
 
 # Regenerate requirements.lock from pyproject.toml (Linux x86-64, CPython 3.11).
 lock:

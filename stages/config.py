@@ -32,3 +32,4 @@ RUNTIME_DIR = Path(".runtime")
 # The default MLflow store, at the root of the DVC repository (see tracking.store).
 MLFLOW_DB = "mlflow.db"
 MLFLOW_ARTIFACTS = "mlartifacts"
+SERVER_DIR = Path(".server")  # make server: state, logs, the throw-away PostgreSQL cluster, artifacts

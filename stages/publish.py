@@ -146,6 +146,9 @@ def log_model(run_id: str, input_example: Any) -> Any:
 
 def publish(uri: str, artifact_location: str | None, cfg: dict[str, Any], key: str, started: float) -> str:
     """Log the result as one run, register its model, update ``champion``; return the one-line summary."""
+    # A server that fails mid-way: a clear error in seconds, not MLflow's minutes of retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     import mlflow  # noqa: PLC0415
     import pandas as pd  # noqa: PLC0415
     from mlflow import MlflowClient  # noqa: PLC0415
@@ -252,7 +255,13 @@ def main() -> int:
     if found:
         print(f"publish: this result is already in {uri} as run {found[1]} ({found[0]}); nothing to log")
         return 0
-    print(publish(uri, artifact_location, cfg, key, started) + f" ({time.time() - started:.1f}s)")
+    try:
+        summary = publish(uri, artifact_location, cfg, key, started)
+    except Exception as exc:  # the store failed mid-way: one line, not a traceback; the run is marked FAILED
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"publish: error: logging to {uri} failed: {reason}", file=sys.stderr)
+        return 1
+    print(summary + f" ({time.time() - started:.1f}s)")
     return 0
 
 

@@ -2,8 +2,10 @@
 
 One run per distinct result per store: a fresh store gets the result, the same
 store twice gets nothing, queued experiments (`dvc queue start -j 2`) get one
-run each, outputs restored from DVC's run-cache are not logged again where
-they already are, and a new store gets them once.
+run each, outputs that DVC restored from its cache are not logged again where
+they already are, and a new store gets them once. (DVC saves no run-cache for
+train and evaluate: their history and reports are kept in git, out of DVC's
+cache; outputs come back with git and `dvc checkout` or `dvc pull`.)
 """
 
 from __future__ import annotations
@@ -59,13 +61,15 @@ def test_repro_queue_run_cache_and_stores(clone):
     uri = f"sqlite:///{clone}/mlflow.db"
     first = sh(["dvc", "repro"], clone)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
-    assert "is the first champion" in first.stdout
+    assert "is the first champion" in first.stdout and "epoch 1/1" in first.stdout  # trained here
     [run] = finished_runs(uri)
     assert run.info.run_name.startswith("workspace@")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "commit", "-qam", "results"], cwd=clone, check=True)
 
     again = sh(["dvc", "repro"], clone)
     assert again.returncode == 0 and "this result is already in" in again.stdout
-    assert "Running stage 'train'" not in again.stdout and len(finished_runs(uri)) == 1
+    assert "epoch 1/1" not in again.stdout and len(finished_runs(uri)) == 1
 
     for seed in (2, 3):
         queued = sh(["dvc", "exp", "run", "--queue", "-S", f"train.seed={seed}"], clone)
@@ -90,14 +94,21 @@ def test_repro_queue_run_cache_and_stores(clone):
     champion = client.get_model_version_by_alias("mnist-classifier", "champion")
     assert float(champion.tags["val_accuracy"]) == max(float(v.tags["val_accuracy"]) for v in versions)
 
-    # The workspace at seed 2: DVC restores train and evaluate from its run-cache; that result is in the store.
+    # Another seed in the workspace (trained and logged), then back to the commit: git restores
+    # params, dvc.lock and reports, `dvc checkout` the model from DVC's cache; nothing is trained,
+    # and that result is already in the store.
     params = yaml.safe_load((clone / "params.yaml").read_text())
-    params["train"]["seed"] = 2
+    params["train"]["seed"] = 9
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    other_seed = sh(["dvc", "repro"], clone)
+    assert "epoch 1/1" in other_seed.stdout and len(finished_runs(uri)) == 4
+    subprocess.run(["git", "checkout", "-q", "--", "."], cwd=clone, check=True)
+    assert sh(["dvc", "checkout"], clone).returncode == 0
     restored = sh(["dvc", "repro"], clone)
     assert restored.returncode == 0, restored.stderr[-2000:]
-    assert "Running stage 'train'" not in restored.stdout and "already in" in restored.stdout
-    assert len(finished_runs(uri)) == 3
+    assert "epoch 1/1" not in restored.stdout, restored.stdout  # restored, not trained
+    assert "already in" in restored.stdout, restored.stdout
+    assert len(finished_runs(uri)) == 4
 
     # A new store gets it once, marked as not timed (nothing was trained here for it).
     other = f"sqlite:///{clone}/other.db"
