@@ -20,6 +20,9 @@ from typing import Any
 import numpy as np
 
 IMAGE_SHAPE = (28, 28)
+# Names under which the served model carries the Keras file and its serving.json.
+KERAS_ARTIFACT = "keras_model"
+CONFIG_ARTIFACT = "serving_config"
 
 
 class BadInput(ValueError):

@@ -27,8 +27,11 @@ def stale_entries(status: dict[str, Any]) -> list[str]:
             for path, state in entry.get("changed deps", {}).items():
                 if isinstance(state, dict):  # params: {"train": "modified"}
                     problems += [f"{stage}: param {key} {how}" for key, how in state.items()]
-                elif state != "deleted":  # deleted: data not checked out here, not a stale lock
+                elif state != "deleted" or not path.startswith("data/"):  # data not checked out here is fine
                     problems.append(f"{stage}: {path} {state}")
+            for path, state in entry.get("changed outs", {}).items():
+                if state == "modified":  # a committed output (metrics, reports) that its stage did not write
+                    problems.append(f"{stage}: output {path} modified")
             for other in set(entry) - {"changed deps", "changed outs"}:
                 problems.append(f"{stage}: {other}")
     return problems

@@ -17,7 +17,7 @@ from stages.files import atomic_path
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
-    # A fixed creation date keeps the PNG bytes identical from run to run.
+    # No "Software" text chunk (it names the matplotlib version): the same figure, the same bytes.
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)

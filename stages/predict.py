@@ -19,6 +19,7 @@ import argparse
 import glob
 import json
 import multiprocessing
+import os
 import sys
 import time
 import warnings
@@ -28,7 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.config import MODEL_PATH, SERVING_CONFIG_PATH
+from stages.config import MLFLOW_DB, MODEL_PATH, SERVING_CONFIG_PATH
+
+PROJECT = Path(__file__).resolve().parents[1]  # the repository, wherever `mnist-predict` is run from
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 BOX = 20  # MNIST: the digit's longer side, in pixels
@@ -79,7 +82,7 @@ def decode(path: Path) -> np.ndarray:
 def shrink(gray: np.ndarray, limit: int = WORKING_SIZE) -> np.ndarray:
     """Average blocks of pixels so the longer side is at most about ``limit``: the digit ends up 20 px anyway."""
     factor = -(-max(gray.shape) // limit)
-    if factor <= 1:
+    if factor <= 1 or min(gray.shape) < factor:  # a sliver stays as it is
         return gray
     height, width = (gray.shape[0] // factor) * factor, (gray.shape[1] // factor) * factor
     return gray[:height, :width].reshape(height // factor, factor, width // factor, factor).mean(axis=(1, 3))
@@ -196,6 +199,8 @@ def prepare(outcome: Outcome) -> Outcome:
             outcome.pixels = mnist_style(decode(path))
         except ImageError as exc:
             outcome.error = str(exc)
+        except Exception as exc:  # a decoder's surprise is this file's error, not the whole batch's
+            outcome.error = f"cannot read: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return outcome
 
 
@@ -207,11 +212,14 @@ def load_model(uri: str | None):
     if uri is None:
         from stages.classifier import Classifier  # noqa: PLC0415
 
-        if not MODEL_PATH.exists():
-            raise FileNotFoundError(f"{MODEL_PATH} not found: run `dvc repro` first, or pass --model URI")
-        return Classifier(MODEL_PATH, SERVING_CONFIG_PATH).probabilities
+        model_path, config_path = PROJECT / MODEL_PATH, PROJECT / SERVING_CONFIG_PATH
+        if not model_path.exists():
+            raise FileNotFoundError(f"{model_path} not found: run `dvc repro` first, or pass --model URI")
+        return Classifier(model_path, config_path).probabilities
     import mlflow.pyfunc  # noqa: PLC0415
 
+    if not os.environ.get("MLFLOW_TRACKING_URI"):  # models:/ URIs: the project's default store
+        mlflow.set_tracking_uri(f"sqlite:///{PROJECT / MLFLOW_DB}")
     model = mlflow.pyfunc.load_model(uri)
     return lambda pixels: np.stack(model.predict(pixels)["probabilities"].to_numpy()).astype(np.float64)
 

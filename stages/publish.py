@@ -24,11 +24,11 @@ from typing import Any
 
 from stages import params, runtime, tracking
 from stages.config import (
+    EVALUATE_DIR,
     HISTORY_PATH,
     METRICS_PATH,
     MODEL_PATH,
     RAW_DIR,
-    REPORTS_DIR,
     SERVING_CONFIG_PATH,
     STATS_PATH,
 )
@@ -118,7 +118,7 @@ def log_model(run_id: str, input_example: Any) -> Any:
     import mlflow.pyfunc  # noqa: PLC0415
     from mlflow.models import Model  # noqa: PLC0415
 
-    from stages import serving  # noqa: PLC0415
+    from stages.classifier import CONFIG_ARTIFACT, KERAS_ARTIFACT  # noqa: PLC0415
 
     # MLflow would check the input example by loading the logged model and
     # predicting: importing TensorFlow here (~6 s of this stage) to repeat what
@@ -137,7 +137,7 @@ def log_model(run_id: str, input_example: Any) -> Any:
         run_id=run_id,
         python_model=str(SERVING_CODE),  # models from code: nothing pickled
         code_paths=[str(CLASSIFIER_CODE)],
-        artifacts={serving.KERAS_ARTIFACT: str(MODEL_PATH), serving.CONFIG_ARTIFACT: str(SERVING_CONFIG_PATH)},
+        artifacts={KERAS_ARTIFACT: str(MODEL_PATH), CONFIG_ARTIFACT: str(SERVING_CONFIG_PATH)},
         signature=signature(),
         input_example=input_example,
         pip_requirements=pip_requirements(),
@@ -189,7 +189,9 @@ def publish(uri: str, artifact_location: str | None, cfg: dict[str, Any], key: s
 
     def rest(run_id: str) -> None:
         client.log_inputs(run_id, datasets=datasets(stats, runtime.recall("fetch", dir_digest(RAW_DIR))))
-        client.log_artifacts(run_id, str(REPORTS_DIR), "reports")
+        client.log_artifact(run_id, str(METRICS_PATH), "reports")
+        client.log_artifact(run_id, str(HISTORY_PATH), "reports/train")
+        client.log_artifacts(run_id, str(EVALUATE_DIR), "reports/evaluate")
         info = log_model(run_id, x_example)
         version_tags = {k: str(flat[k]) for k in VERSION_PARAMS if k in flat}
         version_tags.update(

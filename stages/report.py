@@ -2,8 +2,10 @@
 
     python -m stages.report [--base REV] [--out reports/pr]
 
-Compares the workspace (after ``make reproduce``) with ``--base`` (default:
-the merge base with ``main``, or ``HEAD~1`` on ``main`` itself). The tables
+Compares ``--head`` (default ``HEAD``) with ``--base`` (default: the merge
+base with ``main``, or ``HEAD~1`` on ``main`` itself), both as committed: the
+results the pull request brings, not this machine's re-run of them (that is
+``make reproduce``'s check). The tables
 are DVC's own (``dvc metrics diff --md``, ``dvc params diff --md``); the
 figures are the training curves of both revisions drawn together and each
 revision's confusion matrix as the pipeline drew it. Writes ``report.md``
@@ -52,46 +54,45 @@ def at_revision(rev: str, path: Path) -> bytes | None:
     return result.stdout if result.returncode == 0 else None
 
 
-def table(kind: str, base: str) -> str:
-    """DVC's own markdown diff of ``kind`` (metrics or params) against ``base``."""
-    text = run(["dvc", kind, "diff", base, "--md"]).strip()
+def table(kind: str, base: str, head: str) -> str:
+    """DVC's own markdown diff of ``kind`` (metrics or params) between two commits."""
+    text = run(["dvc", kind, "diff", base, head, "--md"]).strip()
     return text if text.count("\n") >= 2 else f"No {kind} changed."
 
 
-def write_report(base: str, out: Path = PR_REPORT_DIR) -> Path:
+def write_report(base: str, head: str = "HEAD", out: Path = PR_REPORT_DIR) -> Path:
+    """The report of ``head`` against ``base``, both as committed (not as reproduced on this machine:
+    another CPU moves the last digits; ``make reproduce`` checks that separately)."""
     import pandas as pd  # noqa: PLC0415
 
     from stages import plots  # noqa: PLC0415
 
-    label = run(["git", "rev-parse", "--short", base]).strip()
+    labels = {rev: run(["git", "rev-parse", "--short", rev]).strip() for rev in (base, head)}
     out.mkdir(parents=True, exist_ok=True)
-    metrics, params = table("metrics", base), table("params", base)
+    metrics, params = table("metrics", base, head), table("params", base, head)
 
-    histories = {"workspace": pd.read_csv(HISTORY_PATH)}
-    committed = at_revision(base, HISTORY_PATH)
-    if committed is not None:
-        histories = {f"base {label}": pd.read_csv(io.BytesIO(committed)), **histories}
-    plots.history_curves(histories, out / "curves.png")
-    images = ["![Training curves](curves.png)"]
+    histories = {}
+    for rev, name in [(base, "base"), (head, "this change")]:
+        committed = at_revision(rev, HISTORY_PATH)
+        if committed is not None:
+            histories[f"{name} {labels[rev]}"] = pd.read_csv(io.BytesIO(committed))
+    images = []
+    if histories:
+        plots.history_curves(histories, out / "curves.png")
+        images.append("![Training curves](curves.png)")
     confusion = EVALUATE_DIR / "confusion_matrix.png"
-    old = at_revision(base, confusion)
-    if old is not None:
-        (out / "confusion_base.png").write_bytes(old)
-        images.append(f"Base {label}:\n\n![Confusion matrix, base](confusion_base.png)")
-    (out / "confusion_workspace.png").write_bytes(confusion.read_bytes())
-    images.append("This change:\n\n![Confusion matrix, this change](confusion_workspace.png)")
+    for rev, name in [(base, "base"), (head, "this change")]:
+        png = at_revision(rev, confusion)
+        if png is not None:
+            file = f"confusion_{'base' if rev == base else 'head'}.png"
+            (out / file).write_bytes(png)
+            images.append(f"{name.capitalize()} ({labels[rev]}):\n\n![Confusion matrix, {name}]({file})")
 
-    tables = f"## Metrics against {label}\n\n{metrics}\n\n## Params changed\n\n{params}\n"
-    (out / "summary.md").write_text(f"# MNIST pipeline: this change against {label}\n\n{tables}")
+    title = f"# MNIST pipeline: {labels[head]} against {labels[base]}"
+    tables = f"## Metrics\n\n{metrics}\n\n## Params changed\n\n{params}\n"
+    (out / "summary.md").write_text(f"{title}\n\n{tables}")
     body = "\n\n".join(
-        [
-            f"# MNIST pipeline: this change against {label}",
-            tables,
-            "## Loss and accuracy per epoch",
-            images[0],
-            "## Confusion matrix (test set)",
-            *images[1:],
-        ]
+        [title, tables, "## Loss and accuracy per epoch", *images[:1], "## Confusion matrix (test set)", *images[1:]]
     )
     (out / "report.md").write_text(body + "\n")
     return out / "report.md"
@@ -100,11 +101,12 @@ def write_report(base: str, out: Path = PR_REPORT_DIR) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", help="git revision to compare with (default: merge base with main, or HEAD~1)")
+    parser.add_argument("--head", default="HEAD", help="the revision to report on (default: HEAD)")
     parser.add_argument("--out", type=Path, default=PR_REPORT_DIR)
     args = parser.parse_args(argv)
     try:
         base = args.base or default_base()
-        path = write_report(base, args.out)
+        path = write_report(base, args.head, args.out)
     except (ReportError, FileNotFoundError) as exc:
         print(f"report: error: {exc}", file=sys.stderr)
         return 2

@@ -132,7 +132,17 @@ def start_mlflow(backend_uri: str, artifacts: Path, host: str, port: int, log: P
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def is_mlflow(pid: int) -> bool:
+    """Whether ``pid`` still runs mlflow (after a reboot the number may belong to another program)."""
+    try:
+        return b"mlflow" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def stop_process_group(pid: int, timeout_s: float = 20.0) -> None:
+    if not is_mlflow(pid):
+        return
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:

@@ -20,14 +20,10 @@ from mlflow.models import set_model
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
-try:
-    from stages.classifier import BadInput, Classifier, check_pixels
-except ImportError:  # inside a logged model: classifier.py is on sys.path (log_model's code_paths)
-    from classifier import BadInput, Classifier, check_pixels
-
-# Artifact names under which the model's files are logged.
-KERAS_ARTIFACT = "keras_model"
-CONFIG_ARTIFACT = "serving_config"
+try:  # the copy logged with this model (log_model's code_paths puts it on sys.path) ...
+    from classifier import CONFIG_ARTIFACT, KERAS_ARTIFACT, BadInput, Classifier, check_pixels
+except ImportError:  # ... or, inside the project, the project's
+    from stages.classifier import CONFIG_ARTIFACT, KERAS_ARTIFACT, BadInput, Classifier, check_pixels
 
 
 class MnistClassifier(PythonModel):

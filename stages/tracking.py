@@ -8,9 +8,9 @@ the same store as workspace runs. ``MLFLOW_TRACKING_URI`` overrides it.
 The rule: **one run per distinct result per store.** A result is identified by
 ``result_key`` (the model, metrics, history and data hashes plus every param),
 stored on its run as the tag ``pipeline.result``. ``find_run`` answers "is it
-there already?" without importing MLflow (a plain SQLite query or one REST
-call), so a ``dvc repro`` that changed nothing stays fast. Only ``log_run``
-imports MLflow.
+there already?" without importing MLflow (a plain SQLite query, or two REST
+calls to a server), so a ``dvc repro`` that changed nothing stays fast. The
+functions that log import MLflow when called.
 """
 
 from __future__ import annotations
@@ -60,8 +60,11 @@ def store(environ: Mapping[str, str] | None = None) -> tuple[str, str | None]:
     """(tracking URI, artifact location for a new experiment or None to let the server decide)."""
     environ = os.environ if environ is None else environ
     uri = environ.get("MLFLOW_TRACKING_URI")
-    if uri and uri.startswith("sqlite:///"):  # artifacts beside the database, not in ./mlruns of wherever it ran
-        return uri, (Path(uri.removeprefix("sqlite:///")).parent / MLFLOW_ARTIFACTS).as_uri()
+    if uri and uri.startswith("sqlite:///"):
+        # A relative path means the repository root (not .dvc/tmp/exps/... of a queued experiment);
+        # artifacts go beside the database, not into ./mlruns of wherever the stage ran.
+        db = repo_root(environ) / uri.removeprefix("sqlite:///")
+        return f"sqlite:///{db}", (db.parent / MLFLOW_ARTIFACTS).as_uri()
     if uri:
         return uri, None
     root = repo_root(environ)
@@ -282,5 +285,5 @@ def log_run(
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
-    client.set_terminated(run_id, "FINISHED", end_time=max(end_ms or 0, start_ms) or None)
+    client.set_terminated(run_id, "FINISHED", end_time=end_ms)  # None: now
     return run_id

@@ -90,7 +90,7 @@ def test_report_shows_the_changed_metric_and_param_with_images(two_commits):
     report = (out / "report.md").read_text()
     assert "test_accuracy" in report and "0.0042" in report  # dvc metrics diff's Change column
     assert "train.epochs" in report and "12" in report
-    for image in ["curves.png", "confusion_base.png", "confusion_workspace.png"]:
+    for image in ["curves.png", "confusion_base.png", "confusion_head.png"]:
         assert (out / image).stat().st_size > 1000 and f"({image})" in report
     assert "![" not in (out / "summary.md").read_text()  # tables only
 
