@@ -6,6 +6,9 @@ import base64
 import contextlib
 import hashlib
 import io
+import os
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -166,3 +169,25 @@ def http_server():
     yield server
     server.httpd.shutdown()
     server.httpd.server_close()
+
+
+# --- commands and MLflow stores of the slow, real-component tests -----------------
+
+
+def run_in(args: list[str], cwd: Path, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
+    """Run a command as a user would in ``cwd``: the project's environment on PATH, no inherited
+    MLflow or DVC variables (``env`` sets the ones a test wants)."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    environ.update({"PATH": f"{Path(sys.executable).parent}:{environ['PATH']}", **env})
+    return subprocess.run(args, cwd=cwd, env=environ, capture_output=True, text=True, timeout=timeout)
+
+
+def mlflow_runs(uri: str, status: str | None = None) -> list:
+    """The runs of the ``mnist`` experiment in the store at ``uri`` (with that status, if given)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("mnist")
+    if experiment is None:
+        return []
+    return client.search_runs([experiment.experiment_id], f"attributes.status = '{status}'" if status else "")

@@ -10,35 +10,18 @@ cache; outputs come back with git and `dvc checkout` or `dvc pull`.)
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.conftest import mlflow_runs, run_in
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def sh(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    environ.update({"PATH": f"{BIN}:{environ['PATH']}", **env})
-    return subprocess.run(args, cwd=cwd, env=environ, capture_output=True, text=True, timeout=600)
-
-
-def finished_runs(uri: str) -> list:
-    import mlflow
-
-    client = mlflow.MlflowClient(uri)
-    experiment = client.get_experiment_by_name("mnist")
-    return (
-        [] if experiment is None else client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'")
-    )
 
 
 @pytest.fixture(scope="module")
@@ -59,32 +42,32 @@ def test_repro_queue_run_cache_and_stores(clone):
     import mlflow
 
     uri = f"sqlite:///{clone}/mlflow.db"
-    first = sh(["dvc", "repro"], clone)
+    first = run_in(["dvc", "repro"], clone)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     assert "is the first champion" in first.stdout and "epoch 1/1" in first.stdout  # trained here
-    [run] = finished_runs(uri)
+    [run] = mlflow_runs(uri, "FINISHED")
     assert run.info.run_name.startswith("workspace@")
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
     subprocess.run([*git, "commit", "-qam", "results"], cwd=clone, check=True)
 
-    again = sh(["dvc", "repro"], clone)
+    again = run_in(["dvc", "repro"], clone)
     assert again.returncode == 0 and "this result is already in" in again.stdout
-    assert "epoch 1/1" not in again.stdout and len(finished_runs(uri)) == 1
+    assert "epoch 1/1" not in again.stdout and len(mlflow_runs(uri, "FINISHED")) == 1
 
     for seed in (2, 3):
-        queued = sh(["dvc", "exp", "run", "--queue", "-S", f"train.seed={seed}"], clone)
+        queued = run_in(["dvc", "exp", "run", "--queue", "-S", f"train.seed={seed}"], clone)
         assert queued.returncode == 0, queued.stderr
-    assert sh(["dvc", "queue", "start", "-j", "2"], clone).returncode == 0
+    assert run_in(["dvc", "queue", "start", "-j", "2"], clone).returncode == 0
     deadline = time.monotonic() + 480
     while True:
-        status = sh(["dvc", "queue", "status"], clone).stdout
+        status = run_in(["dvc", "queue", "status"], clone).stdout
         if "Queued" not in status and "Running" not in status:
             break
         assert time.monotonic() < deadline, status
         time.sleep(3)
     assert status.count("Success") == 2, status
 
-    runs = finished_runs(uri)
+    runs = mlflow_runs(uri, "FINISHED")
     assert len(runs) == 3
     names = {r.data.tags.get("dvc.exp_name") for r in runs} - {None}
     assert len(names) == 2 and all(r.info.run_name in names for r in runs if r.data.tags.get("dvc.exp_name"))
@@ -100,19 +83,19 @@ def test_repro_queue_run_cache_and_stores(clone):
     params = yaml.safe_load((clone / "params.yaml").read_text())
     params["train"]["seed"] = 9
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    other_seed = sh(["dvc", "repro"], clone)
-    assert "epoch 1/1" in other_seed.stdout and len(finished_runs(uri)) == 4
+    other_seed = run_in(["dvc", "repro"], clone)
+    assert "epoch 1/1" in other_seed.stdout and len(mlflow_runs(uri, "FINISHED")) == 4
     subprocess.run(["git", "checkout", "-q", "--", "."], cwd=clone, check=True)
-    assert sh(["dvc", "checkout"], clone).returncode == 0
-    restored = sh(["dvc", "repro"], clone)
+    assert run_in(["dvc", "checkout"], clone).returncode == 0
+    restored = run_in(["dvc", "repro"], clone)
     assert restored.returncode == 0, restored.stderr[-2000:]
     assert "epoch 1/1" not in restored.stdout, restored.stdout  # restored, not trained
     assert "already in" in restored.stdout, restored.stdout
-    assert len(finished_runs(uri)) == 4
+    assert len(mlflow_runs(uri, "FINISHED")) == 4
 
     # A new store gets it once, marked as not timed (nothing was trained here for it).
     other = f"sqlite:///{clone}/other.db"
     for _ in range(2):
-        assert sh(["dvc", "repro"], clone, MLFLOW_TRACKING_URI=other).returncode == 0
-    [new] = finished_runs(other)
+        assert run_in(["dvc", "repro"], clone, MLFLOW_TRACKING_URI=other).returncode == 0
+    [new] = mlflow_runs(other, "FINISHED")
     assert "restored by DVC" in new.data.tags["pipeline.timing"]

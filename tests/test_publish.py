@@ -25,7 +25,7 @@ import yaml
 
 from stages import idx
 from stages.server import free_port
-from tests.conftest import make_synthetic
+from tests.conftest import make_synthetic, mlflow_runs, run_in
 
 pytestmark = pytest.mark.slow
 
@@ -53,11 +53,7 @@ def running(proc: subprocess.Popen, url: str, probe: str, timeout_s: float):
 
 
 def run_stage(stage: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    environ.update({"PYTHONPATH": str(ROOT), "DVC_ROOT": str(cwd), "PATH": f"{BIN}:{environ['PATH']}", **env})
-    return subprocess.run(
-        [sys.executable, "-m", f"stages.{stage}"], cwd=cwd, env=environ, capture_output=True, text=True, timeout=300
-    )
+    return run_in([sys.executable, "-m", f"stages.{stage}"], cwd, PYTHONPATH=str(ROOT), DVC_ROOT=str(cwd), **env)
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +79,6 @@ def client(uri: str):
     return mlflow.MlflowClient(uri)
 
 
-def runs(uri: str) -> list:
-    c = client(uri)
-    experiment = c.get_experiment_by_name("mnist")
-    return [] if experiment is None else c.search_runs([experiment.experiment_id])
-
-
 def test_one_complete_run_per_result_per_store(project):
     uri = f"sqlite:///{project}/mlflow.db"
     started = time.time()
@@ -96,7 +86,7 @@ def test_one_complete_run_per_result_per_store(project):
     assert first.returncode == 0, first.stderr
     assert "registry: version 1 (val_accuracy" in first.stdout and "is the first champion" in first.stdout
 
-    [run] = runs(uri)
+    [run] = mlflow_runs(uri)
     c = client(uri)
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
     assert run.info.status == "FINISHED" and run.info.run_name == "workspace"
@@ -125,13 +115,13 @@ def test_one_complete_run_per_result_per_store(project):
     again = run_stage("publish", project)
     assert again.returncode == 0 and "already in" in again.stdout, again.stderr
     assert time.monotonic() - started < 3
-    assert len(runs(uri)) == 1
+    assert len(mlflow_runs(uri)) == 1
 
     # Another store: the same result is logged there once.
     other = f"sqlite:///{project}/other.db"
     assert run_stage("publish", project, MLFLOW_TRACKING_URI=other).returncode == 0
     assert run_stage("publish", project, MLFLOW_TRACKING_URI=other).returncode == 0
-    assert len(runs(other)) == 1 and len(runs(uri)) == 1
+    assert len(mlflow_runs(other)) == 1 and len(mlflow_runs(uri)) == 1
 
 
 def test_outputs_restored_by_dvc_are_logged_without_invented_times(project, tmp_path):
@@ -140,7 +130,7 @@ def test_outputs_restored_by_dvc_are_logged_without_invented_times(project, tmp_
     shutil.copytree(project, copy, ignore=shutil.ignore_patterns(".runtime", "*.db", "mlartifacts"))
     result = run_stage("publish", copy)
     assert result.returncode == 0, result.stderr
-    [run] = runs(f"sqlite:///{copy}/mlflow.db")
+    [run] = mlflow_runs(f"sqlite:///{copy}/mlflow.db")
     assert "train_seconds" not in run.data.metrics
     assert "restored by DVC" in run.data.tags["pipeline.timing"]
     assert run.info.status == "FINISHED" and run.info.end_time > run.info.start_time
@@ -175,7 +165,7 @@ def test_champion_moves_only_on_a_higher_validation_accuracy(project, tmp_path):
 def served(project):
     """`mlflow models serve` of models:/mnist-classifier@champion on 127.0.0.1, stopped by process group."""
     uri = f"sqlite:///{project}/mlflow.db"
-    if not runs(uri):
+    if not mlflow_runs(uri):
         assert run_stage("publish", project).returncode == 0
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}:{os.environ['PATH']}"}
@@ -274,12 +264,12 @@ def test_publish_to_a_real_tracking_server(project, tracking_server):
     url, server_dir = tracking_server
     first = run_stage("publish", project, MLFLOW_TRACKING_URI=url, DVC_EXP_NAME="tiny-exp")
     assert first.returncode == 0, first.stderr
-    [run] = runs(url)
+    [run] = mlflow_runs(url)
     assert run.info.run_name == "tiny-exp" and run.data.tags["dvc.exp_name"] == "tiny-exp"
     assert int(client(url).get_model_version_by_alias("mnist-classifier", "champion").version) == 1
     assert (server_dir / "server-artifacts").is_dir()  # artifacts went through the server
     again = run_stage("publish", project, MLFLOW_TRACKING_URI=url)
-    assert "already in" in again.stdout and len(runs(url)) == 1  # found over REST
+    assert "already in" in again.stdout and len(mlflow_runs(url)) == 1  # found over REST
 
 
 def test_predict_with_a_logged_model_uri(project, tmp_path, monkeypatch, capsys):
@@ -289,9 +279,9 @@ def test_predict_with_a_logged_model_uri(project, tmp_path, monkeypatch, capsys)
     from stages import predict
 
     uri = f"sqlite:///{project}/mlflow.db"
-    if not runs(uri):
+    if not mlflow_runs(uri):
         assert run_stage("publish", project).returncode == 0
-    run_id = runs(uri)[0].info.run_id
+    run_id = mlflow_runs(uri)[0].info.run_id
     raw = idx.read(project / "data" / "raw" / "t10k-images-idx3-ubyte")[:3]
     for i, image in enumerate(raw):
         Image.fromarray(255 - image).resize((120, 120)).save(tmp_path / f"{i}.png")  # dark on light

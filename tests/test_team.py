@@ -20,17 +20,12 @@ import pytest
 import yaml
 
 from stages import server
+from tests.conftest import mlflow_runs, run_in
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def sh(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    environ.update({"PATH": f"{BIN}:{environ['PATH']}", **env})
-    return subprocess.run(args, cwd=cwd, env=environ, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +58,6 @@ def client(url: str):
     return mlflow.MlflowClient(url)
 
 
-def runs(url: str, status: str | None = None) -> list:
-    c = client(url)
-    experiment = c.get_experiment_by_name("mnist")
-    if experiment is None:
-        return []
-    return c.search_runs([experiment.experiment_id], f"attributes.status = '{status}'" if status else "")
-
-
 @pytest.fixture(scope="module")
 def clone_a(workdir, tracking):
     """Clone A of this repository, tiny params committed, `dvc repro` logged to the server, pushed to a remote."""
@@ -82,50 +69,50 @@ def clone_a(workdir, tracking):
     params["model"]["hidden_units"] = [16]
     params["train"]["epochs"] = 1
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    result = sh(["dvc", "repro"], path, MLFLOW_TRACKING_URI=url)
+    result = run_in(["dvc", "repro"], path, MLFLOW_TRACKING_URI=url)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
     subprocess.run([*git, "commit", "-qam", "tiny pipeline"], cwd=path, check=True)
-    assert sh(["make", "remote", f"REMOTE={workdir / 'remote'}"], path).returncode == 0
-    pushed = sh(["dvc", "push", "--run-cache"], path)
+    assert run_in(["make", "remote", f"REMOTE={workdir / 'remote'}"], path).returncode == 0
+    pushed = run_in(["dvc", "push", "--run-cache"], path)
     assert pushed.returncode == 0, pushed.stderr
     return path
 
 
 def test_a_teammate_pulls_instead_of_training(workdir, tracking, clone_a):
     url, _ = tracking
-    assert len(runs(url, "FINISHED")) >= 1
-    before = {r.info.run_id for r in runs(url)}
+    assert len(mlflow_runs(url, "FINISHED")) >= 1
+    before = {r.info.run_id for r in mlflow_runs(url)}
     b = workdir / "b"
     subprocess.run(["git", "clone", "-q", str(clone_a), str(b)], check=True)
     assert not (b / ".dvc" / "config.local").exists()  # the remote stays out of git
-    assert sh(["make", "remote", f"REMOTE={workdir / 'remote'}"], b).returncode == 0
-    pulled = sh(["dvc", "pull"], b)
+    assert run_in(["make", "remote", f"REMOTE={workdir / 'remote'}"], b).returncode == 0
+    pulled = run_in(["dvc", "pull"], b)
     assert pulled.returncode == 0, pulled.stderr
-    repro = sh(["dvc", "repro"], b, MLFLOW_TRACKING_URI=url)
+    repro = run_in(["dvc", "repro"], b, MLFLOW_TRACKING_URI=url)
     assert repro.returncode == 0, repro.stderr[-2000:]
     assert "epoch 1/1" not in repro.stdout and "already in" in repro.stdout, repro.stdout
-    status = sh(["dvc", "status", "fetch", "preprocess", "train", "evaluate"], b)
+    status = run_in(["dvc", "status", "fetch", "preprocess", "train", "evaluate"], b)
     assert "up to date" in status.stdout, status.stdout
     for name in ["data/model/model.keras", "reports/metrics.json"]:
         assert (b / name).read_bytes() == (clone_a / name).read_bytes(), name
-    assert {r.info.run_id for r in runs(url)} == before  # the server still holds one run for that result
+    assert {r.info.run_id for r in mlflow_runs(url)} == before  # the server still holds one run for that result
 
 
 def test_queued_experiments_against_the_server(tracking, clone_a):
     url, _ = tracking
     for seed in (2, 3):
-        assert sh(["dvc", "exp", "run", "--queue", "-S", f"train.seed={seed}"], clone_a).returncode == 0
-    assert sh(["dvc", "queue", "start", "-j", "2"], clone_a, MLFLOW_TRACKING_URI=url).returncode == 0
+        assert run_in(["dvc", "exp", "run", "--queue", "-S", f"train.seed={seed}"], clone_a).returncode == 0
+    assert run_in(["dvc", "queue", "start", "-j", "2"], clone_a, MLFLOW_TRACKING_URI=url).returncode == 0
     deadline = time.monotonic() + 480
     while True:
-        status = sh(["dvc", "queue", "status"], clone_a).stdout
+        status = run_in(["dvc", "queue", "status"], clone_a).stdout
         if "Queued" not in status and "Running" not in status:
             break
         assert time.monotonic() < deadline, status
         time.sleep(3)
     assert status.count("Success") == 2, status
-    exp_runs = [r for r in runs(url, "FINISHED") if r.data.tags.get("dvc.exp_name")]
+    exp_runs = [r for r in mlflow_runs(url, "FINISHED") if r.data.tags.get("dvc.exp_name")]
     assert len(exp_runs) == 2
     c = client(url)
     for run in exp_runs:
@@ -159,7 +146,7 @@ def test_the_database_going_away_mid_experiment(tracking, clone_a):
         if not pg.running():
             pg.start()
     assert "publish: error:" in log.read_text(), log.read_text()[-3000:]
-    assert runs(url, "RUNNING") == []  # never created, or marked FAILED
-    again = sh(command, clone_a, MLFLOW_TRACKING_URI=url)
+    assert mlflow_runs(url, "RUNNING") == []  # never created, or marked FAILED
+    again = run_in(command, clone_a, MLFLOW_TRACKING_URI=url)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
-    assert any(r.data.params.get("train.seed") == "4" for r in runs(url, "FINISHED"))
+    assert any(r.data.params.get("train.seed") == "4" for r in mlflow_runs(url, "FINISHED"))
