@@ -209,10 +209,13 @@ def prepare(outcome: Outcome) -> Outcome:
 
 def load_model(uri: str | None):
     """A function from raw-pixel batches (N, 28, 28) to probabilities (N, 10)."""
-    if uri is None:
+    if uri is None or ":/" not in uri:  # the pipeline's model, or a .keras file (or its directory)
         from stages.classifier import Classifier  # noqa: PLC0415
 
-        model_path, config_path = PROJECT / MODEL_PATH, PROJECT / SERVING_CONFIG_PATH
+        model_path = PROJECT / MODEL_PATH if uri is None else Path(uri)
+        if model_path.is_dir():
+            model_path = model_path / MODEL_PATH.name
+        config_path = model_path.with_name(SERVING_CONFIG_PATH.name)  # written beside it by the train stage
         if not model_path.exists():
             raise FileNotFoundError(f"{model_path} not found: run `dvc repro` first, or pass --model URI")
         return Classifier(model_path, config_path).probabilities
@@ -271,7 +274,12 @@ def save_inputs(outcomes: list[Outcome], directory: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mnist-predict", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, directories or glob patterns")
-    parser.add_argument("--model", metavar="URI", help="an MLflow model URI (default: the pipeline's model)")
+    parser.add_argument(
+        "--model",
+        metavar="URI",
+        help="an MLflow model URI (runs:/..., models:/...), or a .keras file with serving.json beside it "
+        "(default: the pipeline's data/model/model.keras)",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--top", type=int, default=2, metavar="K", help="candidates shown per image (default 2)")
     parser.add_argument("--save-inputs", type=Path, metavar="DIR", help="write each image as the model saw it")

@@ -179,14 +179,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_cli_table_json_exit_codes_and_saved_inputs(tiny_model_dir, tmp_path, monkeypatch, capsys):
+def test_cli_table_json_exit_codes_and_saved_inputs(tiny_model_dir, tmp_path, capsys):
     images = tmp_path / "images"
     images.mkdir()
     (images / "seven.png").write_bytes(png(drawn_seven()))
     (images / "broken.jpg").write_text("nope")
-    monkeypatch.chdir(tiny_model_dir)
+    model = ["--model", str(tiny_model_dir / "data" / "model")]
 
-    assert predict.main([str(images), "--save-inputs", str(tmp_path / "seen")]) == 1
+    assert predict.main([str(images), "--save-inputs", str(tmp_path / "seen"), *model]) == 1
     out, err = capsys.readouterr()
     header, row = out.strip().splitlines()
     assert header.split()[:3] == ["path", "digit", "confidence"] and row.startswith(str(images / "seven.png"))
@@ -194,7 +194,7 @@ def test_cli_table_json_exit_codes_and_saved_inputs(tiny_model_dir, tmp_path, mo
     seen = Image.open(tmp_path / "seen" / "0001-seven.png")
     assert seen.size == (28, 28) and seen.mode == "L"
 
-    assert predict.main([str(images / "seven.png"), "--json", "--top", "3"]) == 0
+    assert predict.main([str(images / "seven.png"), "--json", "--top", "3", *model]) == 0
     record = json.loads(capsys.readouterr().out)
     assert len(record["top"]) == 3 and len(record["probabilities"]) == 10
     assert abs(sum(record["probabilities"]) - 1) < 1e-4  # softmax applied to the logits
