@@ -191,3 +191,18 @@ def mlflow_runs(uri: str, status: str | None = None) -> list:
     if experiment is None:
         return []
     return client.search_runs([experiment.experiment_id], f"attributes.status = '{status}'" if status else "")
+
+
+def queue_seeds(repo: Path, seeds: tuple[int, ...], timeout_s: float = 480, **env: str) -> str:
+    """Queue one `dvc exp run` per seed, run them two at a time, wait; return `dvc queue status`."""
+    for seed in seeds:
+        queued = run_in(["dvc", "exp", "run", "--queue", "-S", f"train.seed={seed}"], repo)
+        assert queued.returncode == 0, queued.stderr
+    assert run_in(["dvc", "queue", "start", "-j", "2"], repo, **env).returncode == 0
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = run_in(["dvc", "queue", "status"], repo).stdout
+        if "Queued" not in status and "Running" not in status:
+            return status
+        assert time.monotonic() < deadline, status
+        time.sleep(3)

@@ -11,13 +11,12 @@ cache; outputs come back with git and `dvc checkout` or `dvc pull`.)
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import mlflow_runs, run_in
+from tests.conftest import mlflow_runs, queue_seeds, run_in
 
 pytestmark = pytest.mark.slow
 
@@ -54,17 +53,7 @@ def test_repro_queue_run_cache_and_stores(clone):
     assert again.returncode == 0 and "this result is already in" in again.stdout
     assert "epoch 1/1" not in again.stdout and len(mlflow_runs(uri, "FINISHED")) == 1
 
-    for seed in (2, 3):
-        queued = run_in(["dvc", "exp", "run", "--queue", "-S", f"train.seed={seed}"], clone)
-        assert queued.returncode == 0, queued.stderr
-    assert run_in(["dvc", "queue", "start", "-j", "2"], clone).returncode == 0
-    deadline = time.monotonic() + 480
-    while True:
-        status = run_in(["dvc", "queue", "status"], clone).stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        assert time.monotonic() < deadline, status
-        time.sleep(3)
+    status = queue_seeds(clone, (2, 3))
     assert status.count("Success") == 2, status
 
     runs = mlflow_runs(uri, "FINISHED")

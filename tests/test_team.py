@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from stages import server
-from tests.conftest import mlflow_runs, run_in
+from tests.conftest import mlflow_runs, queue_seeds, run_in
 
 pytestmark = pytest.mark.slow
 
@@ -101,16 +101,7 @@ def test_a_teammate_pulls_instead_of_training(workdir, tracking, clone_a):
 
 def test_queued_experiments_against_the_server(tracking, clone_a):
     url, _ = tracking
-    for seed in (2, 3):
-        assert run_in(["dvc", "exp", "run", "--queue", "-S", f"train.seed={seed}"], clone_a).returncode == 0
-    assert run_in(["dvc", "queue", "start", "-j", "2"], clone_a, MLFLOW_TRACKING_URI=url).returncode == 0
-    deadline = time.monotonic() + 480
-    while True:
-        status = run_in(["dvc", "queue", "status"], clone_a).stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        assert time.monotonic() < deadline, status
-        time.sleep(3)
+    status = queue_seeds(clone_a, (2, 3), MLFLOW_TRACKING_URI=url)
     assert status.count("Success") == 2, status
     exp_runs = [r for r in mlflow_runs(url, "FINISHED") if r.data.tags.get("dvc.exp_name")]
     assert len(exp_runs) == 2
