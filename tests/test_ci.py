@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from stages.lock_check import stale_entries
+from tests.conftest import commit_all
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -61,13 +62,12 @@ def two_commits(tmp_path) -> Path:
     """A clone of this repository plus one commit that changes a param and the metrics."""
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-    git = ["git", "-C", str(clone), "-c", "user.name=t", "-c", "user.email=t@example.com"]
     params = (clone / "params.yaml").read_text().replace("epochs: 10", "epochs: 12")
     (clone / "params.yaml").write_text(params)
     metrics = json.loads((clone / "reports" / "metrics.json").read_text())
     metrics["test_accuracy"] = round(metrics["test_accuracy"] + 0.0042, 6)
     (clone / "reports" / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    subprocess.run([*git, "commit", "-qam", "more epochs"], check=True)
+    commit_all(clone, "more epochs")
     return clone
 
 

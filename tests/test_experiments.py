@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import mlflow_runs, queue_seeds, run_in
+from tests.conftest import commit_all, mlflow_runs, queue_seeds, run_in, tiny_clone
 
 pytestmark = pytest.mark.slow
 
@@ -25,15 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("exp") / "clone"
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(path)], check=True)
-    params = yaml.safe_load((path / "params.yaml").read_text())
-    params["fetch"]["sources"] = ["npm"]
-    params["model"]["hidden_units"] = [16]
-    params["train"]["epochs"] = 1
-    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
-    subprocess.run([*git, "commit", "-qam", "tiny"], cwd=path, check=True)
+    path = tiny_clone(tmp_path_factory.mktemp("exp") / "clone")
+    commit_all(path, "tiny")
     return path
 
 
@@ -46,8 +39,7 @@ def test_repro_queue_run_cache_and_stores(clone):
     assert "is the first champion" in first.stdout and "epoch 1/1" in first.stdout  # trained here
     [run] = mlflow_runs(uri, "FINISHED")
     assert run.info.run_name.startswith("workspace@")
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
-    subprocess.run([*git, "commit", "-qam", "results"], cwd=clone, check=True)
+    commit_all(clone, "results")
 
     again = run_in(["dvc", "repro"], clone)
     assert again.returncode == 0 and "this result is already in" in again.stdout

