@@ -17,7 +17,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 TOLERANCE ?= 0.002
 LOSS_RTOL ?= 0.10
 
-.PHONY: install repro test test-fast lint reproduce report summary comment serve server server-stop remote lock-check lock clean
+.PHONY: cnn dense-best install repro test test-fast lint reproduce report summary comment serve server server-stop remote lock-check lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -68,6 +68,16 @@ summary:
 CML ?= cml
 comment:
 	$(CML) comment update --target=pr --watermark-title="MNIST pipeline report" reports/pr/report.md
+
+# Recipes (README, "Results"): each is one ordinary DVC experiment, e.g.
+# `make cnn SEED=2`; the same as `dvc exp run -n cnn-seed2 <its -S flags> -S train.seed=2`.
+SEED ?= 1
+RECIPE_cnn := -S model.kind=cnn -S model.dropout=0.25 -S train.augment=true -S train.schedule=onecycle \
+  -S train.learning_rate=0.003 -S train.batch_size=128 -S train.epochs=15
+RECIPE_dense-best := -S 'model.hidden_units=[1024]' -S model.dropout=0.2 -S train.augment=true \
+  -S train.schedule=onecycle -S train.learning_rate=0.002 -S train.batch_size=128 -S train.epochs=30
+cnn dense-best: install
+	dvc exp run -n $@-seed$(SEED) $(RECIPE_$@) -S train.seed=$(SEED)
 
 # Serve the registry's champion over HTTP on 127.0.0.1:$(PORT) (see README, "Serving").
 PORT ?= 5001

@@ -1,4 +1,4 @@
-"""The network, its loss, the compiled training steps and evaluation (TensorFlow backend).
+"""The networks, their loss and optimizer, the compiled training steps and evaluation (TensorFlow backend).
 
 Importing this module imports TensorFlow (~10 s): stages validate their params
 first and import it afterwards.
@@ -7,13 +7,17 @@ first and import it afterwards.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 # Tiny matrices: oneDNN's per-op set-up and a thread pool cost more than they
-# save. Must be set before TensorFlow is imported.
+# save. Must be set before TensorFlow is imported (the train stage turns it on
+# for the CNN, whose convolutions it speeds up twofold).
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -28,10 +32,10 @@ NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28)
 
 
-def configure(seed: int) -> None:
-    """Seeds, deterministic ops and one thread each: same params, same weights."""
+def configure(seed: int, threads: int = 1) -> None:
+    """Seeds, deterministic ops and a fixed number of threads: same params, same weights."""
     try:
-        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
     except RuntimeError:  # already initialized (e.g. a second call in one process)
         pass
@@ -39,26 +43,91 @@ def configure(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def build(hidden_units: list[int], activation: str, dropout: float, output: str) -> keras.Model:
-    """Flatten -> [Dense(units, activation) -> Dropout]* -> Dense(10, softmax | linear)."""
-    layers: list[keras.layers.Layer] = [
-        keras.Input(shape=IMAGE_SHAPE, name="image"),
-        keras.layers.Flatten(name="flatten"),
-    ]
+def build(
+    hidden_units: list[int],
+    activation: str,
+    dropout: float,
+    output: str,
+    kind: str = "dense",
+    cnn: dict[str, Any] | None = None,
+) -> keras.Model:
+    """The ``model`` params' network.
+
+    dense: Flatten -> [Dense(units, activation) -> Dropout]* -> Dense(10, softmax | linear).
+    cnn: one block per ``cnn["filters"]`` entry (Conv2D, "same" padding ->
+    [BatchNormalization] -> activation -> 2x2 pooling), then the same head.
+    """
+    layers: list[keras.layers.Layer] = [keras.Input(shape=IMAGE_SHAPE, name="image")]
+    if kind == "cnn":
+        layers += _conv_blocks(activation, **cnn)
+    layers.append(keras.layers.Flatten(name="flatten"))
     for i, units in enumerate(hidden_units, start=1):
         layers.append(keras.layers.Dense(units, activation=activation, name=f"hidden_{i}"))
         if dropout > 0:
             layers.append(keras.layers.Dropout(dropout, name=f"dropout_{i}"))
     layers.append(keras.layers.Dense(NUM_CLASSES, activation="softmax" if output == "softmax" else None, name="output"))
-    return keras.Sequential(layers, name="mnist_dense")
+    return keras.Sequential(layers, name=f"mnist_{kind}")
 
 
-def loss_function(labels: str, output: str) -> keras.losses.Loss:
-    """Cross-entropy matching the label encoding and whether the model outputs logits."""
+def _conv_blocks(
+    activation: str, filters: list[int], kernel_size: int, batch_norm: bool, pooling: str
+) -> list[keras.layers.Layer]:
+    pool = keras.layers.MaxPooling2D if pooling == "max" else keras.layers.AveragePooling2D
+    layers: list[keras.layers.Layer] = [keras.layers.Reshape((*IMAGE_SHAPE, 1), name="channel")]
+    for i, n in enumerate(filters, start=1):
+        # A bias before batch normalization is cancelled by it: leave it out.
+        layers.append(keras.layers.Conv2D(n, kernel_size, padding="same", use_bias=not batch_norm, name=f"conv_{i}"))
+        if batch_norm:
+            layers.append(keras.layers.BatchNormalization(name=f"batch_norm_{i}"))
+        layers.append(keras.layers.Activation(activation, name=f"{activation}_{i}"))
+        layers.append(pool(2, name=f"pool_{i}"))
+    return layers
+
+
+def loss_function(labels: str, output: str, label_smoothing: float = 0.0) -> Callable[[Any, Any], tf.Tensor]:
+    """Cross-entropy matching the label encoding and whether the model outputs logits.
+
+    With ``label_smoothing``, each target keeps ``1 - label_smoothing`` and
+    every class gets ``label_smoothing / 10`` (sparse labels are one-hot
+    encoded for it first).
+    """
     from_logits = output == "linear"
-    if labels == "onehot":
-        return keras.losses.CategoricalCrossentropy(from_logits=from_logits)
+    if labels == "onehot" or label_smoothing:
+        loss = keras.losses.CategoricalCrossentropy(from_logits=from_logits, label_smoothing=label_smoothing)
+        if labels == "onehot":
+            return loss
+        return lambda y, out: loss(tf.one_hot(tf.cast(y, tf.int32), NUM_CLASSES), out)
     return keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+
+
+def optimizer(cfg: dict[str, Any], steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """The ``train`` params' optimizer, its learning rate following ``train.schedule``."""
+    rate = learning_rate(cfg["schedule"], cfg["learning_rate"], cfg["epochs"] * steps_per_epoch, cfg["warmup"])
+    if cfg["optimizer"] == "adamw":
+        return keras.optimizers.AdamW(rate, weight_decay=cfg["weight_decay"])
+    return keras.optimizers.Adam(rate)
+
+
+def learning_rate(
+    schedule: str, peak: float, total_steps: int, warmup: float
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """constant: ``peak`` throughout. cosine: from ``peak`` down to 0 along a half
+    cosine. onecycle: rising linearly from ``peak / 25`` to ``peak`` over the
+    first ``warmup`` fraction of the steps, then down to ~0 along a half cosine
+    (Smith's one-cycle policy as fastai runs it).
+    """
+    if schedule == "constant":
+        return peak
+    if schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(peak, decay_steps=total_steps, alpha=0.0)
+    warmup_steps = math.floor(warmup * total_steps)
+    return keras.optimizers.schedules.CosineDecay(
+        peak / 25,
+        decay_steps=max(total_steps - warmup_steps, 1),
+        alpha=1e-4,
+        warmup_target=peak,
+        warmup_steps=warmup_steps,
+    )
 
 
 def encode_labels(y: np.ndarray, labels: str) -> np.ndarray:
@@ -80,30 +149,43 @@ STEPS_PER_CALL = 32
 
 
 class Steps:
-    """XLA-compiled training over in-memory float32 tensors.
+    """Compiled training over in-memory float32 tensors.
 
-    ``train_steps`` is one compiled program: an XLA while loop of optimizer
-    steps over a stack of batches, returning the summed loss and the number
-    correct. ``train_epoch`` feeds it an epoch's batches, ``steps_per_call`` at
+    ``train_steps`` is one compiled program: a while loop of optimizer steps
+    over a stack of batches, returning the summed loss and the number correct.
+    With ``jit_compile`` (the dense network) XLA compiles it into one program;
+    without (the CNN), it is a TensorFlow graph whose convolutions run on
+    oneDNN, because XLA's CPU convolutions are several times slower here
+    (see README, "Speed"). ``train_epoch`` feeds it an epoch's batches, ``steps_per_call`` at
     a time, from a graph-mode loop, so Python is entered once per epoch.
-    (Evaluation is a plain forward pass: see ``evaluate``.)
+    Augmentation, when given, happens inside the compiled program.
+    (Evaluation is a plain forward pass, never augmented: see ``evaluate``.)
     """
 
     def __init__(
         self,
         model: keras.Model,
         optimizer: keras.optimizers.Optimizer,
-        loss_fn: keras.losses.Loss,
+        loss_fn: Callable[[Any, Any], tf.Tensor],
         steps_per_call: int = STEPS_PER_CALL,
+        augment: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
+        jit_compile: bool = True,
     ):
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.steps_per_call = steps_per_call
+        self.augment = augment
         optimizer.build(model.trainable_variables)
-        self.train_steps = tf.function(self._train_steps, jit_compile=True)
+        self.train_steps = tf.function(self._train_steps, jit_compile=jit_compile)
         self.train_epoch = tf.function(self._train_epoch)
 
     def _train_step(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """One optimizer step on one batch; its summed loss and number correct."""
+        """One optimizer step on one batch; its summed loss and number correct.
+
+        ``augment(x, step)`` transforms the batch first, drawing from the
+        optimizer's step number: fresh every step, the same on every run.
+        """
+        if self.augment is not None:
+            x = self.augment(x, tf.convert_to_tensor(self.optimizer.iterations))
         with tf.GradientTape() as tape:
             out = self.model(x, training=True)
             loss = self.loss_fn(y, out)
@@ -142,7 +224,7 @@ class Steps:
 
 
 def evaluate(
-    model: keras.Model, x: np.ndarray, y: np.ndarray, loss_fn: keras.losses.Loss, batch_size: int = 2048
+    model: keras.Model, x: np.ndarray, y: np.ndarray, loss_fn: Callable[[Any, Any], Any], batch_size: int = 2048
 ) -> tuple[float, float, np.ndarray]:
     """Mean loss, accuracy and the model's outputs on (x, y); y as the loss expects it."""
     outputs = np.concatenate(

@@ -83,6 +83,15 @@ def text() -> Spec:
     return Spec("a string", check)
 
 
+def boolean() -> Spec:
+    def check(v: Any) -> bool:
+        if not isinstance(v, bool):
+            raise ValueError
+        return v
+
+    return Spec("true or false", check)
+
+
 def list_of(item: Spec, *, min_len: int = 1, unique: bool = False) -> Spec:
     describe = f"a list of {min_len}+ {'distinct ' if unique else ''}items, each {item.describe}"
 
@@ -99,7 +108,11 @@ def list_of(item: Spec, *, min_len: int = 1, unique: bool = False) -> Spec:
 
 SOURCES = ("keras", "kaggle", "npm", "local")
 
-SCHEMA: dict[str, dict[str, Spec]] = {
+# A section maps keys to a Spec, or to a nested mapping of the same kind
+# (``model.cnn``): ``dvc exp run -S model.cnn.filters=[16,32]`` reaches it.
+Schema = dict[str, "Spec | Schema"]
+
+SCHEMA: dict[str, Schema] = {
     "fetch": {
         "sources": list_of(choice(*SOURCES), unique=True),
         "local_dir": text(),
@@ -114,18 +127,34 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "normalize": choice("minmax", "zscore"),
     },
     "model": {
+        "kind": choice("dense", "cnn"),
         "hidden_units": list_of(integer(1)),
         "activation": choice("relu", "sigmoid", "tanh"),
         "dropout": number(0, 1),
         "output": choice("softmax", "linear"),
+        "cnn": {
+            "filters": list_of(integer(1)),
+            "kernel_size": integer(1),
+            "batch_norm": boolean(),
+            "pooling": choice("max", "average"),
+        },
     },
     "train": {
         "labels": choice("sparse", "onehot"),
+        "optimizer": choice("adam", "adamw"),
         "learning_rate": number(0, low_open=True),
+        "weight_decay": number(0),
+        "schedule": choice("constant", "cosine", "onecycle"),
+        "warmup": number(0, 1),
+        "label_smoothing": number(0, 1),
         "epochs": integer(1),
         "batch_size": integer(1),
         "seed": integer(0),
         "early_stopping_patience": integer(0),
+        "augment": boolean(),
+        "shift": number(0, 14),
+        "rotation": number(0, 180, high_open=False),
+        "zoom": number(0, 1),
     },
     "evaluate": {
         "batch_size": integer(1),
@@ -142,24 +171,29 @@ def validate(raw: Any, sections: list[str] | tuple[str, ...]) -> dict[str, dict[
         raise ParamsError("params: the file must be a mapping of sections")
     cleaned: dict[str, dict[str, Any]] = {}
     for section in sections:
-        schema = SCHEMA[section]
-        values = raw.get(section)
-        if not isinstance(values, dict):
-            raise ParamsError(f"params: section '{section}' is missing (keys: {', '.join(schema)})")
-        unknown = sorted(set(values) - set(schema))
-        if unknown:
-            raise ParamsError(f"params: unknown key {section}.{unknown[0]} (allowed: {', '.join(schema)})")
-        out = {}
-        for key, spec in schema.items():
-            name = f"{section}.{key}"
-            if key not in values:
-                raise ParamsError(f"params: {name} is missing (must be {spec.describe})")
-            try:
-                out[key] = spec.check(values[key])
-            except (ValueError, TypeError):
-                raise ParamsError(f"params: {name} must be {spec.describe}, got {values[key]!r}") from None
-        cleaned[section] = out
+        cleaned[section] = _check(section, raw.get(section), SCHEMA[section])
     return cleaned
+
+
+def _check(name: str, values: Any, schema: Schema) -> dict[str, Any]:
+    """One (possibly nested) section: every key present, known and allowed."""
+    if not isinstance(values, dict):
+        raise ParamsError(f"params: section '{name}' is missing (keys: {', '.join(schema)})")
+    unknown = sorted(set(values) - set(schema))
+    if unknown:
+        raise ParamsError(f"params: unknown key {name}.{unknown[0]} (allowed: {', '.join(schema)})")
+    out = {}
+    for key, spec in schema.items():
+        if isinstance(spec, dict):
+            out[key] = _check(f"{name}.{key}", values.get(key), spec)
+            continue
+        if key not in values:
+            raise ParamsError(f"params: {name}.{key} is missing (must be {spec.describe})")
+        try:
+            out[key] = spec.check(values[key])
+        except (ValueError, TypeError):
+            raise ParamsError(f"params: {name}.{key} must be {spec.describe}, got {values[key]!r}") from None
+    return out
 
 
 def read_raw(path: Path = PARAMS_FILE) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""DVC stage ``train``: fit the dense network on the train split, watching validation.
+"""DVC stage ``train``: fit the network (dense or CNN) on the train split, watching validation.
 
 The test split is never read here. The model is written in Keras' native
 format only when training finished with a finite loss.
@@ -7,6 +7,7 @@ format only when training finished with a finite loss.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -49,19 +50,32 @@ def fit(
     cfg: dict[str, Any],
     output: str,
     log: Callable[[str], None] = print,
+    background: float = 0.0,
+    jit_compile: bool = True,
 ) -> list[dict[str, float]]:
     """Train ``model`` per the ``train`` params; return one history row per epoch.
 
     Rows hold ``HISTORY_COLUMNS`` plus the wall-clock ``seconds`` of the epoch
     (printed and benchmarked, but not written to the history file, which must
-    be identical from run to run).
+    be identical from run to run). ``loss`` is the loss being minimized (label
+    smoothing included); ``val_loss`` is the plain cross-entropy, as evaluated.
+    ``background`` is an empty pixel's normalized value (what augmentation
+    moves in from outside the image). ``jit_compile``: see ``model.Steps``.
     """
     from stages import model as nn  # noqa: PLC0415 - it sets TensorFlow's options before importing it
 
-    keras, tf = nn.keras, nn.tf
+    tf = nn.tf
 
-    loss_fn = nn.loss_function(cfg["labels"], output)
-    steps = nn.Steps(model, keras.optimizers.Adam(cfg["learning_rate"]), loss_fn)
+    steps_per_epoch = len(train[0]) // cfg["batch_size"]
+    loss_fn = nn.loss_function(cfg["labels"], output, cfg["label_smoothing"])
+    steps = nn.Steps(
+        model,
+        nn.optimizer(cfg, steps_per_epoch),
+        loss_fn,
+        augment=augmentation(cfg, background) if cfg["augment"] else None,
+        jit_compile=jit_compile,
+    )
+    val_loss_fn = nn.loss_function(cfg["labels"], output)
     x = tf.constant(train[0])
     y = tf.constant(nn.encode_labels(train[1], cfg["labels"]))
     x_val, y_val = val[0], nn.encode_labels(val[1], cfg["labels"])
@@ -81,7 +95,7 @@ def fit(
                 f"training loss became {train_loss} in epoch {epoch}; "
                 "lower train.learning_rate or check the input data (no model was written)"
             )
-        val_loss, val_accuracy, _ = nn.evaluate(model, x_val, y_val, loss_fn)
+        val_loss, val_accuracy, _ = nn.evaluate(model, x_val, y_val, val_loss_fn)
         row = {
             "epoch": epoch,
             "loss": train_loss,
@@ -112,6 +126,38 @@ def fit(
     return history
 
 
+def augmentation(cfg: dict[str, Any], background: float = 0.0) -> Callable[[Any, Any], Any]:
+    """``augment(batch, step)`` for the compiled loop: the ``train`` params' random
+    shifts, rotations and zoom, drawn from ``train.seed`` and the step number."""
+    from stages import augment  # noqa: PLC0415 - TensorFlow
+
+    tf = augment.tf
+    seed = tf.constant(cfg["seed"], tf.int64)
+
+    def apply(x: Any, step: Any) -> Any:
+        return augment.random_affine(
+            x, tf.stack([seed, step]), cfg["shift"], cfg["rotation"], cfg["zoom"], background=background
+        )
+
+    return apply
+
+
+def background_value(stats_path: Path = STATS_PATH) -> float:
+    """What an empty (0) pixel becomes after the preprocess stage's normalization."""
+    norm = read_stats(stats_path)["normalization"]
+    return -norm["offset"] / norm["scale"]
+
+
+def backend_settings(kind: str) -> dict[str, Any]:
+    """How each kind trains fastest here (see README, "Speed"): the dense network's
+    small products in one XLA program on one thread; the CNN's convolutions on
+    oneDNN with both cores. Call before TensorFlow is imported."""
+    if kind == "cnn":
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
+        return {"threads": 2, "jit_compile": False}
+    return {"threads": 1, "jit_compile": True}
+
+
 def write_serving_config(output: str, stats_path: Path = STATS_PATH, path: Path = SERVING_CONFIG_PATH) -> None:
     """What a client of the model needs besides its weights: the input scaling and the output kind."""
     write_json(path, {"normalization": read_stats(stats_path)["normalization"], "output": output})
@@ -136,14 +182,23 @@ def main() -> int:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2
 
+    backend = backend_settings(cfg["model"]["kind"])
     from stages import model as nn  # noqa: PLC0415 - TensorFlow, after the cheap checks
 
-    nn.configure(cfg["train"]["seed"])
+    nn.configure(cfg["train"]["seed"], threads=backend["threads"])
     train, val = load_split(PREPARED_DIR, "train"), load_split(PREPARED_DIR, "val")
     model = nn.build(**cfg["model"])
     started = time.monotonic()
     try:
-        history = fit(model, train, val, cfg["train"], cfg["model"]["output"])
+        history = fit(
+            model,
+            train,
+            val,
+            cfg["train"],
+            cfg["model"]["output"],
+            background=background_value(),
+            jit_compile=backend["jit_compile"],
+        )
     except TrainingDiverged as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,67 @@
+"""Random shifts, rotations and zoom of training batches, inside the compiled training loop.
+
+Keras' preprocessing layers (``RandomTranslation``, ``RandomRotation``,
+``RandomZoom``) resample with an op that XLA cannot compile, so the pipeline's
+loop does the same affine resampling with plain gathers, which it can. Random
+draws are stateless: they depend only on ``train.seed`` and the optimizer step,
+so every step gets fresh transformations and the same seed gives the same ones.
+Nothing is written to disk; validation and test images are never transformed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+
+def affine(images: tf.Tensor, dx: tf.Tensor, dy: tf.Tensor, angle: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
+    """Each image (batch x height x width) rotated by ``angle`` radians and scaled by
+    ``scale`` about its centre, then moved ``dx`` pixels right and ``dy`` down.
+
+    Bilinear interpolation; what comes in from outside the image is 0 (background).
+    Integer shifts with no rotation or zoom move the pixels exactly.
+    """
+    height, width = images.shape[1], images.shape[2]
+    centre_y, centre_x = (height - 1) / 2, (width - 1) / 2
+    ys, xs = tf.meshgrid(tf.range(height, dtype=tf.float32), tf.range(width, dtype=tf.float32), indexing="ij")
+    # For each output pixel, the source point it comes from (the inverse transform).
+    px = xs[None] - centre_x - dx[:, None, None]
+    py = ys[None] - centre_y - dy[:, None, None]
+    cos, sin = (tf.cos(angle) / scale)[:, None, None], (tf.sin(angle) / scale)[:, None, None]
+    src_x = cos * px + sin * py + centre_x
+    src_y = -sin * px + cos * py + centre_y
+
+    x0, y0 = tf.floor(src_x), tf.floor(src_y)
+    wx, wy = src_x - x0, src_y - y0
+    flat = tf.reshape(images, [-1, height * width])
+    out = tf.zeros_like(src_x)
+    for oy, weight_y in ((0.0, 1 - wy), (1.0, wy)):
+        for ox, weight_x in ((0.0, 1 - wx), (1.0, wx)):
+            x, y = x0 + ox, y0 + oy
+            inside = (x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1)
+            index = tf.cast(tf.clip_by_value(y, 0, height - 1) * width + tf.clip_by_value(x, 0, width - 1), tf.int32)
+            pixels = tf.reshape(tf.gather(flat, tf.reshape(index, [-1, height * width]), batch_dims=1), tf.shape(x))
+            out += tf.where(inside, pixels * weight_y * weight_x, 0.0)
+    return out
+
+
+def random_affine(
+    images: tf.Tensor, seed: tf.Tensor, shift: float, rotation: float, zoom: float, background: float = 0.0
+) -> tf.Tensor:
+    """``images`` each moved by up to ``shift`` pixels per axis, rotated by up to
+    ``rotation`` degrees either way and scaled by 1 +/- up to ``zoom``, uniformly at random.
+
+    ``seed`` is a shape-[2] integer tensor: the same seed gives the same
+    transformations. ``background`` is the value of an empty pixel after
+    normalization (0 for minmax; negative for zscore).
+    """
+    draws = tf.random.stateless_uniform([tf.shape(images)[0], 4], seed=seed, minval=-1.0, maxval=1.0)
+    moved = affine(
+        images - background,
+        dx=draws[:, 0] * shift,
+        dy=draws[:, 1] * shift,
+        angle=draws[:, 2] * (rotation * math.pi / 180),
+        scale=1 + draws[:, 3] * zoom,
+    )
+    return moved + background
