@@ -17,7 +17,7 @@ from typing import Any
 
 # Tiny matrices: oneDNN's per-op set-up and a thread pool cost more than they
 # save. Must be set before TensorFlow is imported (the train stage turns it on
-# for the CNN, whose convolutions it speeds up twofold).
+# for the CNN and for dropout: see train.backend_settings).
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -153,10 +153,10 @@ class Steps:
 
     ``train_steps`` is one compiled program: a while loop of optimizer steps
     over a stack of batches, returning the summed loss and the number correct.
-    With ``jit_compile`` (the dense network) XLA compiles it into one program;
-    without (the CNN), it is a TensorFlow graph whose convolutions run on
-    oneDNN, because XLA's CPU convolutions are several times slower here
-    (see README, "Speed"). ``train_epoch`` feeds it an epoch's batches, ``steps_per_call`` at
+    With ``jit_compile`` (a dense network without dropout) XLA compiles it
+    into one program; without (a CNN, or dropout), it is a TensorFlow graph
+    running on oneDNN, because XLA's CPU convolutions and its random numbers
+    for dropout are several times slower here (see README, "Speed"). ``train_epoch`` feeds it an epoch's batches, ``steps_per_call`` at
     a time, from a graph-mode loop, so Python is entered once per epoch.
     Augmentation, when given, happens inside the compiled program.
     (Evaluation is a plain forward pass, never augmented: see ``evaluate``.)

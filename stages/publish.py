@@ -40,8 +40,11 @@ SECTIONS = ("fetch", "preprocess", "model", "train", "evaluate")
 RESULT_FILES = [MODEL_PATH, SERVING_CONFIG_PATH, METRICS_PATH, HISTORY_PATH, STATS_PATH]
 SERVING_CODE = Path(__file__).with_name("serving.py")
 CLASSIFIER_CODE = Path(__file__).with_name("classifier.py")
-# Key params copied onto each registered model version, next to its scores.
+# Key params copied onto each registered model version, next to its scores
+# (model.cnn.filters only for a CNN).
 VERSION_PARAMS = (
+    "model.kind",
+    "model.cnn.filters",
     "model.hidden_units",
     "model.activation",
     "model.dropout",
@@ -50,6 +53,8 @@ VERSION_PARAMS = (
     "train.learning_rate",
     "train.batch_size",
     "train.seed",
+    "train.schedule",
+    "train.augment",
     "preprocess.normalize",
 )
 DATA_DIGEST_LEN = 32  # MLflow stores dataset digests in 36 characters (PostgreSQL enforces it)
@@ -194,6 +199,8 @@ def publish(uri: str, artifact_location: str | None, cfg: dict[str, Any], key: s
         client.log_artifacts(run_id, str(EVALUATE_DIR), "reports/evaluate")
         info = log_model(run_id, x_example)
         version_tags = {k: str(flat[k]) for k in VERSION_PARAMS if k in flat}
+        if flat.get("model.kind") != "cnn":
+            version_tags.pop("model.cnn.filters", None)  # says nothing about a dense network
         version_tags.update(
             {
                 "val_accuracy": str(metrics["val_accuracy"]),

@@ -148,11 +148,16 @@ def background_value(stats_path: Path = STATS_PATH) -> float:
     return -norm["offset"] / norm["scale"]
 
 
-def backend_settings(kind: str) -> dict[str, Any]:
-    """How each kind trains fastest here (see README, "Speed"): the dense network's
-    small products in one XLA program on one thread; the CNN's convolutions on
-    oneDNN with both cores. Call before TensorFlow is imported."""
-    if kind == "cnn":
+def backend_settings(model_cfg: dict[str, Any]) -> dict[str, Any]:
+    """How the ``model`` params' network trains fastest here (see README, "Speed").
+
+    A dense network without dropout: one XLA program on one thread (its small
+    products gain nothing from threads). A CNN, or dropout: a TensorFlow graph
+    with oneDNN on both cores, because XLA's CPU convolutions and its random
+    numbers for dropout are several times slower. Call before TensorFlow is
+    imported.
+    """
+    if model_cfg["kind"] == "cnn" or model_cfg["dropout"] > 0:
         os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
         return {"threads": 2, "jit_compile": False}
     return {"threads": 1, "jit_compile": True}
@@ -182,7 +187,7 @@ def main() -> int:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2
 
-    backend = backend_settings(cfg["model"]["kind"])
+    backend = backend_settings(cfg["model"])
     from stages import model as nn  # noqa: PLC0415 - TensorFlow, after the cheap checks
 
     nn.configure(cfg["train"]["seed"], threads=backend["threads"])

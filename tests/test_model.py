@@ -83,3 +83,62 @@ def test_train_epoch_takes_one_step_per_row_whatever_the_steps_per_call():
         for got, want in zip(weights, reference, strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
         assert other_loss == pytest.approx(loss_sum, rel=1e-5) and other_correct == correct
+
+
+@pytest.mark.parametrize("batch_norm, pooling", [(True, "max"), (False, "average")])
+def test_cnn_blocks_then_the_dense_head(batch_norm, pooling):
+    cnn = {"filters": [4, 8], "kernel_size": 5, "batch_norm": batch_norm, "pooling": pooling}
+    model = nn.build([16], "relu", 0.25, "softmax", kind="cnn", cnn=cnn)
+    block = ["Conv2D"] + (["BatchNormalization"] if batch_norm else []) + ["Activation"]
+    block += ["MaxPooling2D" if pooling == "max" else "AveragePooling2D"]
+    assert [type(layer).__name__ for layer in model.layers] == (
+        ["Reshape"] + block * 2 + ["Flatten", "Dense", "Dropout", "Dense"]
+    )
+    convs = [layer for layer in model.layers if type(layer).__name__ == "Conv2D"]
+    assert [c.filters for c in convs] == [4, 8] and all(c.kernel_size == (5, 5) for c in convs)
+    assert all(c.use_bias is not batch_norm for c in convs), "batch norm makes the conv bias redundant"
+    assert model.get_layer("flatten").output.shape[-1] == 7 * 7 * 8  # "same" padding, two 2x2 poolings
+    assert model(np.zeros((3, 28, 28), np.float32)).shape == (3, 10)
+
+
+def test_label_smoothing_spreads_the_targets():
+    probs = np.array([[0.7, 0.3] + [0.0] * 8], np.float32)
+    smooth = nn.loss_function("sparse", "softmax", 0.2)
+    # Targets: 0.8 + 0.02 for class 0, 0.02 for every other class.
+    want = nn.loss_function("onehot", "softmax", 0.2)(np.eye(10, dtype=np.float32)[[0]], probs)
+    assert float(smooth(np.array([0]), probs)) == pytest.approx(float(want), rel=1e-6)
+    assert float(smooth(np.array([0]), probs)) > float(nn.loss_function("sparse", "softmax")(np.array([0]), probs))
+    assert type(nn.loss_function("sparse", "softmax", 0.0)).__name__ == "SparseCategoricalCrossentropy"
+
+
+def _rate(rate, step):
+    return rate if isinstance(rate, float) else float(rate(step))
+
+
+@pytest.mark.parametrize(
+    "schedule, step, expected",
+    [
+        ("constant", 0, 0.01),
+        ("constant", 99, 0.01),
+        ("cosine", 0, 0.01),
+        ("cosine", 50, 0.005),
+        ("cosine", 100, 0.0),
+        ("onecycle", 0, 0.01 / 25),  # warm-up from peak / 25 ...
+        ("onecycle", 15, (0.01 / 25 + 0.01) / 2),  # ... linearly ...
+        ("onecycle", 30, 0.01),  # ... to the peak after warmup = 30 % of the steps,
+        ("onecycle", 65, 0.01 * (1 + 1e-4) / 2),  # then half a cosine ...
+        ("onecycle", 100, 0.01 * 1e-4),  # ... down to peak / 10^4
+    ],
+)
+def test_schedules_at_known_steps(schedule, step, expected):
+    rate = nn.learning_rate(schedule, 0.01, total_steps=100, warmup=0.3)
+    assert _rate(rate, step) == pytest.approx(expected, rel=1e-4, abs=1e-9)
+
+
+def test_optimizer_from_params():
+    cfg = {"optimizer": "adamw", "learning_rate": 0.002, "weight_decay": 0.05, "schedule": "cosine", "epochs": 2}
+    opt = nn.optimizer({**cfg, "warmup": 0.0}, steps_per_epoch=10)
+    assert type(opt).__name__ == "AdamW" and opt.weight_decay == pytest.approx(0.05)
+    assert float(opt.learning_rate) == pytest.approx(0.002)
+    default = nn.optimizer({**cfg, "optimizer": "adam", "schedule": "constant", "warmup": 0.3}, steps_per_epoch=10)
+    assert type(default).__name__ == "Adam" and float(default.learning_rate) == pytest.approx(0.002)

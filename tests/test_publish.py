@@ -159,6 +159,7 @@ def test_champion_moves_only_on_a_higher_validation_accuracy(project, tmp_path):
     assert int(champion.version) == 2
     assert champion.tags["val_accuracy"] == "0.9" and champion.tags["model.hidden_units"] == "[16]"
     assert {"test_accuracy", "data.digest", "git.commit", "train.seed"} <= set(champion.tags)
+    assert champion.tags["model.kind"] == "dense" and "model.cnn.filters" not in champion.tags
 
 
 @pytest.fixture

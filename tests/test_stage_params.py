@@ -30,7 +30,10 @@ def run_stage(stage, tmp_path, edit):
 
 def set_value(section, key, value):
     def edit(params):
-        params[section][key] = value
+        target = params
+        for part in section.split("."):
+            target = target[part]
+        target[key] = value
 
     return edit
 
@@ -56,6 +59,33 @@ def delete(section, key):
 )
 def test_bad_params_fail_before_tensorflow(stage, edit, message, tmp_path):
     result = run_stage(stage, tmp_path, edit)
+    assert result.returncode == 2
+    assert result.stdout.strip() == "TF_NOT_IMPORTED"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (set_value("model", "kind", "rnn"), "model.kind must be one of dense, cnn"),
+        (set_value("model.cnn", "filters", 32), "model.cnn.filters must be a list"),
+        (set_value("model.cnn", "kernel_size", 2.5), "model.cnn.kernel_size must be an integer >= 1"),
+        (set_value("model.cnn", "batch_norm", "on"), "model.cnn.batch_norm must be true or false"),
+        (set_value("model.cnn", "pooling", "global"), "model.cnn.pooling must be one of max, average"),
+        (set_value("train", "optimizer", "sgd"), "train.optimizer must be one of adam, adamw"),
+        (set_value("train", "weight_decay", "1e-4"), "train.weight_decay must be a number"),
+        (set_value("train", "schedule", "linear"), "train.schedule must be one of constant, cosine, onecycle"),
+        (set_value("train", "warmup", 2), "train.warmup must be a number in [0, 1)"),
+        (set_value("train", "label_smoothing", -0.1), "train.label_smoothing must be a number in [0, 1)"),
+        (set_value("train", "augment", "true"), "train.augment must be true or false"),
+        (set_value("train", "shift", 20), "train.shift must be a number in [0, 14)"),
+        (set_value("train", "rotation", -5), "train.rotation must be a number in [0, 180]"),
+        (set_value("train", "zoom", 1), "train.zoom must be a number in [0, 1)"),
+    ],
+)
+def test_bad_new_train_params_fail_before_tensorflow(edit, message, tmp_path):
+    result = run_stage("train", tmp_path, edit)
     assert result.returncode == 2
     assert result.stdout.strip() == "TF_NOT_IMPORTED"
     lines = result.stderr.strip().splitlines()

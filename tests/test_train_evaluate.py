@@ -19,12 +19,22 @@ from tests.conftest import make_synthetic  # noqa: E402
 
 TRAIN = {
     "labels": "sparse",
+    "optimizer": "adam",
     "learning_rate": 0.005,
+    "weight_decay": 0.0001,
+    "schedule": "constant",
+    "warmup": 0.3,
+    "label_smoothing": 0.0,
     "epochs": 3,
     "batch_size": 16,
     "seed": 7,
     "early_stopping_patience": 0,
+    "augment": False,
+    "shift": 2,
+    "rotation": 10,
+    "zoom": 0.1,
 }
+CNN = {"kind": "cnn", "cnn": {"filters": [4, 8], "kernel_size": 3, "batch_norm": True, "pooling": "max"}}
 EVAL = {"batch_size": 128, "top_confusions": 5, "gallery_size": 6, "sample_size": 8}
 
 
@@ -49,6 +59,7 @@ def train_once(prepared, model_cfg=None, train_cfg=None, val=None):
         cfg,
         model_cfg["output"],
         log=lines.append,
+        jit_compile=model_cfg.get("kind", "dense") == "dense" and not model_cfg["dropout"],
     )
     return model, history, lines
 
@@ -73,6 +84,69 @@ def test_variants_train(prepared, model_cfg, train_cfg):
     _, history, _ = train_once(prepared, model_cfg, train_cfg)
     assert all(math.isfinite(row["loss"]) for row in history)
     assert history[-1]["val_accuracy"] > 0.5
+
+
+@pytest.mark.parametrize(
+    "model_cfg, train_cfg",
+    [
+        (CNN, {}),
+        ({**CNN, "cnn": {"filters": [4], "kernel_size": 5, "batch_norm": False, "pooling": "average"}}, {}),
+        ({**CNN, "dropout": 0.2, "hidden_units": [16]}, {"augment": True, "schedule": "onecycle", "epochs": 10}),
+        ({}, {"augment": True}),
+        ({}, {"schedule": "cosine"}),
+        ({}, {"schedule": "onecycle", "warmup": 0.5}),
+        ({}, {"optimizer": "adamw", "weight_decay": 0.01}),
+        ({}, {"label_smoothing": 0.1}),
+        ({"output": "linear"}, {"labels": "onehot", "label_smoothing": 0.1}),
+    ],
+    ids=[
+        "cnn",
+        "cnn-avgpool-nobn",
+        "cnn-augment-onecycle",
+        "augment",
+        "cosine",
+        "onecycle",
+        "adamw",
+        "smooth",
+        "smooth-1hot",
+    ],
+)
+def test_new_param_paths_train(prepared, model_cfg, train_cfg):
+    model, history, _ = train_once(prepared, model_cfg, {"epochs": 4, **train_cfg})
+    assert all(math.isfinite(row["loss"]) for row in history)
+    assert history[-1]["val_accuracy"] > 0.5, history
+    assert model.name == f"mnist_{model_cfg.get('kind', 'dense')}"
+
+
+def test_cnn_with_augmentation_is_byte_reproducible(prepared, tmp_path):
+    cfg = {"augment": True, "schedule": "onecycle", "epochs": 2}
+    (a, history_a, _), (b, history_b, _) = (train_once(prepared, {**CNN, "dropout": 0.2}, cfg) for _ in range(2))
+    nn.save_model(a, tmp_path / "a.keras")
+    nn.save_model(b, tmp_path / "b.keras")
+    assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
+    assert [r["loss"] for r in history_a] == [r["loss"] for r in history_b]
+    c, _, _ = train_once(prepared, {**CNN, "dropout": 0.2}, {**cfg, "seed": 8})
+    assert not np.array_equal(a.get_weights()[0], c.get_weights()[0]), "another seed, other augmentations"
+
+
+def test_augmentation_that_changes_nothing_changes_no_weight(prepared):
+    # The hook receives the batch's images only: labels and pairing stay as they were.
+    plain, _, _ = train_once(prepared)
+    identity, _, _ = train_once(prepared, train_cfg={"augment": True, "shift": 0, "rotation": 0, "zoom": 0})
+    for got, want in zip(identity.get_weights(), plain.get_weights(), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    moved, _, _ = train_once(prepared, train_cfg={"augment": True})
+    assert not np.allclose(moved.get_weights()[0], plain.get_weights()[0])
+
+
+def test_validation_is_never_augmented(prepared):
+    # Heavy augmentation: if validation went through it, its loss would differ from a plain evaluation.
+    cfg = {"augment": True, "shift": 6, "rotation": 90, "zoom": 0.5, "epochs": 2}
+    model, history, _ = train_once(prepared, train_cfg=cfg)
+    x_val, y_val = load_split(prepared, "val")
+    val_loss, val_accuracy, _ = nn.evaluate(model, x_val, y_val.astype(np.int32), nn.loss_function("sparse", "softmax"))
+    assert history[-1]["val_loss"] == pytest.approx(val_loss, rel=1e-6)
+    assert history[-1]["val_accuracy"] == val_accuracy
 
 
 def test_same_params_same_weights_same_bytes(prepared, tmp_path):
@@ -153,3 +227,28 @@ def test_end_to_end_reports(prepared, tmp_path, monkeypatch):
         "samples.png",
     ]:
         assert (reports / "evaluate" / name).stat().st_size > 0, name
+
+
+def test_train_stage_smoke_cnn_with_augmentation(prepared, tmp_path):
+    # The stage as DVC runs it (its own process: oneDNN and two threads for the CNN).
+    import shutil
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from tests.conftest import run_in
+
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(prepared, tmp_path / "data" / "prepared")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["model"].update(kind="cnn", hidden_units=[16], dropout=0.1, cnn={**CNN["cnn"]})
+    params["train"].update(augment=True, schedule="onecycle", epochs=2, batch_size=16, learning_rate=0.005)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = run_in([sys.executable, "-m", "stages.train"], tmp_path, PYTHONPATH=str(root), DVC_ROOT=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    epochs = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
+    assert [line.split(" - ")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"]
+    loaded = nn.load_model(tmp_path / "data" / "model" / "model.keras")
+    assert loaded.name == "mnist_cnn" and loaded.get_layer("conv_2").filters == 8
+    assert len(pd.read_csv(tmp_path / "reports" / "train" / "history.csv")) == 2
