@@ -156,8 +156,9 @@ class Steps:
     With ``jit_compile`` (a dense network without dropout) XLA compiles it
     into one program; without (a CNN, or dropout), it is a TensorFlow graph
     running on oneDNN, because XLA's CPU convolutions and its random numbers
-    for dropout are several times slower here (see README, "Speed"). ``train_epoch`` feeds it an epoch's batches, ``steps_per_call`` at
-    a time, from a graph-mode loop, so Python is entered once per epoch.
+    for dropout are several times slower here (see README, "Speed").
+    ``train_epoch`` feeds it an epoch's batches, ``steps_per_call`` at a time,
+    from a graph-mode loop, so Python is entered once per epoch.
     Augmentation, when given, happens inside the compiled program.
     (Evaluation is a plain forward pass, never augmented: see ``evaluate``.)
     """

@@ -142,3 +142,26 @@ def test_optimizer_from_params():
     assert float(opt.learning_rate) == pytest.approx(0.002)
     default = nn.optimizer({**cfg, "optimizer": "adam", "schedule": "constant", "warmup": 0.3}, steps_per_epoch=10)
     assert type(default).__name__ == "Adam" and float(default.learning_rate) == pytest.approx(0.002)
+
+
+@pytest.mark.parametrize("jit_compile", [True, False])
+def test_augment_sees_every_training_batch_with_its_own_step_number(jit_compile):
+    import keras
+    import tensorflow as tf
+
+    rng = np.random.default_rng(2)
+    x = rng.random((40, 28, 28), dtype=np.float32)
+    y = rng.integers(0, 10, 40).astype(np.int32)
+    order = rng.permutation(40).astype(np.int32).reshape(10, 4)
+    seen = tf.Variable(tf.zeros([2], tf.int64))
+
+    def spy(batch, step):
+        seen.assign_add(tf.stack([tf.constant(1, tf.int64), step]))  # batches, sum of step numbers
+        return batch
+
+    keras.utils.set_random_seed(0)
+    model = nn.build([8], "relu", 0.0, "softmax")
+    steps = nn.Steps(model, keras.optimizers.Adam(1e-2), nn.loss_function("sparse", "softmax"), 3, spy, jit_compile)
+    steps.train_epoch(x, y, order)
+    steps.train_epoch(x, y, order)
+    assert seen.numpy().tolist() == [20, sum(range(20))], "one call per step, numbered 0, 1, ... across epochs"
