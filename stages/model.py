@@ -114,7 +114,7 @@ def learning_rate(
     """constant: ``peak`` throughout. cosine: from ``peak`` down to 0 along a half
     cosine. onecycle: rising linearly from ``peak / 25`` to ``peak`` over the
     first ``warmup`` fraction of the steps, then down to ~0 along a half cosine
-    (Smith's one-cycle policy as fastai runs it).
+    (after Smith's one-cycle policy; Keras' ``CosineDecay`` with warm-up).
     """
     if schedule == "constant":
         return peak

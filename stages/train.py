@@ -66,7 +66,7 @@ def fit(
 
     tf = nn.tf
 
-    steps_per_epoch = len(train[0]) // cfg["batch_size"]
+    steps_per_epoch = len(epoch_order(len(train[0]), cfg["batch_size"], np.random.default_rng(0)))
     loss_fn = nn.loss_function(cfg["labels"], output, cfg["label_smoothing"])
     steps = nn.Steps(
         model,
@@ -204,7 +204,7 @@ def main() -> int:
             background=background_value(),
             jit_compile=backend["jit_compile"],
         )
-    except TrainingDiverged as exc:
+    except (TrainingDiverged, ValueError) as exc:  # ValueError: no whole batch (see epoch_order)
         print(f"train: error: {exc}", file=sys.stderr)
         return 1
     seconds = time.monotonic() - started

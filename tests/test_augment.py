@@ -42,14 +42,14 @@ def test_quarter_turn_and_zoom_keep_the_ink_about_the_centre():
 
 
 def test_random_draws_depend_on_the_seed_and_step_only():
-    x = tf.constant(images(8))
+    x = tf.constant(np.repeat(images(1), 8, axis=0))  # eight copies of one image
     a = augment.random_affine(x, tf.constant([1, 5], tf.int64), 2, 10, 0.1).numpy()
     b = augment.random_affine(x, tf.constant([1, 5], tf.int64), 2, 10, 0.1).numpy()
     c = augment.random_affine(x, tf.constant([1, 6], tf.int64), 2, 10, 0.1).numpy()
     assert a.shape == x.shape and a.dtype == np.float32
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c), "the next step draws new transformations"
-    assert not np.allclose(a[0] - x[0], a[1] - x[1]), "each image its own transformation"
+    assert not np.allclose(a[0], a[1]), "each image its own transformation"
 
 
 def test_the_background_stays_background_after_zscore():

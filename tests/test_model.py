@@ -140,6 +140,7 @@ def test_optimizer_from_params():
     opt = nn.optimizer({**cfg, "warmup": 0.0}, steps_per_epoch=10)
     assert type(opt).__name__ == "AdamW" and opt.weight_decay == pytest.approx(0.05)
     assert float(opt.learning_rate) == pytest.approx(0.002)
+    assert float(opt._learning_rate(10)) == pytest.approx(0.001), "cosine: half the peak half-way through 20 steps"
     default = nn.optimizer({**cfg, "optimizer": "adam", "schedule": "constant", "warmup": 0.3}, steps_per_epoch=10)
     assert type(default).__name__ == "Adam" and float(default.learning_rate) == pytest.approx(0.002)
 

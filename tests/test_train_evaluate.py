@@ -229,8 +229,8 @@ def test_end_to_end_reports(prepared, tmp_path, monkeypatch):
         assert (reports / "evaluate" / name).stat().st_size > 0, name
 
 
-def test_train_stage_smoke_cnn_with_augmentation(prepared, tmp_path):
-    # The stage as DVC runs it (its own process: oneDNN and two threads for the CNN).
+def run_train_stage(prepared, root, model=None, train=None):
+    """``python -m stages.train`` as DVC runs it (its own process: for a CNN, oneDNN and two threads)."""
     import shutil
     import sys
     from pathlib import Path
@@ -239,16 +239,34 @@ def test_train_stage_smoke_cnn_with_augmentation(prepared, tmp_path):
 
     from tests.conftest import run_in
 
-    root = Path(__file__).resolve().parents[1]
-    shutil.copytree(prepared, tmp_path / "data" / "prepared")
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["model"].update(kind="cnn", hidden_units=[16], dropout=0.1, cnn={**CNN["cnn"]})
-    params["train"].update(augment=True, schedule="onecycle", epochs=2, batch_size=16, learning_rate=0.005)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    result = run_in([sys.executable, "-m", "stages.train"], tmp_path, PYTHONPATH=str(root), DVC_ROOT=str(tmp_path))
-    assert result.returncode == 0, result.stderr
-    epochs = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
-    assert [line.split(" - ")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"]
-    loaded = nn.load_model(tmp_path / "data" / "model" / "model.keras")
+    code = Path(__file__).resolve().parents[1]
+    shutil.copytree(prepared, root / "data" / "prepared")
+    params = yaml.safe_load((code / "params.yaml").read_text())
+    params["model"].update(model or {})
+    params["train"].update(train or {})
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return run_in([sys.executable, "-m", "stages.train"], root, PYTHONPATH=str(code), DVC_ROOT=str(root))
+
+
+def test_train_stage_smoke_cnn_with_augmentation_byte_reproducible(prepared, tmp_path):
+    model = {"kind": "cnn", "hidden_units": [16], "dropout": 0.1, "cnn": {**CNN["cnn"]}}
+    train_cfg = {"augment": True, "schedule": "onecycle", "epochs": 2, "batch_size": 16, "learning_rate": 0.005}
+    files = []
+    for run in ("a", "b"):
+        result = run_train_stage(prepared, tmp_path / run, model, train_cfg)
+        assert result.returncode == 0, result.stderr
+        epochs = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
+        assert [line.split(" - ")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"]
+        files.append((tmp_path / run / "data" / "model" / "model.keras").read_bytes())
+    assert files[0] == files[1], "same params, same machine: the same model file"
+    loaded = nn.load_model(tmp_path / "a" / "data" / "model" / "model.keras")
     assert loaded.name == "mnist_cnn" and loaded.get_layer("conv_2").filters == 8
-    assert len(pd.read_csv(tmp_path / "reports" / "train" / "history.csv")) == 2
+    assert len(pd.read_csv(tmp_path / "a" / "reports" / "train" / "history.csv")) == 2
+
+
+def test_train_stage_batch_larger_than_the_data_is_a_clear_error(prepared, tmp_path):
+    result = run_train_stage(prepared, tmp_path, train={"schedule": "cosine", "batch_size": 100_000})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("train: error: ")
+    assert "cannot fill one batch of 100000 (train.batch_size too large)" in result.stderr
+    assert not (tmp_path / "data" / "model" / "model.keras").exists()
