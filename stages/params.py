@@ -74,22 +74,21 @@ def choice(*allowed: str) -> Spec:
     return Spec("one of " + ", ".join(allowed), check)
 
 
-def text() -> Spec:
-    def check(v: Any) -> str:
-        if not isinstance(v, str):
+def of_type(kind: type, describe: str) -> Spec:
+    def check(v: Any) -> Any:
+        if not isinstance(v, kind):
             raise ValueError
         return v
 
-    return Spec("a string", check)
+    return Spec(describe, check)
+
+
+def text() -> Spec:
+    return of_type(str, "a string")
 
 
 def boolean() -> Spec:
-    def check(v: Any) -> bool:
-        if not isinstance(v, bool):
-            raise ValueError
-        return v
-
-    return Spec("true or false", check)
+    return of_type(bool, "true or false")
 
 
 def list_of(item: Spec, *, min_len: int = 1, unique: bool = False) -> Spec:

@@ -28,6 +28,18 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
+class BatchTooLarge(ValueError):
+    """Not one whole batch fits in the training split."""
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Whole batches of ``batch_size`` in ``n`` images (at least one, or ``BatchTooLarge``)."""
+    steps = n // batch_size
+    if steps == 0:
+        raise BatchTooLarge(f"{n} training images cannot fill one batch of {batch_size} (train.batch_size too large)")
+    return steps
+
+
 def epoch_order(n: int, batch_size: int, rng: np.random.Generator) -> np.ndarray:
     """Shuffle ``range(n)`` into a (steps, batch) index array: one row per batch.
 
@@ -36,9 +48,7 @@ def epoch_order(n: int, batch_size: int, rng: np.random.Generator) -> np.ndarray
     each epoch means different images are left out (16 of 54,000 with the
     defaults).
     """
-    steps = n // batch_size
-    if steps == 0:
-        raise ValueError(f"{n} training images cannot fill one batch of {batch_size} (train.batch_size too large)")
+    steps = steps_per_epoch(n, batch_size)
     perm = rng.permutation(n).astype(np.int32)
     return perm[: steps * batch_size].reshape(steps, batch_size)
 
@@ -66,11 +76,10 @@ def fit(
 
     tf = nn.tf
 
-    steps_per_epoch = len(epoch_order(len(train[0]), cfg["batch_size"], np.random.default_rng(0)))
     loss_fn = nn.loss_function(cfg["labels"], output, cfg["label_smoothing"])
     steps = nn.Steps(
         model,
-        nn.optimizer(cfg, steps_per_epoch),
+        nn.optimizer(cfg, steps_per_epoch(len(train[0]), cfg["batch_size"])),
         loss_fn,
         augment=augmentation(cfg, background) if cfg["augment"] else None,
         jit_compile=jit_compile,
@@ -204,7 +213,7 @@ def main() -> int:
             background=background_value(),
             jit_compile=backend["jit_compile"],
         )
-    except (TrainingDiverged, ValueError) as exc:  # ValueError: no whole batch (see epoch_order)
+    except (TrainingDiverged, BatchTooLarge) as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 1
     seconds = time.monotonic() - started
