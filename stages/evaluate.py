@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from stages import params, runtime
+from stages import finish, params, runtime
 from stages.config import EVALUATE_DIR, METRICS_PATH, MODEL_PATH, PREPARED_DIR
 from stages.data import load_split
 from stages.files import atomic_path, sha256_file, write_json
@@ -142,4 +142,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    finish(main())

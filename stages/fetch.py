@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from stages import params, runtime
+from stages import finish, params, runtime
 from stages.config import RAW_DIR
 from stages.files import dir_digest, staged_dir
 from stages.sources import SOURCES, Expected, Settings, SourceError, SourceSkipped, origin, verify
@@ -68,4 +68,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    finish(main())

@@ -176,8 +176,8 @@ class Steps:
         self.steps_per_call = steps_per_call
         self.augment = augment
         optimizer.build(model.trainable_variables)
-        self.train_steps = tf.function(self._train_steps, jit_compile=jit_compile)
-        self.train_epoch = tf.function(self._train_epoch)
+        self.train_steps = tf.function(self._train_steps, jit_compile=jit_compile, autograph=False)
+        self.train_epoch = tf.function(self._train_epoch, autograph=False)
 
     def _train_step(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """One optimizer step on one batch; its summed loss and number correct.

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stages import finish
 from stages.config import MLFLOW_DB, MODEL_PATH, SERVING_CONFIG_PATH
 
 PROJECT = Path(__file__).resolve().parents[1]  # the repository, wherever `mnist-predict` is run from
@@ -320,5 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
+def cli() -> None:
+    """The ``mnist-predict`` command: ``main`` in a process that ends without Python's teardown."""
+    finish(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

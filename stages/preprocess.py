@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages import idx, params
+from stages import finish, idx, params
 from stages.config import PREPARED_DIR, RAW_DIR, STATS_PATH
 from stages.data import SPLITS
 from stages.files import staged_dir, write_json
@@ -102,4 +102,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    finish(main())

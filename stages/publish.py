@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from stages import params, runtime, tracking
+from stages import finish, params, runtime, tracking
 from stages.config import (
     EVALUATE_DIR,
     HISTORY_PATH,
@@ -275,4 +275,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    finish(main())

@@ -1,0 +1,51 @@
+"""``stages.finish``: a stage's process ends with its code, its exit handlers run, and no teardown."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = """
+import atexit, sys
+import stages
+
+class Module:
+    def __del__(self):  # runs when Python tears the module down at exit
+        print("torn down", file=sys.stderr, flush=True)
+
+kept = Module()
+atexit.register(lambda: open(sys.argv[1], "w").write("exit handler ran"))  # registered after stages
+sys.stdout.write("buffered, no newline")
+{end}
+"""
+
+
+def run(tmp_path, end):
+    marker = tmp_path / "marker"
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT.format(end=end), str(marker)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},  # stdout buffered, as under DVC
+        timeout=60,
+    )
+    return result, marker.read_text() if marker.exists() else None
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_finish_exits_with_the_code_after_the_exit_handlers_and_skips_the_teardown(tmp_path, code):
+    result, marker = run(tmp_path, f"stages.finish({code})")
+    assert result.returncode == code
+    assert result.stdout == "buffered, no newline"  # flushed
+    assert marker == "exit handler ran"
+    assert "torn down" not in result.stderr
+
+
+def test_the_teardown_it_skips_is_there_without_it(tmp_path):
+    result, marker = run(tmp_path, "sys.exit(3)")
+    assert result.returncode == 3 and marker == "exit handler ran"
+    assert "torn down" in result.stderr

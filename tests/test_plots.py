@@ -1,0 +1,43 @@
+"""The report figures' layout (matplotlib, no TensorFlow)."""
+
+import numpy as np
+import pytest
+
+from stages import plots
+
+
+def digits(n, size=5):
+    """``n`` distinct images on a background of 0: image i has value i + 1 on its diagonal."""
+    images = np.zeros((n, size, size), dtype=np.float32)
+    for i in range(n):
+        images[i][np.eye(size, dtype=bool)] = i + 1
+    return images
+
+
+def test_tile_puts_each_image_in_its_cell_row_by_row():
+    images = digits(11)
+    canvas, anchors = plots.tile(images, columns=4)
+    cell_w, cell_h = 5 + plots.GAP, 5 + plots.CAPTION
+    assert canvas.shape == (3 * cell_h, 4 * cell_w)
+    for i, image in enumerate(images):
+        row, column = divmod(i, 4)
+        top, left = row * cell_h + plots.CAPTION, column * cell_w + plots.GAP // 2
+        assert np.array_equal(canvas[top : top + 5, left : left + 5], image), i
+        assert anchors[i] == ((column + 0.5) * cell_w, top - 1)  # centred just above the image
+    # Nothing else: every image's ink appears exactly once, the rest is background.
+    assert sorted(canvas[canvas > 0].tolist()) == sorted(images[images > 0].tolist())
+
+
+def test_tile_fills_with_the_images_background():
+    images = digits(3) - 2.5  # e.g. z-scored: an empty pixel is negative
+    canvas, _ = plots.tile(images, columns=8)
+    assert canvas.shape == (5 + plots.CAPTION, 8 * (5 + plots.GAP))
+    assert (canvas == -2.5).sum() == canvas.size - 3 * 5
+
+
+@pytest.mark.parametrize("n", [0, 1, 25])
+def test_image_grid_writes_a_png(tmp_path, n):
+    path = tmp_path / "grid.png"
+    plots.image_grid(digits(n, 28), [f"true {i}\npred {i}" for i in range(n)], path, "title", [True] * n)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left
