@@ -39,6 +39,19 @@ def _skip_teardown() -> None:
 atexit.register(_skip_teardown)
 
 
+def leave_out(*packages: str) -> None:
+    """Make importing ``packages`` fail in this process, as if they were not installed.
+
+    For a stage that never uses them but whose libraries import them when they
+    are there: Keras imports scikit-learn and matplotlib for optional extras
+    (its scikit-learn wrappers, an image-gallery plot) whenever TensorFlow is
+    imported, about a third of that import's seconds. Call it before those
+    imports; a package already imported stays.
+    """
+    for name in packages:
+        sys.modules.setdefault(name, None)  # None in sys.modules: `import name` raises ModuleNotFoundError
+
+
 def finish(code: int) -> NoReturn:
     """End a stage's process with ``code``, like ``sys.exit``, minus Python's module teardown.
 

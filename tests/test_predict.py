@@ -201,6 +201,30 @@ def test_cli_table_json_exit_codes_and_saved_inputs(tiny_model_dir, tmp_path, ca
     assert record["digit"] == record["top"][0]["digit"]
 
 
+@pytest.mark.slow
+def test_the_installed_command_prints_everything_and_skips_unused_imports(tiny_model_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    command = Path(sys.executable).parent / "mnist-predict"  # `make install` puts it there
+    (tmp_path / "seven.png").write_bytes(png(drawn_seven()))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # buffered, as when piped
+    result = subprocess.run(
+        [command, str(tmp_path / "seven.png"), "--json", "--model", str(tiny_model_dir / "data" / "model")],
+        capture_output=True,
+        text=True,
+        env={**env, "PYTHONPROFILEIMPORTTIME": "1"},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["path"] == str(tmp_path / "seven.png")  # flushed before the fast exit
+    assert "predict: 1 of 1 images" in result.stderr
+    imported = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if line.startswith("import time")}
+    assert "tensorflow" in imported
+    assert not {"sklearn.base", "matplotlib.figure"} & imported  # Keras would import both: see stages.leave_out
+
+
 # --- the quality gate: real MNIST test digits as photos, the default model (slow) ---------
 
 

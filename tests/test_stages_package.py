@@ -1,4 +1,4 @@
-"""``stages.finish``: a stage's process ends with its code, its exit handlers run, and no teardown."""
+"""The stage processes' helpers in ``stages``: ``finish`` (exit without teardown) and ``leave_out``."""
 
 import os
 import subprocess
@@ -49,3 +49,19 @@ def test_the_teardown_it_skips_is_there_without_it(tmp_path):
     result, marker = run(tmp_path, "sys.exit(3)")
     assert result.returncode == 3 and marker == "exit handler ran"
     assert "torn down" in result.stderr
+
+
+def test_leave_out_makes_imports_fail_but_keeps_what_is_imported():
+    script = (
+        "import json, stages\n"
+        "stages.leave_out('json', 'csv')\n"
+        "try:\n"
+        "    import csv\n"
+        "except ModuleNotFoundError as exc:\n"
+        "    print('csv blocked:', exc)\n"
+        "import json\n"
+        "print('json', json.dumps([1]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["csv blocked: import of csv halted; None in sys.modules", "json [1]"]
