@@ -5,6 +5,7 @@ only reads params and calls the plain functions that hold the logic.
 """
 
 import atexit
+import contextlib
 import importlib.util
 import os
 import sys
@@ -31,8 +32,10 @@ def _skip_teardown() -> None:
     # Registered on the package's first import, before TensorFlow or MLflow are
     # imported, so it runs after every exit handler they register (last in, first out).
     if _exit_code is not None:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            # A closed pipe (`mnist-predict … | head -1`): nothing more can be said there.
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
         os._exit(_exit_code)
 
 

@@ -45,6 +45,13 @@ def test_finish_exits_with_the_code_after_the_exit_handlers_and_skips_the_teardo
     assert "torn down" not in result.stderr
 
 
+def test_finish_keeps_the_code_when_stdout_is_gone(tmp_path):
+    # Like `mnist-predict … | head -1`: the reader has gone, flushing fails.
+    result, marker = run(tmp_path, "import os; os.close(1); stages.finish(3)")
+    assert result.returncode == 3 and marker == "exit handler ran"
+    assert "Exception ignored" not in result.stderr and "torn down" not in result.stderr
+
+
 def test_the_teardown_it_skips_is_there_without_it(tmp_path):
     result, marker = run(tmp_path, "sys.exit(3)")
     assert result.returncode == 3 and marker == "exit handler ran"
