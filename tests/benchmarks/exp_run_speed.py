@@ -1,6 +1,6 @@
 """How long `dvc exp run` takes end to end, at two revisions side by side, and where the time goes.
 
-    python tests/benchmarks/exp_run_speed.py [--base REV] [--head REV] [--seeds 2 3 4]
+    python tests/benchmarks/exp_run_speed.py [--base REV] [--head REV] [--seeds 2 3 4] [--own-venvs]
 
 Clones the repository twice (BASE, default HEAD~1, and HEAD; committed
 states only) into a temporary directory, both sharing this checkout's DVC
@@ -11,6 +11,9 @@ does not land on one side only. Each clone logs to its own `mlflow.db`,
 as a user's first experiments would. Prints one line per run with the
 seconds of each stage (from DVC's own output, so a stage's time includes
 starting and ending its process), then one JSON line with the medians.
+Both clones use this environment's packages, unless `--own-venvs`: then
+each clone installs its own from its own `requirements.lock` (`make
+install`, a few minutes each), which is what a change of the lock needs.
 Needs `make install` and, for speed, the data in this checkout's DVC cache
 (`make repro`); the clones fetch it otherwise.
 """
@@ -32,10 +35,10 @@ ROOT = Path(__file__).resolve().parents[2]
 STAGE = re.compile(r"^Running stage '(\w+)'")
 
 
-def run(args: list[str], cwd: Path) -> list[tuple[float, str]]:
-    """Run a command as a user would (the project's environment on PATH); its output lines, timed."""
+def run(args: list[str], cwd: Path, bin_dir: Path) -> list[tuple[float, str]]:
+    """Run a command as a user would (``bin_dir``, an environment's, on PATH); its output lines, timed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
     started = time.monotonic()
     proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = [(time.monotonic() - started, line.rstrip()) for line in proc.stdout]
@@ -56,17 +59,27 @@ def breakdown(lines: list[tuple[float, str]]) -> dict[str, float]:
     return {k: round(v, 2) for k, v in seconds.items()}
 
 
-def clone(rev: str, path: Path) -> Path:
+def clone(rev: str, path: Path, own_venv: bool) -> Path:
+    """A clone at ``rev`` sharing this checkout's DVC cache, set up by `dvc repro`; its environment's bin."""
+    here = Path(sys.executable).parent
     subprocess.run(["git", "clone", "-q", str(ROOT), str(path)], check=True)
     subprocess.run(["git", "-C", str(path), "checkout", "-q", rev], check=True)
     for key, value in [("user.name", "benchmark"), ("user.email", "benchmark@example.com")]:
         subprocess.run(["git", "-C", str(path), "config", key, value], check=True)
+    if own_venv:
+        subprocess.run(["make", "-s", "install"], cwd=path, check=True, stdout=subprocess.DEVNULL)
+    bin_dir = path / ".venv" / "bin" if own_venv else here
     cache = subprocess.run(
-        [Path(sys.executable).parent / "dvc", "cache", "dir"], cwd=ROOT, capture_output=True, text=True, check=True
+        ["dvc", "cache", "dir"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PATH": f"{here}:{os.environ['PATH']}"},
     ).stdout.strip()
-    run(["dvc", "cache", "dir", "--local", cache], path)
-    run(["dvc", "repro"], path)
-    return path
+    run(["dvc", "cache", "dir", "--local", cache], path, bin_dir)
+    run(["dvc", "repro"], path, bin_dir)
+    return bin_dir
 
 
 def main() -> None:
@@ -74,18 +87,20 @@ def main() -> None:
     parser.add_argument("--base", default="HEAD~1")
     parser.add_argument("--head", default="HEAD")
     parser.add_argument("--seeds", type=int, nargs="+", default=[2, 3, 4])
+    parser.add_argument("--own-venvs", action="store_true", help="each clone installs its own locked packages")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="exp-run-speed-") as tmp:
-        sides = {}
+        sides, bins = {}, {}
         for name, rev in [("base", args.base), ("head", args.head)]:
             sha = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True)
             print(f"setting up {name} = {sha.stdout.strip()} ...", file=sys.stderr)
-            sides[name] = clone(rev, Path(tmp) / name)
+            sides[name] = Path(tmp) / name
+            bins[name] = clone(rev, sides[name], args.own_venvs)
         totals: dict[str, list[float]] = {"base": [], "head": []}
         for i, seed in enumerate(args.seeds):
             for name in ["base", "head"] if i % 2 == 0 else ["head", "base"]:
-                seconds = breakdown(run(["dvc", "exp", "run", "-S", f"train.seed={seed}"], sides[name]))
+                seconds = breakdown(run(["dvc", "exp", "run", "-S", f"train.seed={seed}"], sides[name], bins[name]))
                 totals[name].append(seconds["total"])
                 print(f"{name} seed {seed}: {json.dumps(seconds)}", file=sys.stderr)
     base, head = statistics.median(totals["base"]), statistics.median(totals["head"])
@@ -99,6 +114,7 @@ def main() -> None:
                 "base_median_s": base,
                 "head_median_s": head,
                 "ratio": round(base / head, 2),
+                "own_venvs": args.own_venvs,
             }
         )
     )
