@@ -1,6 +1,6 @@
 """The networks, their loss and optimizer, the compiled training steps and evaluation (TensorFlow backend).
 
-Importing this module imports TensorFlow (~10 s): stages validate their params
+Importing this module imports TensorFlow (3-5 s here): stages validate their params
 first and import it afterwards.
 """
 
