@@ -5,7 +5,6 @@ only reads params and calls the plain functions that hold the logic.
 """
 
 import atexit
-import contextlib
 import importlib.util
 import os
 import sys
@@ -31,15 +30,25 @@ _exit_code: int | None = None
 def _skip_teardown() -> None:
     # Registered on the package's first import, before TensorFlow or MLflow are
     # imported, so it runs after every exit handler they register (last in, first out).
-    if _exit_code is not None:
-        for stream in (sys.stdout, sys.stderr):
-            # A closed pipe (`mnist-predict … | head -1`): nothing more can be said there.
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
-        os._exit(_exit_code)
+    if _exit_code is None:
+        return
+    code = _exit_code
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):  # the reader has gone (`mnist-predict … | head -1`), or closed
+            pass
+        except OSError as exc:  # say, a full disk: lost output is a failure, as Python itself reports it
+            os.write(2, f"stages: could not write all output: {exc}\n".encode())
+            code = 120
+    os._exit(code)
 
 
-atexit.register(_skip_teardown)
+# Only when no exit handler came before (one of a coverage tool or a site
+# customisation, say): those would run after this one, so never. Then `finish`
+# is a plain `sys.exit`.
+if getattr(atexit, "_ncallbacks", lambda: 1)() == 0:
+    atexit.register(_skip_teardown)
 
 
 def leave_out(*packages: str) -> None:
@@ -47,19 +56,26 @@ def leave_out(*packages: str) -> None:
 
     For a stage that never uses them but whose libraries import them when they
     are there: Keras imports scikit-learn and matplotlib for optional extras
-    (its scikit-learn wrappers, an image-gallery plot) whenever TensorFlow is
-    imported, about a third of that import's seconds. Call it before those
-    imports; a package already imported stays.
+    (its scikit-learn wrappers, an image-gallery plot), about a third of the
+    seconds that importing TensorFlow with Keras takes. Call it before those
+    imports; a package already imported stays. Their metadata stays too: a
+    library that checks ``importlib.metadata`` and then imports would fail.
+    It holds for the rest of the process: call it from a ``__main__`` block or
+    a console-script entry point, never from code other code imports and calls.
     """
     for name in packages:
         sys.modules.setdefault(name, None)  # None in sys.modules: `import name` raises ModuleNotFoundError
 
 
 def finish(code: int) -> NoReturn:
-    """End a stage's process with ``code``, like ``sys.exit``, minus Python's module teardown.
+    """End the process with ``code``, like ``sys.exit``, minus Python's module teardown.
 
-    The exit handlers still run (threads joined, logs flushed), and every output
-    is complete by then: files are written to a temporary path and renamed.
+    The exit handlers still run (threads joined, logs flushed) and the standard
+    streams are flushed; what is skipped is the clean-up of objects still alive
+    (``__del__``, unclosed files), so every output must be complete before:
+    the stages write files to a temporary path and rename them into place.
+    Ends the process even if something catches the ``SystemExit``: call it
+    from a ``__main__`` block or a console-script entry point only.
     """
     global _exit_code
     _exit_code = code

@@ -176,6 +176,8 @@ class Steps:
         self.steps_per_call = steps_per_call
         self.augment = augment
         optimizer.build(model.trainable_variables)
+        # No AutoGraph (0.5 s of tracing): the loops are tf.while_loop already, and
+        # Python control flow on a tensor would be an error at trace time, not a silent change.
         self.train_steps = tf.function(self._train_steps, jit_compile=jit_compile, autograph=False)
         self.train_epoch = tf.function(self._train_epoch, autograph=False)
 

@@ -79,12 +79,14 @@ def image_grid(
 ) -> None:
     """A grid of 28x28 images with a caption above each (red when highlighted).
 
-    One picture on one axes (``tile``): a subplot per image would cost about
-    30 ms each to lay out and draw.
+    One picture on one axes (``tile``), so one grey scale for all the images
+    (from the darkest to the brightest pixel of any): a subplot per image
+    would cost about 30 ms each to lay out and draw.
     """
     canvas, anchors = tile(images, columns)
-    inches = 1.3 / (images.shape[2] + GAP)  # an image about an inch wide
-    fig, ax = plt.subplots(figsize=(canvas.shape[1] * inches, canvas.shape[0] * inches + 0.4))
+    inches_per_pixel = 1.3 / (images.shape[2] + GAP)  # an image about an inch wide
+    width, height = canvas.shape[1] * inches_per_pixel, canvas.shape[0] * inches_per_pixel + 0.4
+    fig, ax = plt.subplots(figsize=(width, height))
     ax.imshow(canvas, cmap="gray_r", interpolation="nearest")
     ax.set_axis_off()
     for i, ((x, y), text) in enumerate(zip(anchors, captions, strict=True)):

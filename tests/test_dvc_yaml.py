@@ -116,3 +116,11 @@ def test_stage_modules_do_not_import_each_other(stage):
     others = files - {module_file(module).relative_to(ROOT)}
     reached = project_closure(module) & others  # directly or through a helper
     assert not reached, f"{module} imports another stage: {sorted(map(str, reached))}"
+
+
+def test_dvc_reads_its_yaml_files_with_the_c_parser():
+    # ruamel.yaml.clib is in pyproject.toml for this: in pure Python, DVC's parsing
+    # of dvc.yaml, dvc.lock and params.yaml costs 0.4 s of a 2.4 s no-op `dvc exp run`.
+    from ruamel.yaml.main import CParser
+
+    assert CParser is not None

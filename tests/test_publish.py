@@ -273,11 +273,9 @@ def test_publish_to_a_real_tracking_server(project, tracking_server):
     assert "already in" in again.stdout and len(mlflow_runs(url)) == 1  # found over REST
 
 
-def test_predict_with_a_logged_model_uri(project, tmp_path, monkeypatch, capsys):
-    """`predict --model runs:/<id>/model`: a registered or logged model, no DVC workspace needed."""
+def test_predict_with_a_logged_model_uri(project, tmp_path):
+    """`mnist-predict --model runs:/<id>/model`: a registered or logged model, no DVC workspace needed."""
     from PIL import Image
-
-    from stages import predict
 
     uri = f"sqlite:///{project}/mlflow.db"
     if not mlflow_runs(uri):
@@ -286,9 +284,12 @@ def test_predict_with_a_logged_model_uri(project, tmp_path, monkeypatch, capsys)
     raw = idx.read(project / "data" / "raw" / "t10k-images-idx3-ubyte")[:3]
     for i, image in enumerate(raw):
         Image.fromarray(255 - image).resize((120, 120)).save(tmp_path / f"{i}.png")  # dark on light
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.chdir(tmp_path)  # no data/model here: the model comes from the store
+    command = Path(sys.executable).parent / "mnist-predict"  # as installed: scikit-learn and matplotlib left out
     for model_uri in [f"runs:/{run_id}/model", "models:/mnist-classifier@champion"]:
-        assert predict.main([str(tmp_path), "--json", "--model", model_uri]) == 0
-        records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        # In tmp_path, no data/model: the model comes from the store.
+        result = run_in(
+            [str(command), str(tmp_path), "--json", "--model", model_uri], tmp_path, MLFLOW_TRACKING_URI=uri
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        records = [json.loads(line) for line in result.stdout.splitlines()]
         assert len(records) == 3 and all(len(r["probabilities"]) == 10 for r in records)

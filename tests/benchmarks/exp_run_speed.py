@@ -15,7 +15,8 @@ Both clones use this environment's packages, unless `--own-venvs`: then
 each clone installs its own from its own `requirements.lock` (`make
 install`, a few minutes each), which is what a change of the lock needs.
 Needs `make install` and, for speed, the data in this checkout's DVC cache
-(`make repro`); the clones fetch it otherwise.
+(`make repro`); the clones fetch it otherwise. The experiments' models and
+reports are added to that cache too (`dvc gc` removes them).
 """
 
 from __future__ import annotations
@@ -93,10 +94,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="exp-run-speed-") as tmp:
         sides, bins = {}, {}
         for name, rev in [("base", args.base), ("head", args.head)]:
-            sha = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True)
-            print(f"setting up {name} = {sha.stdout.strip()} ...", file=sys.stderr)
+            # The commit as this checkout knows it (a clone's "origin/main" would be this checkout's main).
+            verify = ["git", "rev-parse", "--verify", f"{rev}^{{commit}}"]
+            sha = subprocess.run(verify, cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+            print(f"setting up {name} = {sha[:7]} ...", file=sys.stderr)
             sides[name] = Path(tmp) / name
-            bins[name] = clone(rev, sides[name], args.own_venvs)
+            bins[name] = clone(sha, sides[name], args.own_venvs)
         totals: dict[str, list[float]] = {"base": [], "head": []}
         for i, seed in enumerate(args.seeds):
             for name in ["base", "head"] if i % 2 == 0 else ["head", "base"]:
