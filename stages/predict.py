@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages import finish, leave_out
+from stages import KERAS_EXTRAS, finish, leave_out
 from stages.config import MLFLOW_DB, MODEL_PATH, SERVING_CONFIG_PATH
 
 PROJECT = Path(__file__).resolve().parents[1]  # the repository, wherever `mnist-predict` is run from
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cli() -> None:
     """The ``mnist-predict`` command: ``main`` in a process that starts and ends faster (see ``stages``)."""
-    leave_out("sklearn", "matplotlib")  # unused here, but imported by Keras: 1.3 s of its start-up
+    leave_out(*KERAS_EXTRAS)  # unused here
     finish(main())
 
 

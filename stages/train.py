@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from stages import finish, leave_out, params, runtime, tracking
+from stages import KERAS_EXTRAS, finish, leave_out, params, runtime, tracking
 from stages.config import HISTORY_PATH, MODEL_PATH, PREPARED_DIR, SERVING_CONFIG_PATH, STATS_PATH
 from stages.data import load_split, read_stats
 from stages.files import atomic_path, sha256_file, write_json
@@ -229,5 +229,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    leave_out("sklearn", "matplotlib")  # unused here; 1.3 s of TensorFlow's 4 s import (see leave_out)
+    leave_out(*KERAS_EXTRAS)  # unused here
     finish(main())
