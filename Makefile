@@ -107,7 +107,7 @@ remote:
 lock:
 	$(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/pip install --quiet uv==0.13.8
-	.venv-lock/bin/uv pip compile pyproject.toml --extra dev --extra server --python-version 3.11 \
+	.venv-lock/bin/uv pip compile pyproject.toml --extra dev --extra server --extra demo --python-version 3.11 \
 	  --python-platform x86_64-manylinux_2_28 --generate-hashes --no-header \
 	  --index-url https://pypi.org/simple -o requirements.lock
 	rm -rf .venv-lock
