@@ -47,17 +47,17 @@ lint: install
 # fail if the metrics drift from those committed at HEAD.
 reproduce: install
 	dvc repro --force
-	python -m stages.metrics_check --tolerance $(TOLERANCE) --loss-rtol $(LOSS_RTOL)
+	python -m stages.tools.metrics_check --tolerance $(TOLERANCE) --loss-rtol $(LOSS_RTOL)
 
 # Fail when dvc.lock is stale against the code and params (CI's first gate).
 lock-check: install
-	python -m stages.lock_check
+	python -m stages.tools.lock_check
 
 # The pull-request report: metrics and params against BASE (default: the merge
 # base with main, or HEAD~1), curves and confusion matrices, in reports/pr/.
 BASE ?=
 report: install
-	python -m stages.report $(if $(BASE),--base $(BASE))
+	python -m stages.tools.report $(if $(BASE),--base $(BASE))
 
 # Tables only, for a CI job summary (images cannot be shown there).
 summary:
@@ -91,10 +91,10 @@ serve: install
 SERVER_HOST ?= 127.0.0.1
 SERVER_PORT ?= 5000
 server: install
-	python -m stages.server start --host $(SERVER_HOST) --port $(SERVER_PORT)
+	python -m stages.tools.server start --host $(SERVER_HOST) --port $(SERVER_PORT)
 
 server-stop:
-	python -m stages.server stop
+	python -m stages.tools.server stop
 
 # A shared DVC remote, in this clone's .dvc/config.local (never committed):
 #   make remote REMOTE=s3://bucket/mnist   or   make remote REMOTE=/shared/dvc-store

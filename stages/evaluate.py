@@ -15,10 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from stages import finish, params, runtime
-from stages.config import EVALUATE_DIR, METRICS_PATH, MODEL_PATH, PREPARED_DIR
-from stages.data import load_split
-from stages.files import atomic_path, sha256_file, write_json
+from stages import finish
+from stages.lib import runtime
+from stages.lib.data import load_split
+from stages.lib.files import atomic_path, sha256_file, write_json
+from stages.lib.paths import EVALUATE_DIR, METRICS_PATH, MODEL_PATH, PREPARED_DIR
+from stages.params import evaluate as evaluate_params
+from stages.params import model as model_params
+from stages.params import schema
+from stages.params import train as train_params
 
 
 def per_class_table(y_true: np.ndarray, y_pred: np.ndarray):
@@ -60,7 +65,7 @@ def write_reports(
     import pandas as pd  # noqa: PLC0415
     from sklearn.metrics import confusion_matrix  # noqa: PLC0415
 
-    from stages import plots  # noqa: PLC0415
+    from stages.lib import plots  # noqa: PLC0415
 
     y_pred = probs.argmax(axis=1)
     matrix = confusion_matrix(y_test, y_pred, labels=list(range(10)))
@@ -103,12 +108,12 @@ def main() -> int:
     sys.stdout.reconfigure(line_buffering=True)  # progress lines reach logs as they happen
     stage_started = time.time()
     try:
-        cfg = params.load("model", "train", "evaluate")
-    except params.ParamsError as exc:
+        cfg = schema.load(model_params, train_params, evaluate_params)
+    except schema.ParamsError as exc:
         print(f"evaluate: error: {exc}", file=sys.stderr)
         return 2
 
-    from stages import model as nn  # noqa: PLC0415 - TensorFlow, after the cheap checks
+    from stages.lib import model as nn  # noqa: PLC0415 - TensorFlow, after the cheap checks
 
     started = time.monotonic()
     model = nn.load_model(MODEL_PATH)

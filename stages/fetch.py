@@ -10,10 +10,13 @@ import sys
 import time
 from pathlib import Path
 
-from stages import finish, params, runtime
-from stages.config import RAW_DIR
-from stages.files import dir_digest, staged_dir
-from stages.sources import SOURCES, Expected, Settings, SourceError, SourceSkipped, origin, verify
+from stages import finish
+from stages.lib import runtime
+from stages.lib.files import dir_digest, staged_dir
+from stages.lib.paths import RAW_DIR
+from stages.lib.sources import SOURCES, Expected, Settings, SourceError, SourceSkipped, origin, verify
+from stages.params import fetch as fetch_params
+from stages.params import schema
 
 
 class FetchError(RuntimeError):
@@ -53,8 +56,8 @@ def fetch(
 def main() -> int:
     sys.stdout.reconfigure(line_buffering=True)  # progress lines reach logs as they happen
     try:
-        cfg = params.load("fetch")["fetch"]
-    except params.ParamsError as exc:
+        cfg = schema.load(fetch_params)["fetch"]
+    except schema.ParamsError as exc:
         print(exc, file=sys.stderr)
         return 2
     settings = Settings(**{k: v for k, v in cfg.items() if k != "sources"})

@@ -13,10 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from stages import finish, idx, params
-from stages.config import PREPARED_DIR, RAW_DIR, STATS_PATH
-from stages.data import SPLITS
-from stages.files import staged_dir, write_json
+from stages import finish
+from stages.lib import idx
+from stages.lib.data import SPLITS
+from stages.lib.files import staged_dir, write_json
+from stages.lib.paths import PREPARED_DIR, RAW_DIR, STATS_PATH
+from stages.params import preprocess as preprocess_params
+from stages.params import schema
 
 
 def split_train_val(
@@ -25,6 +28,7 @@ def split_train_val(
     """Stratified, seeded split of the training set into train and validation."""
     from sklearn.model_selection import train_test_split  # noqa: PLC0415 - keep imports light
 
+    preprocess_params.check_split(len(labels), val_fraction)  # one line, not scikit-learn's traceback
     x_train, x_val, y_train, y_val = train_test_split(
         images, labels, test_size=val_fraction, random_state=seed, stratify=labels, shuffle=True
     )
@@ -87,13 +91,13 @@ def prepare(raw_dir: Path, out_dir: Path, val_fraction: float, seed: int, method
 def main() -> int:
     sys.stdout.reconfigure(line_buffering=True)  # progress lines reach logs as they happen
     try:
-        cfg = params.load("preprocess")["preprocess"]
-    except params.ParamsError as exc:
+        cfg = schema.load(preprocess_params)["preprocess"]
+    except schema.ParamsError as exc:
         print(exc, file=sys.stderr)
         return 2
     try:
         stats = prepare(RAW_DIR, PREPARED_DIR, cfg["val_fraction"], cfg["seed"], cfg["normalize"])
-    except (idx.IdxError, FileNotFoundError) as exc:
+    except (idx.IdxError, FileNotFoundError, schema.ParamsError) as exc:
         print(f"preprocess: error: {exc}", file=sys.stderr)
         return 1
     shapes = ", ".join(f"{k} {tuple(v)}" for k, v in stats["shapes"].items() if k.startswith("x_"))

@@ -1,13 +1,15 @@
 """DVC stage ``publish``: the current result in MLflow, once; its model registered and judged.
 
 Runs on every ``dvc repro`` / ``dvc exp run`` (``always_changed``) because
-DVC cannot see the MLflow store: when the current result (see
-``tracking.result_key``) is already in the store ``MLFLOW_TRACKING_URI`` (or
-the default) points at, it says so and stops, without importing MLflow.
-Otherwise it logs one complete run (params, per-epoch history, metrics, the
-prepared data as run inputs, reports, the served model), registers the model
-as a new version of ``mnist-classifier`` and moves the ``champion`` alias when
-the new version's validation accuracy is higher.
+DVC cannot see the MLflow store. The result's identity (``stages.lib.identity``:
+the served model, the data, the params that take effect) decides: when a
+FINISHED run already holds it in the store ``MLFLOW_TRACKING_URI`` (or the
+default) points at, and its model is registered, it says so and stops, without
+importing MLflow. Otherwise it claims the result, logs one complete run
+(params, per-epoch history, metrics, the prepared data as run inputs,
+reports, the served model), and only once that run is FINISHED registers the
+model (a new version of ``mnist-classifier``, or the existing version of the
+same served model) and applies the ``champion`` rule (``stages.lib.registry``).
 """
 
 from __future__ import annotations
@@ -18,30 +20,26 @@ import os
 import sys
 import time
 import types
-from importlib import metadata
-from pathlib import Path
 from typing import Any
 
-from stages import finish, params, runtime, tracking
-from stages.config import (
+from stages import finish
+from stages.lib import identity, redact, registry, runtime, store, tracking
+from stages.lib.data import read_stats
+from stages.lib.files import dir_digest, sha256_file
+from stages.lib.paths import (
     EVALUATE_DIR,
     HISTORY_PATH,
     METRICS_PATH,
     MODEL_PATH,
     RAW_DIR,
     SERVING_CONFIG_PATH,
-    STATS_PATH,
 )
-from stages.data import read_stats
-from stages.files import dir_digest, sha256_file
+from stages.params import evaluate, fetch, model, preprocess, schema, train
+from stages.serving.classifier import CONFIG_ARTIFACT, KERAS_ARTIFACT
 
-SECTIONS = ("fetch", "preprocess", "model", "train", "evaluate")
-# What a result is: these files' contents plus every param.
-RESULT_FILES = [MODEL_PATH, SERVING_CONFIG_PATH, METRICS_PATH, HISTORY_PATH, STATS_PATH]
-SERVING_CODE = Path(__file__).with_name("serving.py")
-CLASSIFIER_CODE = Path(__file__).with_name("classifier.py")
+SECTIONS = (fetch, preprocess, model, train, evaluate)
 # Key params copied onto each registered model version, next to its scores
-# (model.cnn.filters only for a CNN).
+# (only those that take effect: model.cnn.filters for a CNN only).
 VERSION_PARAMS = (
     "model.kind",
     "model.cnn.filters",
@@ -58,28 +56,26 @@ VERSION_PARAMS = (
     "preprocess.normalize",
 )
 DATA_DIGEST_LEN = 32  # MLflow stores dataset digests in 36 characters (PostgreSQL enforces it)
+MODEL_FILES = {KERAS_ARTIFACT: MODEL_PATH, CONFIG_ARTIFACT: SERVING_CONFIG_PATH}
+SERVING_CODE = [identity.SERVING_CODE, identity.CLASSIFIER_CODE]
 
 
-def run_name(environ: dict[str, str] | None = None) -> str:
-    """The experiment's name under ``dvc exp run``; otherwise ``workspace@<commit>``."""
+def run_name(git: dict[str, str], environ: dict[str, str] | None = None) -> str:
+    """The experiment's name under ``dvc exp run``; otherwise ``workspace@<commit>`` (``-dirty`` when the
+    checkout has changes a commit does not hold)."""
     environ = os.environ if environ is None else environ
     if environ.get("DVC_EXP_NAME"):
         return environ["DVC_EXP_NAME"]
-    commit = tracking.git_facts().get("mlflow.source.git.commit", "")
-    return f"workspace@{commit[:7]}" if commit else "workspace"
+    commit = git.get("mlflow.source.git.commit", "")
+    if not commit:
+        return "workspace"
+    return f"workspace@{commit[:7]}" + ("-dirty" if git.get(tracking.DIRTY_TAG) == "true" else "")
 
 
-def pip_requirements() -> list[str]:
-    """Pinned requirements of the served model, given rather than inferred (inference loads the model)."""
-    pins = []
-    for name in ["tensorflow-cpu", "tensorflow", "keras", "numpy", "pandas"]:
-        try:
-            pins.append(f"{name}=={metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            continue
-    if any(p.startswith("tensorflow-cpu==") for p in pins):
-        pins = [p for p in pins if not p.startswith("tensorflow==")]
-    return pins
+def keys(cfg: dict[str, Any], data_digest: str) -> tuple[str, str]:
+    """(model key, result key) of the current outputs."""
+    model_key = identity.model_key(MODEL_FILES, SERVING_CODE, identity.pip_requirements())
+    return model_key, identity.result_key(model_key, data_digest, identity.effective(cfg, SECTIONS))
 
 
 def datasets(stats: dict[str, Any], fetched: dict[str, Any] | None) -> list[Any]:
@@ -123,8 +119,6 @@ def log_model(run_id: str, input_example: Any) -> Any:
     import mlflow.pyfunc  # noqa: PLC0415
     from mlflow.models import Model  # noqa: PLC0415
 
-    from stages.classifier import CONFIG_ARTIFACT, KERAS_ARTIFACT  # noqa: PLC0415
-
     # MLflow would check the input example by loading the logged model and
     # predicting: importing TensorFlow here (~6 s of this stage) to repeat what
     # the tests do for real (they serve the logged model over HTTP). Model.log
@@ -140,45 +134,48 @@ def log_model(run_id: str, input_example: Any) -> Any:
         flavor=flavor,
         validate_serving_input=False,
         run_id=run_id,
-        python_model=str(SERVING_CODE),  # models from code: nothing pickled
-        code_paths=[str(CLASSIFIER_CODE)],
-        artifacts={KERAS_ARTIFACT: str(MODEL_PATH), CONFIG_ARTIFACT: str(SERVING_CONFIG_PATH)},
+        python_model=str(identity.SERVING_CODE),  # models from code: nothing pickled
+        code_paths=[str(identity.CLASSIFIER_CODE)],
+        artifacts={name: str(path) for name, path in MODEL_FILES.items()},
         signature=signature(),
         input_example=input_example,
-        pip_requirements=pip_requirements(),
+        pip_requirements=identity.pip_requirements(),
     )
 
 
-def publish(uri: str, artifact_location: str | None, cfg: dict[str, Any], key: str, started: float) -> str:
-    """Log the result as one run, register its model, update ``champion``; return the one-line summary."""
-    # A server that fails mid-way: a clear error in seconds, not MLflow's minutes of retries.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+def publish(
+    uri: str, artifact_location: str | None, cfg: dict[str, Any], model_key: str, key: str, started: float, log=print
+) -> str:
+    """Claim, log and register the result; apply the champion rule; return the closing lines."""
+    tracking.quiet_mlflow()
     import mlflow  # noqa: PLC0415
     import pandas as pd  # noqa: PLC0415
     from mlflow import MlflowClient  # noqa: PLC0415
     from mlflow.utils import mlflow_tags  # noqa: PLC0415
 
-    from stages import registry  # noqa: PLC0415
-
-    mlflow.set_tracking_uri(uri)  # the registry resolves models:/ URIs through it
+    mlflow.set_tracking_uri(uri)  # models:/ URIs resolve through it
     client = MlflowClient(uri)
+    shown = redact.uri(uri)
     stats = read_stats()
     model_sha = sha256_file(MODEL_PATH)
     trained, evaluated = runtime.recall("train", model_sha), runtime.recall("evaluate", model_sha)
     metrics = json.loads(METRICS_PATH.read_text())
     if trained:
         metrics["train_seconds"] = round(trained["train_seconds"], 3)
-    flat = params.flatten(cfg)
+    flat = schema.flatten(cfg)
+    effective = identity.effective(cfg, SECTIONS)
     data_digest = stats["sha256"][:DATA_DIGEST_LEN]
     git = tracking.git_facts()
     exp_name = os.environ.get("DVC_EXP_NAME")
+    if exp_name:  # the experiment's own commit holds the workspace as it ran: not dirty
+        git.pop(tracking.DIRTY_TAG, None)
     tags = {
         **git,
         mlflow_tags.MLFLOW_SOURCE_NAME: "dvc exp run" if exp_name else "dvc repro",
         mlflow_tags.MLFLOW_SOURCE_TYPE: "LOCAL",
         mlflow_tags.MLFLOW_USER: getpass.getuser(),
         tracking.RESULT_TAG: key,
+        registry.MODEL_KEY_TAG: model_key,
         "data.digest": data_digest,
     }
     if exp_name:
@@ -189,58 +186,77 @@ def publish(uri: str, artifact_location: str | None, cfg: dict[str, Any], key: s
         tags["pipeline.timing"] = "outputs restored by DVC: times are of this logging, not of training"
     start_ms = int(1000 * (trained["started"] if trained else started))
     end_ms = int(1000 * evaluated["ended"]) if (trained and evaluated) else None
-    x_example = raw_test_pixels(2)
-    outcome: dict[str, Any] = {}
+    version_tags = {k: str(effective[k]) for k in VERSION_PARAMS if k in effective}
+    version_tags.update(
+        {
+            "val_accuracy": str(metrics["val_accuracy"]),
+            "test_accuracy": str(metrics["test_accuracy"]),
+            "git.commit": git.get(mlflow_tags.MLFLOW_GIT_COMMIT, "unknown"),
+            "data.digest": data_digest,
+        }
+    )
+    if git.get(tracking.DIRTY_TAG):
+        version_tags[tracking.DIRTY_TAG] = "true"
+    logged: dict[str, Any] = {}
 
     def rest(run_id: str) -> None:
         client.log_inputs(run_id, datasets=datasets(stats, runtime.recall("fetch", dir_digest(RAW_DIR))))
         client.log_artifact(run_id, str(METRICS_PATH), "reports")
         client.log_artifact(run_id, str(HISTORY_PATH), "reports/train")
         client.log_artifacts(run_id, str(EVALUATE_DIR), "reports/evaluate")
-        info = log_model(run_id, x_example)
-        version_tags = {k: str(flat[k]) for k in VERSION_PARAMS if k in flat}
-        if flat.get("model.kind") != "cnn":
-            version_tags.pop("model.cnn.filters", None)  # says nothing about a dense network
-        version_tags.update(
-            {
-                "val_accuracy": str(metrics["val_accuracy"]),
-                "test_accuracy": str(metrics["test_accuracy"]),
-                "git.commit": git.get(mlflow_tags.MLFLOW_GIT_COMMIT, "unknown"),
-                "data.digest": data_digest,
-            }
-        )
-        outcome["version"] = registry.register(info.model_uri, version_tags)
-        outcome["decision"] = registry.update_champion(client, outcome["version"])
+        logged["model"] = log_model(run_id, raw_test_pixels(2))
 
     with tracking.store_lock(uri):
-        found = tracking.find_run(uri, key)  # another process may have logged it meanwhile
-        if found:
-            return f"publish: this result is already in {uri} as run {found[1]} ({found[0]}); nothing logged"
         experiment_id = tracking.ensure_experiment(client, artifact_location)
-        # MLflow files the logged model under the *active* experiment (else 'Default', in ./mlruns).
-        mlflow.set_experiment(experiment_id=experiment_id)
-        history = pd.read_csv(HISTORY_PATH).to_dict(orient="records")
-        run_id = tracking.log_run(
-            client,
-            experiment_id,
-            run_name=run_name(),
-            tags=tags,
-            params=flat,
-            history=history,
-            metrics=metrics,
-            start_ms=start_ms,
-            end_ms=end_ms,
-            log_rest=rest,
-        )
-    return (
-        f"publish: logged run {run_id} to {uri}; registered {registry.MODEL_NAME} version "
-        f"{outcome['version']}\nregistry: {outcome['decision'].message}"
+        mended = tracking.mend_stale_runs(client, experiment_id)
+        if mended:
+            log(
+                f"publish: marked {len(mended)} stale run(s) FAILED (their publishing process has gone): "
+                + ", ".join(mended)
+            )
+        found = tracking.find_run(uri, key)  # another process may have logged it meanwhile
+        if found is None:
+            # MLflow files the logged model under the *active* experiment (else 'Default', in ./mlruns).
+            mlflow.set_experiment(experiment_id=experiment_id)
+            history = pd.read_csv(HISTORY_PATH).to_dict(orient="records")
+            run_id, holder = tracking.log_run(
+                client,
+                experiment_id,
+                run_name=run_name(git),
+                tags=tags,
+                params=flat,
+                history=history,
+                metrics=metrics,
+                start_ms=start_ms,
+                end_ms=end_ms,
+                log_rest=rest,
+            )
+            if holder is not None:
+                return (
+                    f"publish: run {holder.info.run_id} ({holder.info.run_name}) holds this result already "
+                    f"(another publish got there first); nothing logged"
+                )
+            model_uri, model_id = logged["model"].model_uri, logged["model"].model_id
+            head = f"publish: logged run {run_id} to {shown}"
+        else:  # logged and FINISHED, but its registration did not happen (the store failed right after)
+            run_id = found.run_id
+            model_id = client.get_run(run_id).outputs.model_outputs[0].model_id
+            model_uri = f"models:/{model_id}"
+            head = f"publish: run {run_id} holds this result but its model was not registered"
+        version, new = registry.register(client, model_uri, model_id, run_id, model_key, version_tags)
+        client.set_tag(run_id, tracking.REGISTERED_TAG, f"{registry.MODEL_NAME}/{version}")
+        decision = registry.update_champion(client, version)
+    what = (
+        f"registered {registry.MODEL_NAME} version {version}"
+        if new
+        else (f"the same served model is already {registry.MODEL_NAME} version {version}: no new version")
     )
+    return f"{head}; {what}\nregistry: {decision.message}"
 
 
 def raw_test_pixels(n: int) -> Any:
     """The first ``n`` test images as raw 0-255 pixels: the served model's input example."""
-    from stages import idx  # noqa: PLC0415
+    from stages.lib import idx  # noqa: PLC0415
 
     images = idx.read(RAW_DIR / "t10k-images-idx3-ubyte")
     return images[:n].astype("float32")
@@ -250,25 +266,29 @@ def main() -> int:
     sys.stdout.reconfigure(line_buffering=True)
     started = time.time()
     try:
-        cfg = params.load(*SECTIONS)
-        uri, artifact_location = tracking.store()
-        tracking.preflight(uri)
-        key = tracking.result_key(RESULT_FILES, params.flatten(cfg))
+        cfg = schema.load(*SECTIONS)
+        uri, artifact_location = store.store()
+        store.preflight(uri)
+        model_key, key = keys(cfg, read_stats()["sha256"][:DATA_DIGEST_LEN])
         found = tracking.find_run(uri, key)
-    except (params.ParamsError, tracking.TrackingError) as exc:
+    except (schema.ParamsError, store.TrackingError) as exc:
         print(f"publish: error: {exc}", file=sys.stderr)
         return 2
     except FileNotFoundError as exc:
         print(f"publish: error: {exc.filename} is missing: run the pipeline first (dvc repro)", file=sys.stderr)
         return 2
-    if found:
-        print(f"publish: this result is already in {uri} as run {found[1]} ({found[0]}); nothing to log")
+    shown = redact.uri(uri)
+    if found and found.registered:
+        print(f"publish: this result is already in {shown} as run {found.run_id} ({found.run_name}); nothing to log")
         return 0
     try:
-        summary = publish(uri, artifact_location, cfg, key, started)
+        with tracking.terminate_on_signals():
+            summary = publish(uri, artifact_location, cfg, model_key, key, started)
+    except tracking.Terminated as exc:
+        print(f"publish: error: stopped by {exc}; the run was marked FAILED (nothing registered)", file=sys.stderr)
+        return 143 if str(exc) == "SIGTERM" else 130
     except Exception as exc:  # the store failed mid-way: one line, not a traceback; the run is marked FAILED
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"publish: error: logging to {uri} failed: {reason}", file=sys.stderr)
+        print(f"publish: error: logging to {shown} failed: {redact.first_line(exc)}", file=sys.stderr)
         return 1
     print(summary + f" ({time.time() - started:.1f}s)")
     return 0

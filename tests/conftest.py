@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import yaml
 
-from stages import idx
-from stages.sources import NPZ_ARRAYS, Expected
+from stages.lib import idx
+from stages.lib.sources import NPZ_ARRAYS, Expected
 
 
 @dataclass

@@ -5,7 +5,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-augment = pytest.importorskip("stages.augment")
+augment = pytest.importorskip("stages.lib.augment")
 tf = augment.tf
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.lock_check import stale_entries
+from stages.tools.lock_check import stale_entries
 from tests.conftest import commit_all
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def env() -> dict[str, str]:
 @pytest.mark.slow
 def test_report_shows_the_changed_metric_and_param_with_images(two_commits):
     result = subprocess.run(
-        [sys.executable, "-m", "stages.report", "--base", "HEAD~1"],
+        [sys.executable, "-m", "stages.tools.report", "--base", "HEAD~1"],
         cwd=two_commits,
         env={**env(), "PYTHONPATH": str(ROOT)},
         capture_output=True,
@@ -99,7 +99,7 @@ def test_report_shows_the_changed_metric_and_param_with_images(two_commits):
 def test_lock_check_fails_on_a_changed_param(two_commits):
     def check():
         return subprocess.run(
-            [sys.executable, "-m", "stages.lock_check"],
+            [sys.executable, "-m", "stages.tools.lock_check"],
             cwd=two_commits,
             env={**env(), "PYTHONPATH": str(ROOT)},
             capture_output=True,

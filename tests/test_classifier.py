@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import classifier
+from stages.serving import classifier
 
 
 def test_accepts_images_and_flat_vectors():

@@ -1,4 +1,12 @@
-"""dvc.yaml lists every project file a stage's code imports, and stages stay independent."""
+"""dvc.yaml lists exactly the project files each stage's outputs are computed from, and stages stay independent.
+
+Every project module a stage's command can import is a dep of that stage
+(else an edit would not re-run it), and nothing else is (else an edit would
+re-run it for nothing). Package markers (an ``__init__.py`` holding only a
+docstring) cannot change an output and are left out; so is ``stages/__init__.py``,
+whose process helpers (``finish``, ``leave_out``) never touch an output.
+``rerun_table`` turns the same facts into the table docs/pipeline.md shows.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +39,7 @@ def imported_modules(path: Path) -> set[str]:
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
-            # `from stages import model` imports the module stages.model
+            # `from stages.lib import model` imports the module stages.lib.model
             found.update(f"{node.module}.{alias.name}" for alias in node.names)
     return found
 
@@ -67,31 +75,111 @@ def stage_commands(dvc_yaml: Path = ROOT / "dvc.yaml") -> dict[str, tuple[str, l
     return out
 
 
+# Project files a stage reads as data rather than importing: publish logs the served model's code.
+READ_AS_DATA = {"publish": {Path("stages/serving/mlflow_model.py")}}
+
+
+def is_marker(path: Path) -> bool:
+    """A package's ``__init__.py`` that holds nothing but a docstring."""
+    body = ast.parse(path.read_text()).body
+    return path.name == "__init__.py" and all(
+        isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) for node in body
+    )
+
+
+def needed_files(module: str, root: Path = ROOT, stage: str = "") -> set[Path]:
+    """The project files an edit to which must re-run the stage whose command runs ``module``."""
+    closure = project_closure(module, root) | READ_AS_DATA.get(stage, set())
+    return {p for p in closure if p != Path(PACKAGE, "__init__.py") and not is_marker(root / p)}
+
+
 def missing_deps(dvc_yaml: Path = ROOT / "dvc.yaml", root: Path = ROOT) -> dict[str, list[str]]:
     """Per stage, the project files its command imports that its ``deps`` do not list."""
     missing = {}
     for name, (module, deps) in stage_commands(dvc_yaml).items():
         listed = {Path(d) for d in deps}
-        needed = project_closure(module, root) - {Path(PACKAGE, "__init__.py")}
-
-        absent = sorted(str(p) for p in needed if not any(p == d or d in p.parents for d in listed))
+        absent = sorted(
+            str(p) for p in needed_files(module, root, name) if not any(p == d or d in p.parents for d in listed)
+        )
         if absent:
             missing[name] = absent
     return missing
+
+
+def unused_deps(dvc_yaml: Path = ROOT / "dvc.yaml", root: Path = ROOT) -> dict[str, list[str]]:
+    """Per stage, the project code its ``deps`` list that its outputs are not computed from."""
+    unused = {}
+    for name, (module, deps) in stage_commands(dvc_yaml).items():
+        code = {Path(d) for d in deps if d.split("/")[0] == PACKAGE}
+        extra = sorted(str(d) for d in code - needed_files(module, root, name))
+        if extra:
+            unused[name] = extra
+    return unused
+
+
+def rerun_table(dvc_yaml: Path = ROOT / "dvc.yaml", root: Path = ROOT) -> str:
+    """A Markdown table: for each project module, the stages an edit to it re-runs."""
+    stages = stage_commands(dvc_yaml)
+    reruns: dict[Path, list[str]] = {}
+    for path in sorted((root / PACKAGE).rglob("*.py")):
+        rel = path.relative_to(root)
+        if rel == Path(PACKAGE, "__init__.py") or is_marker(path):
+            continue
+        reruns[rel] = [
+            name for name, (_, deps) in stages.items() if any(rel == Path(d) or Path(d) in rel.parents for d in deps)
+        ]
+    rows = ["| module | an edit re-runs |", "|---|---|"]
+    rows += [
+        f"| `{p.as_posix()}` | {', '.join(s) if s else 'nothing (not part of the pipeline)'} |"
+        for p, s in reruns.items()
+    ]
+    return "\n".join(rows)
 
 
 def test_every_stage_lists_the_project_files_it_imports():
     assert missing_deps() == {}, "add these to the stages' deps in dvc.yaml"
 
 
+def test_no_stage_lists_code_its_outputs_do_not_use():
+    assert unused_deps() == {}, "remove these from the stages' deps in dvc.yaml: an edit there would re-run them"
+
+
+def test_an_unused_dependency_is_caught(tmp_path):
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    spec["stages"]["train"]["deps"].append("stages/lib/tracking.py")
+    edited = tmp_path / "dvc.yaml"
+    edited.write_text(yaml.safe_dump(spec))
+    assert unused_deps(edited) == {"train": ["stages/lib/tracking.py"]}
+
+
+def test_publish_reads_the_served_model_code_it_declares():
+    from stages.lib import identity
+
+    assert {p.relative_to(ROOT) for p in (identity.SERVING_CODE, identity.CLASSIFIER_CODE)} >= READ_AS_DATA["publish"]
+
+
+def test_an_edit_to_the_tracking_code_re_runs_only_publish():
+    table = rerun_table()
+    assert "| `stages/lib/tracking.py` | publish |" in table
+    assert "| `stages/params/evaluate.py` | evaluate, publish |" in table
+
+
+def test_docs_show_the_rerun_table_as_computed():
+    page = (ROOT / "docs" / "pipeline.md").read_text()
+    start, end = "<!-- rerun-table:start -->\n", "\n<!-- rerun-table:end -->"
+    assert start in page and end in page, "docs/pipeline.md lacks the rerun-table markers"
+    shown = page.split(start, 1)[1].split(end, 1)[0]
+    assert shown == rerun_table(), "docs/pipeline.md's table is stale; replace it with:\n" + rerun_table()
+
+
 def test_a_removed_dependency_is_caught(tmp_path):
     """The check itself can fail: drop one listed file from a stage and it must be reported."""
     spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     deps = spec["stages"]["train"]["deps"]
-    deps.remove("stages/model.py")
+    deps.remove("stages/lib/model.py")
     edited = tmp_path / "dvc.yaml"
     edited.write_text(yaml.safe_dump(spec))
-    assert missing_deps(edited) == {"train": ["stages/model.py"]}
+    assert missing_deps(edited) == {"train": ["stages/lib/model.py"]}
 
 
 def test_deferred_imports_count(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 
 from stages import fetch as fetch_stage
 from stages.fetch import FetchError, fetch
-from stages.sources import (
+from stages.lib.sources import (
     Settings,
     SourceError,
     SourceSkipped,
@@ -296,7 +296,8 @@ def test_main_exits_non_zero_naming_the_file(tmp_path, monkeypatch, synthetic, c
     real = synthetic.write(tmp_path / "src")  # wrong content for the real sums, and one truncated
     (real / "t10k-images-idx3-ubyte").write_bytes(synthetic.files["t10k-images-idx3-ubyte"][:20])
     (tmp_path / "params.yaml").write_text(
-        "fetch: {sources: [local], local_dir: src, keras_url: x, kaggle_url: x, timeout_s: 1, retries: 0}\n"
+        "fetch: {sources: [local], local_dir: src, keras_url: 'https://x/m.npz', kaggle_url: 'https://x',"
+        " timeout_s: 1, retries: 0}\n"
     )
     monkeypatch.chdir(tmp_path)
     assert fetch_stage.main() == 1

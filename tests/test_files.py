@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from stages.files import atomic_path, staged_dir, write_json
+from stages.lib.files import atomic_path, staged_dir, write_json
 
 
 def test_atomic_write_has_ordinary_permissions(tmp_path):

@@ -4,7 +4,7 @@ import struct
 import numpy as np
 import pytest
 
-from stages import idx
+from stages.lib import idx
 
 
 def test_round_trip_images_and_labels(tmp_path):

@@ -3,7 +3,7 @@ import subprocess
 
 import pytest
 
-from stages import metrics_check as mc
+from stages.tools import metrics_check as mc
 
 COMMITTED = {"test_accuracy": 0.9787, "test_loss": 0.0794, "val_accuracy": 0.9778, "val_loss": 0.0876}
 

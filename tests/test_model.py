@@ -8,7 +8,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-nn = pytest.importorskip("stages.model")
+nn = pytest.importorskip("stages.lib.model")
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,9 @@ import copy
 import pytest
 import yaml
 
-from stages import params
+from stages.params import evaluate, fetch, model, preprocess, schema, train
+
+SECTIONS = {s.NAME: s for s in (fetch, preprocess, model, train, evaluate)}
 
 
 @pytest.fixture
@@ -13,11 +15,11 @@ def raw():
 
 
 def test_committed_params_are_valid(raw):
-    cleaned = params.validate(raw, list(params.SCHEMA))
+    cleaned = schema.validate(raw, SECTIONS.values())
     assert cleaned["model"]["hidden_units"] == [128]
     assert cleaned["train"]["epochs"] == 10 and cleaned["train"]["batch_size"] == 32
     assert cleaned["preprocess"]["val_fraction"] == 0.1
-    assert set(raw) == set(params.SCHEMA), "every section of params.yaml has a schema and vice versa"
+    assert set(raw) == set(SECTIONS), "every section of params.yaml has a schema and vice versa"
 
 
 @pytest.mark.parametrize(
@@ -67,55 +69,99 @@ def test_bad_values_name_key_and_allowed(raw, section, key, value, message):
         target = target[part]
     target[key] = value
     section = section.split(".")[0]
-    with pytest.raises(params.ParamsError, match=message) as err:
-        params.validate(bad, [section])
+    with pytest.raises(schema.ParamsError, match=message) as err:
+        schema.validate(bad, [SECTIONS[section]])
     assert "\n" not in str(err.value)
 
 
 def test_nested_section_missing_or_unknown_key(raw):
     bad = copy.deepcopy(raw)
     del bad["model"]["cnn"]
-    with pytest.raises(params.ParamsError, match="section 'model.cnn' is missing \\(keys: filters, kernel_size"):
-        params.validate(bad, ["model"])
+    with pytest.raises(schema.ParamsError, match="section 'model.cnn' is missing \\(keys: filters, kernel_size"):
+        schema.validate(bad, [SECTIONS["model"]])
     raw["model"]["cnn"]["strides"] = 2
-    with pytest.raises(params.ParamsError, match="unknown key model.cnn.strides \\(allowed: filters"):
-        params.validate(raw, ["model"])
+    with pytest.raises(schema.ParamsError, match="unknown key model.cnn.strides \\(allowed: filters"):
+        schema.validate(raw, [SECTIONS["model"]])
 
 
 def test_missing_key(raw):
     del raw["train"]["epochs"]
-    with pytest.raises(params.ParamsError, match="train.epochs is missing \\(must be an integer >= 1\\)"):
-        params.validate(raw, ["train"])
+    with pytest.raises(schema.ParamsError, match="train.epochs is missing \\(must be an integer >= 1\\)"):
+        schema.validate(raw, [SECTIONS["train"]])
 
 
 def test_unknown_key_is_a_typo_not_ignored(raw):
     raw["train"]["epoch"] = 20
     with pytest.raises(
-        params.ParamsError, match="unknown key train.epoch \\(allowed: labels, optimizer, learning_rate, weight_decay"
+        schema.ParamsError, match="unknown key train.epoch \\(allowed: labels, optimizer, learning_rate, weight_decay"
     ):
-        params.validate(raw, ["train"])
+        schema.validate(raw, [SECTIONS["train"]])
 
 
 def test_missing_section(raw):
     del raw["model"]
-    with pytest.raises(params.ParamsError, match="section 'model' is missing"):
-        params.validate(raw, ["model"])
+    with pytest.raises(schema.ParamsError, match="section 'model' is missing"):
+        schema.validate(raw, [SECTIONS["model"]])
 
 
 def test_only_requested_sections_are_checked(raw):
     raw["train"]["epochs"] = 0
-    assert params.validate(raw, ["fetch"])["fetch"]["sources"] == ["keras", "kaggle", "npm"]
+    assert schema.validate(raw, [SECTIONS["fetch"]])["fetch"]["sources"] == ["keras", "kaggle", "npm"]
 
 
 def test_load_reports_bad_yaml(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("train: [unclosed\n")
-    with pytest.raises(params.ParamsError, match="not valid YAML"):
-        params.load("train", path=path)
+    with pytest.raises(schema.ParamsError, match="not valid YAML"):
+        schema.load(train, path=path)
 
 
 def test_flatten():
-    assert params.flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": "x"}) == {"a.b": 1, "a.c.d": [1, 2], "e": "x"}
+    assert schema.flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": "x"}) == {"a.b": 1, "a.c.d": [1, 2], "e": "x"}
+
+
+@pytest.mark.parametrize(
+    "section, edit, message",
+    [
+        (
+            "preprocess",
+            {"val_fraction": 0.0001},
+            r"preprocess.val_fraction 0.0001 splits 60000 images into 59994 train / 6 validation",
+        ),
+        ("preprocess", {"val_fraction": 0.99999}, r"a stratified split needs at least 10 on each side"),
+        ("fetch", {"kaggle_url": "http://www.kaggle.com/api/v1"}, r"fetch.kaggle_url must be an https:// URL"),
+        ("fetch", {"kaggle_url": "kaggle.com"}, r"fetch.kaggle_url must be an https:// URL"),
+        ("fetch", {"keras_url": "ftp://x/mnist.npz"}, r"fetch.keras_url must be an http\(s\) URL"),
+        ("model", {"kind": "cnn", "cnn": {"filters": [4] * 5}}, r"model.cnn.filters has 5 blocks.*only 4 times"),
+    ],
+)
+def test_cross_field_checks_name_the_key_and_why(raw, section, edit, message):
+    bad = copy.deepcopy(raw)
+    for key, value in edit.items():
+        bad[section][key] = {**bad[section][key], **value} if isinstance(value, dict) else value
+    with pytest.raises(schema.ParamsError, match=message) as err:
+        schema.validate(bad, [SECTIONS[section]])
+    assert "\n" not in str(err.value)
+
+
+def test_plain_http_is_allowed_for_a_server_on_this_machine(raw):
+    raw["fetch"]["kaggle_url"] = "http://127.0.0.1:8080/api/v1"
+    assert schema.validate(raw, [fetch])["fetch"]["kaggle_url"] == "http://127.0.0.1:8080/api/v1"
+    raw["model"]["cnn"]["filters"] = [4] * 4
+    raw["model"]["kind"] = "cnn"
+    assert schema.validate(raw, [model])["model"]["cnn"]["filters"] == [4] * 4  # 28 -> 14 -> 7 -> 3 -> 1
+
+
+def test_only_the_params_that_take_effect_count(raw):
+    cleaned = schema.validate(raw, SECTIONS.values())
+    assert fetch.effective(cleaned["fetch"]) == {} and evaluate.effective(cleaned["evaluate"]) == {}
+    assert "cnn" not in model.effective(cleaned["model"])  # dense
+    used = train.effective(cleaned["train"])  # adam, constant, no augmentation
+    assert not {"weight_decay", "warmup", "shift", "rotation", "zoom"} & set(used) and "seed" in used
+    cleaned["train"].update(optimizer="adamw", schedule="onecycle", augment=True)
+    assert {"weight_decay", "warmup", "shift", "rotation", "zoom"} <= set(train.effective(cleaned["train"]))
+    cleaned["model"]["kind"] = "cnn"
+    assert model.effective(cleaned["model"])["cnn"] == cleaned["model"]["cnn"]
 
 
 @pytest.mark.parametrize("recipe", ["cnn", "dense-best"])
@@ -140,5 +186,5 @@ def test_makefile_recipes_are_valid_params(raw, recipe):
             target = target[part]
         assert last in target, f"{recipe}: {key} is not a param"
         target[last] = yaml.safe_load(value)  # as DVC parses -S values
-    cleaned = params.validate(raw, list(params.SCHEMA))
+    cleaned = schema.validate(raw, SECTIONS.values())
     assert cleaned["train"]["seed"] == 3 and cleaned["train"]["augment"] is True

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from stages import plots
+from stages.lib import plots
 
 
 def digits(n, size=5):

@@ -11,8 +11,9 @@ import pytest
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from stages import predict
-from stages.predict import CENTRE, ImageError, decode, expand, mnist_style, prepare
+from stages.lib.images import CENTRE, ImageError, decode, mnist_style
+from stages.tools import predict
+from stages.tools.predict import expand, prepare
 from tests.photos import write_photos
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,7 +169,7 @@ def png(image: Image.Image) -> bytes:
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    nn = pytest.importorskip("stages.model")
+    nn = pytest.importorskip("stages.lib.model")
     root = tmp_path_factory.mktemp("tiny")
     nn.configure(0)
     nn.save_model(nn.build([8], "relu", 0.0, "linear"), root / "data" / "model" / "model.keras")
@@ -244,8 +245,8 @@ def default_model() -> Path:
 
 @pytest.mark.slow
 def test_quality_gate_on_photo_like_digits(default_model, tmp_path, monkeypatch, capsys):
-    from stages import idx
-    from stages.classifier import Classifier
+    from stages.lib import idx
+    from stages.serving.classifier import Classifier
 
     raw = default_model / "data" / "raw"
     images = idx.read(raw / "t10k-images-idx3-ubyte")[:1000]

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from stages import idx
-from stages.data import load_split
+from stages.lib import idx
+from stages.lib.data import load_split
 from stages.preprocess import fit_normalization, normalize, prepare, split_train_val
 from tests.conftest import make_synthetic
 

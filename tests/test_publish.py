@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 import yaml
 
-from stages import idx
-from stages.server import free_port
+from stages.lib import idx
+from stages.tools.server import free_port
 from tests.conftest import make_synthetic, mlflow_runs, run_in
 
 pytestmark = pytest.mark.slow
@@ -205,7 +205,7 @@ def post(url: str, body: bytes) -> tuple[int, dict]:
 def test_served_model_answers_raw_pixels_like_the_local_model(project, served):
     import mlflow
 
-    from stages.classifier import Classifier
+    from stages.serving.classifier import Classifier
 
     raw = idx.read(project / "data" / "raw" / "t10k-images-idx3-ubyte")[:5]
     status, answer = post(served, json.dumps({"inputs": raw.tolist()}).encode())

@@ -5,11 +5,11 @@ import shutil
 import numpy as np
 import pytest
 
-from stages.data import load_split
 from stages.fetch import fetch
-from stages.files import sha256_file
+from stages.lib.data import load_split
+from stages.lib.files import sha256_file
+from stages.lib.sources import MNIST_FILES
 from stages.preprocess import prepare
-from stages.sources import MNIST_FILES
 
 pytestmark = [
     pytest.mark.slow,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from stages import redact
+from stages.lib import redact
 
 
 @pytest.mark.parametrize(

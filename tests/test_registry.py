@@ -1,6 +1,6 @@
 """The champion rule: highest val_accuracy wins, a tie keeps the champion, older versions are not reconsidered."""
 
-from stages.registry import decide
+from stages.lib.registry import decide
 
 
 def test_first_version_is_the_first_champion():

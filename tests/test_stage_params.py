@@ -92,6 +92,41 @@ def test_bad_new_train_params_fail_before_tensorflow(edit, message, tmp_path):
     assert len(lines) == 1 and message in lines[0], result.stderr
 
 
+def test_more_conv_blocks_than_the_image_can_pool_fail_before_tensorflow(tmp_path):
+    def edit(params):
+        params["model"]["kind"] = "cnn"
+        params["model"]["cnn"]["filters"] = [8, 8, 8, 8, 8]
+
+    result = run_stage("train", tmp_path, edit)
+    assert result.returncode == 2 and result.stdout.strip() == "TF_NOT_IMPORTED"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "model.cnn.filters has 5 blocks" in lines[0] and "at most 4" in lines[0], result.stderr
+    ok = run_stage("evaluate", tmp_path, lambda p: p["model"]["cnn"].update(filters=[8, 8, 8, 8, 8]))
+    assert "model.cnn.filters" not in ok.stderr  # a dense network builds no conv blocks: not checked
+
+
+def test_credentials_in_the_tracking_uri_never_reach_the_output(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    for uri in [f"http://alice:s3cret@127.0.0.1:{port}", "http://alice:s3cret@host:99999999"]:
+        result = subprocess.run(
+            [sys.executable, "-c", CHECK.format(stage="train")],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "MLFLOW_TRACKING_URI": uri},
+            timeout=60,
+        )
+        assert result.returncode == 2 and result.stdout.strip() == "TF_NOT_IMPORTED", result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "s3cret" not in result.stderr and "***@" in lines[0], result.stderr
+
+
 def test_unreachable_tracking_server_fails_before_tensorflow(tmp_path):
     import socket
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from stages import server
+from stages.tools import server
 from tests.conftest import commit_all, mlflow_runs, queue_seeds, run_in, tiny_clone
 
 pytestmark = pytest.mark.slow

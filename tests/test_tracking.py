@@ -1,83 +1,39 @@
-import socket
-import time
-from pathlib import Path
+"""The rules of logging a result, without a server: who keeps a claimed result, dirty checkouts, run names."""
 
-import pytest
+import subprocess
+import types
 
-from stages import tracking
-
-
-def test_repo_root_prefers_dvc_root(tmp_path):
-    assert tracking.repo_root({"DVC_ROOT": str(tmp_path)}, cwd=Path("/elsewhere")) == tmp_path.resolve()
-    assert tracking.repo_root({}, cwd=tmp_path) == tmp_path.resolve()
+from stages.lib import tracking
+from stages.publish import run_name
+from tests.conftest import commit_all
 
 
-@pytest.mark.parametrize("copy", [".dvc/tmp/exps/tmpa1b2c3", ".dvc/tmp/exps/run/0123abcd/repo"])
-def test_repo_root_sees_through_experiment_copies(tmp_path, copy):
-    """`dvc exp run --temp` and queued runs execute in copies under .dvc/tmp/exps."""
-    workspace = tmp_path / "project"
-    assert tracking.repo_root({"DVC_ROOT": str(workspace / copy)}) == workspace.resolve()
-
-
-def test_default_store_is_sqlite_at_repo_root(tmp_path):
-    uri, artifacts = tracking.store({"DVC_ROOT": str(tmp_path / ".dvc/tmp/exps/tmpx")})
-    assert uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
-    assert artifacts == (tmp_path.resolve() / "mlartifacts").as_uri()
-
-
-def test_tracking_uri_overrides(tmp_path):
-    assert tracking.store({"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000", "DVC_ROOT": str(tmp_path)}) == (
-        "http://127.0.0.1:5000",
-        None,
+def run(run_id, status, claim_s=None, start_time=0):
+    tags = {} if claim_s is None else {tracking.CLAIM_TAG: tracking.claim_stamp(run_id, int(claim_s * 1e9))}
+    return types.SimpleNamespace(
+        info=types.SimpleNamespace(run_id=run_id, status=status, start_time=start_time),
+        data=types.SimpleNamespace(tags=tags),
     )
 
 
-def test_unreachable_server_fails_fast_with_a_clear_message():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    started = time.monotonic()
-    with pytest.raises(tracking.TrackingError, match=f"MLflow server at http://127.0.0.1:{port} is unreachable"):
-        tracking.preflight(f"http://127.0.0.1:{port}")
-    assert time.monotonic() - started < 5
+def test_the_oldest_live_claim_keeps_the_result():
+    now = 1_000_000.0
+    mine, older = run("b", "RUNNING", now - 1), run("a", "RUNNING", now - 2)
+    assert tracking.winner([mine, older], "b", now) is older
+    assert tracking.winner([mine, older], "a", now) is None  # the older claimant goes on
 
 
-def test_hanging_server_times_out(http_server):
-    from tests.conftest import Route
-
-    http_server.add("/health", Route(b"OK", hang_s=2.0))
-    started = time.monotonic()
-    with pytest.raises(tracking.TrackingError, match="unreachable"):
-        tracking.preflight(http_server.url, timeout_s=0.3)
-    assert time.monotonic() - started < 1.5
+def test_a_finished_run_always_keeps_the_result():
+    now = 1_000_000.0
+    finished = run("z", "FINISHED", start_time=5)
+    assert tracking.winner([run("a", "RUNNING", now - 9), finished], "a", now) is finished
 
 
-def test_healthy_server_passes(http_server):
-    from tests.conftest import Route
-
-    http_server.add("/health", Route(b"OK"))
-    tracking.preflight(http_server.url)
-
-
-def test_a_sqlite_store_keeps_its_artifacts_beside_it(tmp_path):
-    uri = f"sqlite:///{tmp_path}/team.db"
-    assert tracking.store({"MLFLOW_TRACKING_URI": uri}) == (uri, (tmp_path / "mlartifacts").as_uri())
-
-
-def test_missing_sqlite_directory(tmp_path):
-    with pytest.raises(tracking.TrackingError, match="not a writable directory"):
-        tracking.preflight(f"sqlite:///{tmp_path}/nope/mlflow.db")
-
-
-def test_result_key_changes_with_any_file_or_param(tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
-    a.write_text("model")
-    b.write_text("metrics")
-    key = tracking.result_key([a, b], {"train.epochs": 10})
-    assert key == tracking.result_key([a, b], {"train.epochs": 10})
-    assert key != tracking.result_key([a, b], {"train.epochs": 11})
-    b.write_text("metrics!")
-    assert key != tracking.result_key([a, b], {"train.epochs": 10})
+def test_failed_and_stale_claims_do_not_count():
+    now = 1_000_000.0
+    failed = run("a", "FAILED", now - 5)
+    stale = run("c", "RUNNING", now - tracking.STALE_AFTER_S - 1)
+    assert tracking.winner([failed, stale, run("b", "RUNNING", now - 1)], "b", now) is None
 
 
 def test_no_store_yet_means_no_run(tmp_path):
@@ -85,8 +41,37 @@ def test_no_store_yet_means_no_run(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()  # looking does not create the store
 
 
-def test_run_names():
-    from stages.publish import run_name
+def test_a_dead_process_is_not_alive():
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    assert not tracking.process_alive(proc.pid)
 
-    assert run_name({"DVC_EXP_NAME": "lucky-lion"}) == "lucky-lion"
-    assert run_name({}).startswith("workspace@")  # the tests run inside the project's git checkout
+
+def test_dirty_means_changes_a_commit_does_not_hold(tmp_path):
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "params.yaml").write_text("a: 1\n")
+    (repo / "dvc.lock").write_text("x\n")
+    (repo / "reports").mkdir()
+    (repo / "reports" / "metrics.json").write_text("{}\n")
+    subprocess.run(["git", "-C", str(repo), "add", "."], check=True)
+    commit_all(repo, "init")
+    assert not tracking.dirty(repo)
+    (repo / "dvc.lock").write_text("y\n")  # what `dvc repro` rewrites itself
+    (repo / "reports" / "metrics.json").write_text('{"a": 1}\n')
+    assert not tracking.dirty(repo)
+    (repo / "params.yaml").write_text("a: 2\n")
+    assert tracking.dirty(repo)
+    facts = tracking.git_facts(repo)
+    assert facts[tracking.DIRTY_TAG] == "true"
+    assert run_name(facts, {}) == f"workspace@{facts['mlflow.source.git.commit'][:7]}-dirty"
+    assert run_name(facts, {"DVC_EXP_NAME": "lucky-lion"}) == "lucky-lion"
+
+
+def test_the_git_remote_is_tagged_without_credentials(tmp_path):
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(
+        ["git", "-C", str(repo), "remote", "add", "origin", "https://bob:s3cret@git.example/x.git"], check=True
+    )
+    assert tracking.git_facts(repo)["mlflow.source.git.repoURL"] == "https://***@git.example/x.git"

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from stages.train import epoch_order
+from stages.lib.training import epoch_order
 
 
 def test_epoch_order_is_a_shuffle_in_whole_batches():

@@ -10,10 +10,10 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-nn = pytest.importorskip("stages.model")
+nn = pytest.importorskip("stages.lib.model")
 
 from stages import evaluate, train  # noqa: E402
-from stages.data import load_split  # noqa: E402
+from stages.lib.data import load_split  # noqa: E402
 from stages.preprocess import prepare  # noqa: E402
 from tests.conftest import make_synthetic  # noqa: E402
 

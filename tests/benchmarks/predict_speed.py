@@ -4,7 +4,7 @@
 
 Needs the pipeline's model (`make repro`). Writes N MNIST test digits made to
 look like photos (see tests/photos.py) to a temporary directory, then times
-`python -m stages.predict DIR --json` end to end in a fresh process, and in
+`python -m stages.tools.predict DIR --json` end to end in a fresh process, and in
 this process the split: start-up (imports and model load), decode +
 preprocess, inference. Prints one JSON line with the seconds and accuracies.
 """
@@ -53,7 +53,7 @@ def main() -> None:
 
     import numpy as np
 
-    from stages import idx
+    from stages.lib import idx
     from tests.photos import write_photos
 
     raw = ROOT / "data" / "raw"
@@ -64,7 +64,7 @@ def main() -> None:
 
         started = time.monotonic()
         out = subprocess.run(
-            [sys.executable, "-m", "stages.predict", str(Path(tmp) / "photos"), "--json"],
+            [sys.executable, "-m", "stages.tools.predict", str(Path(tmp) / "photos"), "--json"],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -75,7 +75,7 @@ def main() -> None:
 
         # The split, in this process.
         started = time.monotonic()
-        from stages import predict
+        from stages.tools import predict
 
         model = predict.load_model(None)
         startup = time.monotonic() - started

@@ -75,8 +75,8 @@ def baseline(network: str, epochs: int) -> dict:
     import keras
     import numpy as np
 
-    from stages.config import PREPARED_DIR
-    from stages.data import load_split
+    from stages.lib.data import load_split
+    from stages.lib.paths import PREPARED_DIR
 
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
         load_split(ROOT / PREPARED_DIR, s) for s in ("train", "val", "test")
@@ -107,7 +107,7 @@ def baseline(network: str, epochs: int) -> dict:
             ]
         head = [keras.layers.Dense(128, activation="relu"), keras.layers.Dropout(CNN_DROPOUT)]
         layers += [keras.layers.Flatten(), *head]
-        from stages import model as nn
+        from stages.lib import model as nn
 
         steps = len(x_train) // train_cfg["batch_size"]
         optimizer = nn.optimizer(train_cfg, steps + 1)  # fit also trains the last partial batch
@@ -132,9 +132,9 @@ def pipeline(network: str, epochs: int) -> dict:
 
     model_cfg, train_cfg = params(network, epochs)
     backend = backend_settings(model_cfg)  # before TensorFlow is imported
-    from stages import model as nn
-    from stages.config import PREPARED_DIR
-    from stages.data import load_split
+    from stages.lib import model as nn
+    from stages.lib.data import load_split
+    from stages.lib.paths import PREPARED_DIR
 
     nn.configure(SEED, threads=backend["threads"])
     train, val, (x_test, y_test) = (load_split(ROOT / PREPARED_DIR, s) for s in ("train", "val", "test"))

@@ -1,20 +1,23 @@
-"""Load and validate ``params.yaml``: one schema, one-line errors naming the key.
+"""Reading and checking ``params.yaml``: the machinery every section's rules share.
 
-Each stage asks for its own sections; validation happens before any heavy
-import or work, so a typo costs a second, not a training run.
+A section module (``stages.params.train``, ...) declares its keys as
+``Spec``s, its cross-field rules and which keys take effect; a stage loads its
+own sections with ``load(train, model)``. Validation happens before any
+heavy import or work, so a typo costs a second, not a training run, and the
+error is one line naming the key and what it must be.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
-from stages.config import PARAMS_FILE
+from stages.lib.paths import PARAMS_FILE
 
 
 class ParamsError(ValueError):
@@ -105,72 +108,32 @@ def list_of(item: Spec, *, min_len: int = 1, unique: bool = False) -> Spec:
     return Spec(describe, check)
 
 
-SOURCES = ("keras", "kaggle", "npm", "local")
-
 # A section maps keys to a Spec, or to a nested mapping of the same kind
 # (``model.cnn``): ``dvc exp run -S model.cnn.filters=[16,32]`` reaches it.
 Schema = dict[str, "Spec | Schema"]
 
-SCHEMA: dict[str, Schema] = {
-    "fetch": {
-        "sources": list_of(choice(*SOURCES), unique=True),
-        "local_dir": text(),
-        "keras_url": text(),
-        "kaggle_url": text(),
-        "timeout_s": number(0, low_open=True),
-        "retries": integer(0),
-    },
-    "preprocess": {
-        "val_fraction": number(0, 1, low_open=True, high_open=True),
-        "seed": integer(0),
-        "normalize": choice("minmax", "zscore"),
-    },
-    "model": {
-        "kind": choice("dense", "cnn"),
-        "hidden_units": list_of(integer(1)),
-        "activation": choice("relu", "sigmoid", "tanh"),
-        "dropout": number(0, 1),
-        "output": choice("softmax", "linear"),
-        "cnn": {
-            "filters": list_of(integer(1)),
-            "kernel_size": integer(1),
-            "batch_norm": boolean(),
-            "pooling": choice("max", "average"),
-        },
-    },
-    "train": {
-        "labels": choice("sparse", "onehot"),
-        "optimizer": choice("adam", "adamw"),
-        "learning_rate": number(0, low_open=True),
-        "weight_decay": number(0),
-        "schedule": choice("constant", "cosine", "onecycle"),
-        "warmup": number(0, 1),
-        "label_smoothing": number(0, 1),
-        "epochs": integer(1),
-        "batch_size": integer(1),
-        "seed": integer(0),
-        "early_stopping_patience": integer(0),
-        "augment": boolean(),
-        "shift": number(0, 14),
-        "rotation": number(0, 180, high_open=False),
-        "zoom": number(0, 1),
-    },
-    "evaluate": {
-        "batch_size": integer(1),
-        "top_confusions": integer(1),
-        "gallery_size": integer(1),
-        "sample_size": integer(1),
-    },
-}
+
+class Section(Protocol):
+    """What a section module (``stages.params.train``, ...) provides."""
+
+    NAME: str
+    SCHEMA: Schema
+
+    def check(self, cfg: dict[str, Any]) -> None:
+        """Cross-field rules on the cleaned section; ``ParamsError`` naming the key and why."""
+
+    def effective(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        """The keys of the cleaned section that can change the trained model (see ``stages.lib.identity``)."""
 
 
-def validate(raw: Any, sections: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """Check ``sections`` of a params mapping against the schema; return cleaned copies."""
+def validate(raw: Any, sections: Iterable[Section]) -> dict[str, dict[str, Any]]:
+    """Check ``sections`` of a params mapping against their rules; return cleaned copies by section name."""
     if not isinstance(raw, dict):
         raise ParamsError("params: the file must be a mapping of sections")
     cleaned: dict[str, dict[str, Any]] = {}
     for section in sections:
-        cleaned[section] = _check(section, raw.get(section), SCHEMA[section])
+        cleaned[section.NAME] = _check(section.NAME, raw.get(section.NAME), section.SCHEMA)
+        section.check(cleaned[section.NAME])
     return cleaned
 
 
@@ -206,7 +169,7 @@ def read_raw(path: Path = PARAMS_FILE) -> dict[str, Any]:
     return raw if raw is not None else {}
 
 
-def load(*sections: str, path: Path = PARAMS_FILE) -> dict[str, dict[str, Any]]:
+def load(*sections: Section, path: Path = PARAMS_FILE) -> dict[str, dict[str, Any]]:
     """Read ``params.yaml`` and return the validated ``sections``."""
     return validate(read_raw(path), sections)
 

@@ -1,7 +1,7 @@
 """A team-style MLflow tracking server: PostgreSQL backend store, proxied artifact storage.
 
-    python -m stages.server start [--host 127.0.0.1] [--port 5000]    (make server)
-    python -m stages.server stop                                     (make server-stop)
+    python -m stages.tools.server start [--host 127.0.0.1] [--port 5000]    (make server)
+    python -m stages.tools.server stop                                     (make server-stop)
 
 ``start`` runs ``mlflow server`` with ``--artifacts-destination`` (clients
 upload and download artifacts through the server and need no storage
@@ -27,8 +27,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from stages.config import SERVER_DIR
-from stages.files import write_json
+from stages.lib.files import write_json
+from stages.lib.paths import SERVER_DIR
 
 
 class ServerError(RuntimeError):

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 
-from stages.files import atomic_path
+from stages.lib.files import atomic_path
 
 
 def _save(fig: plt.Figure, path: Path) -> None:

@@ -1,6 +1,6 @@
 """The trained classifier on your own digit images: scans, photos, drawings.
 
-    python -m stages.predict PATH [PATH ...] [--model URI] [--json] [--top K] [--save-inputs DIR]
+    python -m stages.tools.predict PATH [PATH ...] [--model URI] [--json] [--top K] [--save-inputs DIR]
     mnist-predict ...                      (the same, as a console script)
 
 PATHs are image files, directories (their image files, sorted) or glob
@@ -22,7 +22,6 @@ import multiprocessing
 import os
 import sys
 import time
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,132 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from stages import KERAS_EXTRAS, finish, leave_out
-from stages.config import MLFLOW_DB, MODEL_PATH, SERVING_CONFIG_PATH
+from stages.lib import redact, tracking
+from stages.lib.images import ImageError, decode, mnist_style
+from stages.lib.paths import MLFLOW_DB, MODEL_PATH, SERVING_CONFIG_PATH
 
 PROJECT = Path(__file__).resolve().parents[1]  # the repository, wherever `mnist-predict` is run from
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-BOX = 20  # MNIST: the digit's longer side, in pixels
-SIDE = 28
-CENTRE = (14.0, 14.0)  # where MNIST puts the centre of mass (row, column): measured on the training set
-WORKING_SIZE = 160  # larger images are reduced to about this before the digit is found
-
-
-class ImageError(ValueError):
-    """This file cannot be turned into a digit; the message says why."""
-
-
-# --- one image into MNIST's form ---------------------------------------------
-
-
-def decode(path: Path) -> np.ndarray:
-    """Grayscale pixels (float, 0 = black, 255 = white) of an image file, safely.
-
-    EXIF orientation applied, transparency composited onto white, the first
-    frame of an animation; 8/16-bit, palette and CMYK images alike. Images over
-    Pillow's decompression-bomb limit are refused before they are decoded.
-    """
-    from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: PLC0415
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image.seek(0)  # the first frame of an animation
-                longer = max(image.size)
-                if image.format == "JPEG" and longer > WORKING_SIZE:  # the decoder scales down, far faster
-                    image.draft(
-                        "L", (-(-image.width * WORKING_SIZE // longer), -(-image.height * WORKING_SIZE // longer))
-                    )
-                image.load()
-                image = ImageOps.exif_transpose(image)
-                return shrink(_grayscale(image))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(
-            f"image too large to decode safely (over Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} pixels)"
-        ) from None
-    except UnidentifiedImageError:
-        raise ImageError("not an image (or a format Pillow cannot read)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"cannot decode: {exc}") from None
-
-
-def shrink(gray: np.ndarray, limit: int = WORKING_SIZE) -> np.ndarray:
-    """Average blocks of pixels so the longer side is at most about ``limit``: the digit ends up 20 px anyway."""
-    factor = -(-max(gray.shape) // limit)
-    if factor <= 1 or min(gray.shape) < factor:  # a sliver stays as it is
-        return gray
-    height, width = (gray.shape[0] // factor) * factor, (gray.shape[1] // factor) * factor
-    return gray[:height, :width].reshape(height // factor, factor, width // factor, factor).mean(axis=(1, 3))
-
-
-def _grayscale(image) -> np.ndarray:
-    from PIL import Image  # noqa: PLC0415
-
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit grayscale: scale to 0-255
-        pixels = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
-        return np.clip(pixels * (255.0 / top), 0, 255)
-    if image.mode == "P" or image.mode == "PA":
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "La", "RGBa") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(white, rgba)
-    return np.asarray(image.convert("L"), dtype=np.float64)
-
-
-def mnist_style(gray: np.ndarray) -> np.ndarray:
-    """A grayscale image as an MNIST digit: 28x28 float32, light ink on black, 0-255.
-
-    1. polarity: inverted when the border (the background) is light;
-    2. ink: background subtracted, contrast stretched, then a threshold at
-       half the ink's brightness, keeping connected blobs that are not specks
-       (noise, JPEG artefacts and faint shadows do not widen the box);
-    3. the ink's bounding box resized (anti-aliased) so the longer side is 20;
-    4. pasted into 28x28 and shifted so the centre of mass is at the centre.
-    """
-    from PIL import Image  # noqa: PLC0415
-    from scipy import ndimage  # noqa: PLC0415
-
-    gray = np.asarray(gray, dtype=np.float64)
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    if np.median(border) > 127:
-        gray = 255.0 - gray
-        border = 255.0 - border
-    background = np.median(border)
-    peak = np.percentile(gray, 99.9)
-    if peak - background < 32:
-        raise ImageError("no digit found (the image is blank or has almost no contrast)")
-    ink = np.clip((gray - background) * (255.0 / (peak - background)), 0, 255)
-
-    strong = ink > 127
-    labels, count = ndimage.label(strong)
-    sizes = ndimage.sum_labels(strong, labels, index=np.arange(1, count + 1))
-    keep = np.flatnonzero(sizes >= max(0.05 * sizes.max(), 2)) + 1
-    if len(keep) == 0:
-        raise ImageError("no digit found")
-    # The digit: the faint pixels too (anti-aliased edges), where they touch a kept stroke.
-    faint, _ = ndimage.label(ink > 25)
-    digit = np.isin(faint, np.unique(faint[np.isin(labels, keep)]))
-    rows, cols = np.nonzero(digit)
-    box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
-    crop = np.where(ndimage.binary_dilation(digit)[box], ink[box], 0.0)  # with the faintest rim
-
-    height, width = crop.shape
-    if max(height, width) != BOX:
-        scale = BOX / max(height, width)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        resized = Image.fromarray(crop.astype(np.float32), mode="F").resize(size, Image.Resampling.LANCZOS)
-        crop = np.clip(np.asarray(resized, dtype=np.float64), 0, 255)
-    small = crop
-
-    canvas = np.zeros((SIDE, SIDE))
-    r0, c0 = (SIDE - small.shape[0]) // 2, (SIDE - small.shape[1]) // 2
-    canvas[r0 : r0 + small.shape[0], c0 : c0 + small.shape[1]] = small
-    com = ndimage.center_of_mass(canvas)
-    shift = (round(CENTRE[0] - com[0]), round(CENTRE[1] - com[1]))
-    return ndimage.shift(canvas, shift, order=0, mode="constant", cval=0.0).astype(np.float32)
 
 
 # --- which files ---------------------------------------------------------------
@@ -173,7 +53,8 @@ def expand(paths: list[str]) -> list[Outcome]:
     """Files, directories (their images, sorted) and glob patterns, in the order given."""
     found: list[Outcome] = []
     for given in paths:
-        matches = sorted(glob.glob(given)) if glob.has_magic(given) else [given]
+        # An existing path is a file or directory even when its name has glob characters (digit[1].png).
+        matches = sorted(glob.glob(given)) if glob.has_magic(given) and not Path(given).exists() else [given]
         if not matches:
             found.append(Outcome(given, error="no file matches this pattern"))
         for match in matches:
@@ -211,7 +92,7 @@ def prepare(outcome: Outcome) -> Outcome:
 def load_model(uri: str | None):
     """A function from raw-pixel batches (N, 28, 28) to probabilities (N, 10)."""
     if uri is None or ":/" not in uri:  # the pipeline's model, or a .keras file (or its directory)
-        from stages.classifier import Classifier  # noqa: PLC0415
+        from stages.serving.classifier import Classifier  # noqa: PLC0415
 
         model_path = PROJECT / MODEL_PATH if uri is None else Path(uri)
         if model_path.is_dir():
@@ -222,6 +103,7 @@ def load_model(uri: str | None):
         return Classifier(model_path, config_path).probabilities
     import mlflow.pyfunc  # noqa: PLC0415
 
+    tracking.quiet_mlflow()
     if not os.environ.get("MLFLOW_TRACKING_URI"):  # models:/ URIs: the project's default store
         mlflow.set_tracking_uri(f"sqlite:///{PROJECT / MLFLOW_DB}")
     model = mlflow.pyfunc.load_model(uri)
@@ -261,11 +143,23 @@ def as_json(o: Outcome, top: int) -> str:
     )
 
 
+def usable_directory(directory: Path) -> str | None:
+    """Create ``directory`` if needed; None when files can be written there, else why not (one line)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create {directory}: {exc.strerror or exc}"
+    if not directory.is_dir():
+        return f"{directory} is not a directory"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"{directory} is not writable"
+    return None
+
+
 def save_inputs(outcomes: list[Outcome], directory: Path) -> None:
-    """Each image as the model saw it, as a 28x28 PNG named after the input file."""
+    """Each image as the model saw it, as a 28x28 PNG named after the input file (``directory`` exists)."""
     from PIL import Image  # noqa: PLC0415
 
-    directory.mkdir(parents=True, exist_ok=True)
     for i, o in enumerate(outcomes):
         if o.pixels is not None:
             name = f"{i:04d}-{Path(o.path).stem}.png"
@@ -287,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 1 <= args.top <= 10:
         parser.error("--top must be between 1 and 10")
+    if args.save_inputs and (problem := usable_directory(args.save_inputs)):
+        parser.error(f"--save-inputs: {problem}")  # before any work, not after inference
 
     started = time.monotonic()
     outcomes = expand(args.paths)
@@ -297,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             predict = load_model(args.model)
         except Exception as exc:  # any failure to load is reported in one line
-            print(f"predict: error: cannot load the model: {str(exc).splitlines()[0]}", file=sys.stderr)
+            print(f"predict: error: cannot load the model: {redact.first_line(exc)}", file=sys.stderr)
             return 2
         outcomes = list(prepared)
     good = [o for o in outcomes if o.pixels is not None]

@@ -26,7 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from stages.files import atomic_path
+from stages.lib.files import atomic_path
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28)

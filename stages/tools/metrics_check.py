@@ -1,6 +1,6 @@
 """Compare freshly reproduced metrics with the ones committed at HEAD.
 
-    python -m stages.metrics_check [--tolerance 0.002] [--loss-rtol 0.10]
+    python -m stages.tools.metrics_check [--tolerance 0.002] [--loss-rtol 0.10]
 
 Accuracy metrics may differ by ``--tolerance`` (absolute); other metrics, such
 as losses, by ``--loss-rtol`` (relative). A committed metric that is missing
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stages.config import METRICS_PATH as _METRICS_PATH
+from stages.lib.paths import METRICS_PATH as _METRICS_PATH
 
 METRICS_PATH = _METRICS_PATH.as_posix()  # also a git path: `git show HEAD:reports/metrics.json`
 

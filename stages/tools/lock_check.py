@@ -1,6 +1,6 @@
 """Fail when ``dvc.lock`` is stale: the code or params changed since the pipeline last ran.
 
-    python -m stages.lock_check
+    python -m stages.tools.lock_check
 
 ``dvc status`` also reports data that is merely absent (a fresh CI checkout
 has no DVC cache), which says nothing about the lock; this keeps only what

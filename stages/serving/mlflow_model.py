@@ -23,7 +23,7 @@ from mlflow.pyfunc import PythonModel
 try:  # the copy logged with this model (log_model's code_paths puts it on sys.path) ...
     from classifier import CONFIG_ARTIFACT, KERAS_ARTIFACT, BadInput, Classifier, check_pixels
 except ImportError:  # ... or, inside the project, the project's
-    from stages.classifier import CONFIG_ARTIFACT, KERAS_ARTIFACT, BadInput, Classifier, check_pixels
+    from stages.serving.classifier import CONFIG_ARTIFACT, KERAS_ARTIFACT, BadInput, Classifier, check_pixels
 
 
 class MnistClassifier(PythonModel):

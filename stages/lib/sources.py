@@ -24,9 +24,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from stages import idx
-from stages.files import file_digest, sha256_file
-from stages.progress import Progress
+from stages.lib import idx
+from stages.lib.files import file_digest, sha256_file
+from stages.lib.progress import Progress
 
 Log = Callable[[str], None]
 

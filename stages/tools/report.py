@@ -1,6 +1,6 @@
 """The pull-request report: what a change did to the metrics, params, curves and confusion matrix.
 
-    python -m stages.report [--base REV] [--out reports/pr]
+    python -m stages.tools.report [--base REV] [--out reports/pr]
 
 Compares ``--head`` (default ``HEAD``) with ``--base`` (default: the merge
 base with ``main``, or ``HEAD~1`` on ``main`` itself), both as committed: the
@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from stages.config import EVALUATE_DIR, HISTORY_PATH, PR_REPORT_DIR
+from stages.lib.paths import EVALUATE_DIR, HISTORY_PATH, PR_REPORT_DIR
 
 
 class ReportError(RuntimeError):
@@ -65,7 +65,7 @@ def write_report(base: str, head: str = "HEAD", out: Path = PR_REPORT_DIR) -> Pa
     another CPU moves the last digits; ``make reproduce`` checks that separately)."""
     import pandas as pd  # noqa: PLC0415
 
-    from stages import plots  # noqa: PLC0415
+    from stages.lib import plots  # noqa: PLC0415
 
     labels = {rev: run(["git", "rev-parse", "--short", rev]).strip() for rev in (base, head)}
     out.mkdir(parents=True, exist_ok=True)

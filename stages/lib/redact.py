@@ -88,3 +88,9 @@ def _parses(value: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one redacted line: its message's first line, or its type's name when it has none."""
+    message = str(exc).strip()
+    return text(message.splitlines()[0] if message else type(exc).__name__)

@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from stages.config import RUNTIME_DIR
-from stages.files import write_json
+from stages.lib.files import write_json
+from stages.lib.paths import RUNTIME_DIR
 
 
 def remember(name: str, of: str, runtime_dir: Path = RUNTIME_DIR, **facts: Any) -> None:

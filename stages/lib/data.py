@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.config import PREPARED_DIR, STATS_PATH
+from stages.lib.paths import PREPARED_DIR, STATS_PATH
 
 SPLITS = ("train", "val", "test")
 

@@ -1,0 +1,164 @@
+"""Where the MLflow store is, and whether it answers: checked before training, without importing MLflow.
+
+Default store: SQLite ``mlflow.db`` and artifacts in ``mlartifacts/`` at the
+root of the DVC repository, found through ``DVC_ROOT`` so that ``dvc exp run
+--temp`` and queued runs (which run in ``.dvc/tmp/exps/...`` copies) land in
+the same store as workspace runs. ``MLFLOW_TRACKING_URI`` overrides it.
+
+A tracking server is asked with the credentials and TLS settings MLflow's own
+client uses (``MLFLOW_TRACKING_TOKEN``, ``MLFLOW_TRACKING_USERNAME`` /
+``MLFLOW_TRACKING_PASSWORD`` or user-info in the URI,
+``MLFLOW_TRACKING_INSECURE_TLS``, ``MLFLOW_TRACKING_SERVER_CERT_PATH``,
+``MLFLOW_TRACKING_CLIENT_CERT_PATH``), so a server behind authentication
+passes the check exactly when MLflow itself could log there. Every URI in a
+message is redacted (``stages.lib.redact``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from stages.lib import redact
+from stages.lib.paths import MLFLOW_ARTIFACTS, MLFLOW_DB
+
+EXPERIMENT = "mnist"
+
+
+class TrackingError(RuntimeError):
+    """The MLflow store cannot be used; the message says which and why (secrets redacted)."""
+
+
+def repo_root(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Path:
+    """The DVC repository's root, seen through experiment temp copies."""
+    environ = os.environ if environ is None else environ
+    root = Path(environ.get("DVC_ROOT") or cwd or Path.cwd()).resolve()
+    parts = root.parts
+    # dvc exp run --temp / --queue run in <repo>/.dvc/tmp/exps/<...>/<copy>
+    for i in range(len(parts) - 3):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return root
+
+
+def store(environ: Mapping[str, str] | None = None) -> tuple[str, str | None]:
+    """(tracking URI, artifact location for a new experiment or None to let the server decide)."""
+    environ = os.environ if environ is None else environ
+    uri = environ.get("MLFLOW_TRACKING_URI")
+    if uri and uri.startswith("sqlite:///"):
+        # A relative path means the repository root (not .dvc/tmp/exps/... of a queued experiment);
+        # artifacts go beside the database, not into ./mlruns of wherever the stage ran.
+        db = repo_root(environ) / uri.removeprefix("sqlite:///")
+        return f"sqlite:///{db}", (db.parent / MLFLOW_ARTIFACTS).as_uri()
+    if uri:
+        return uri, None
+    root = repo_root(environ)
+    return f"sqlite:///{root / MLFLOW_DB}", (root / MLFLOW_ARTIFACTS).as_uri()
+
+
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+# --- a tracking server over HTTP, as MLflow's client would ask it ------------------
+
+
+def without_credentials(uri: str) -> tuple[str, tuple[str, str] | None]:
+    """(``uri`` without user-info, the (user, password) it held or None)."""
+    parts = urllib.parse.urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri, None
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    clean = urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return clean, (urllib.parse.unquote(user), urllib.parse.unquote(password))
+
+
+def auth_headers(environ: Mapping[str, str], from_uri: tuple[str, str] | None = None) -> dict[str, str]:
+    """MLflow's own client credentials: a token, a user and password, or the URI's user-info (never printed)."""
+    if environ.get("MLFLOW_TRACKING_TOKEN"):
+        return {"Authorization": f"Bearer {environ['MLFLOW_TRACKING_TOKEN']}"}
+    pair = None
+    if environ.get("MLFLOW_TRACKING_USERNAME"):
+        pair = (environ["MLFLOW_TRACKING_USERNAME"], environ.get("MLFLOW_TRACKING_PASSWORD", ""))
+    elif from_uri:
+        pair = from_uri
+    if pair is None:
+        return {}
+    return {"Authorization": "Basic " + base64.b64encode(f"{pair[0]}:{pair[1]}".encode()).decode()}
+
+
+def ssl_context(environ: Mapping[str, str]) -> ssl.SSLContext:
+    """TLS as MLflow's client does it: a CA bundle, a client certificate, or no verification when asked."""
+    context = ssl.create_default_context(cafile=environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)
+    if environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH"):
+        context.load_cert_chain(environ["MLFLOW_TRACKING_CLIENT_CERT_PATH"])
+    if environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() in ("1", "true", "yes"):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def rest(
+    uri: str,
+    endpoint: str,
+    environ: Mapping[str, str] | None = None,
+    body: dict | None = None,
+    query: dict | None = None,
+    timeout_s: float = 30.0,
+) -> dict[str, Any]:
+    """One call of MLflow's REST API (``api/2.0/mlflow/<endpoint>``); urllib's errors pass through."""
+    environ = os.environ if environ is None else environ
+    base, credentials = without_credentials(uri)
+    url = f"{base.rstrip('/')}/api/2.0/mlflow/{endpoint}"
+    if query:
+        url += "?" + urllib.parse.urlencode(query)
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", **auth_headers(environ, credentials)}
+    request = urllib.request.Request(url, data=data, headers=headers, method="GET" if body is None else "POST")
+    context = ssl_context(environ) if url.startswith("https://") else None
+    with urllib.request.urlopen(request, timeout=timeout_s, context=context) as response:
+        return json.loads(response.read() or b"{}")
+
+
+def describe(exc: BaseException) -> str:
+    """A short, redacted reason for an error talking to a server (urllib's ``reason`` when it has one)."""
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, BaseException):
+        return redact.first_line(reason)
+    return redact.text(str(reason)) if reason else redact.first_line(exc)
+
+
+def preflight(uri: str, environ: Mapping[str, str] | None = None, timeout_s: float = 5.0) -> None:
+    """Fail fast, before any training, if the store cannot be reached, authenticated against, or written."""
+    environ = os.environ if environ is None else environ
+    shown = redact.uri(uri)
+    if is_server(uri):
+        try:
+            rest(uri, "experiments/get-by-name", environ, query={"experiment_name": EXPERIMENT}, timeout_s=timeout_s)
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                raise TrackingError(
+                    f"MLflow server at {shown} rejected the credentials (HTTP {exc.code}): set "
+                    "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) for it"
+                ) from None
+            if exc.code != 404:  # 404: no experiment yet, which is fine
+                raise TrackingError(
+                    f"MLflow server at {shown} answered HTTP {exc.code}; is it an MLflow server?"
+                ) from None
+        except (urllib.error.URLError, OSError, ValueError, ssl.SSLError) as exc:
+            raise TrackingError(
+                f"MLflow server at {shown} is unreachable ({describe(exc)}); start it or unset MLFLOW_TRACKING_URI"
+            ) from None
+    elif uri.startswith("sqlite:///"):
+        directory = Path(uri.removeprefix("sqlite:///")).parent
+        if not directory.is_dir() or not os.access(directory, os.W_OK):
+            raise TrackingError(f"MLflow store {shown}: {directory} is not a writable directory")

@@ -1,0 +1,349 @@
+"""MLflow tracking: is a result in the store, claiming it, logging it as one complete run, mending stale runs.
+
+The rule: **one FINISHED run per distinct result per store.** A result is
+identified by its key (``stages.lib.identity``), stored on its run as the tag
+``pipeline.result``. ``find_run`` answers "is it there already, and is its
+model registered?" without importing MLflow (a plain SQLite query, or one REST
+call to a server), so a ``dvc repro`` that changed nothing stays fast.
+
+Logging is a claim first: the run is created RUNNING with the key, a claim
+stamp, this host and process id; then every other run with the key is read.
+A FINISHED one, or a live RUNNING one with an older claim, wins: this run is
+deleted and nothing is logged (two clones publishing the same result at once
+end with one run). A run whose process has gone (killed, or the store went away
+mid-way) is found by the next publish on the same host and marked FAILED.
+SIGTERM or SIGINT while logging marks the run FAILED, keeping the original error.
+
+The functions that log import MLflow when called, with its INFO logs,
+progress bars and URL banners turned off (``quiet_mlflow``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import sqlite3
+import subprocess
+import time
+import urllib.error
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stages.lib import redact
+from stages.lib.store import EXPERIMENT, TrackingError, describe, is_server, rest
+
+RESULT_TAG = "pipeline.result"  # the result key: one FINISHED run per key
+CLAIM_TAG = "pipeline.claim"  # "<ns since epoch, 20 digits>-<run id>": the smallest live claim wins
+HOST_TAG = "pipeline.host"
+PID_TAG = "pipeline.pid"
+REGISTERED_TAG = "pipeline.registered"  # "<model name>/<version>": set once the run's model is registered
+DIRTY_TAG = "git.dirty"
+# Opens the experiment in the UI as a model-training one (runs, metrics,
+# models), not on the GenAI traces overview.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+# A RUNNING claim from another machine older than this is not waited for (its
+# publisher is taken to be gone; publishing takes seconds).
+STALE_AFTER_S = 15 * 60
+# Paths that `dvc repro` itself rewrites: changes there do not make a checkout dirty.
+PIPELINE_OUTPUTS = ("dvc.lock", "reports/", "data/")
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGINT arrived while logging (a BaseException, so that nothing on the way swallows it)."""
+
+
+@dataclass(frozen=True)
+class Found:
+    run_id: str
+    run_name: str
+    registered: bool  # the run's model has a version (REGISTERED_TAG)
+
+
+def quiet_mlflow(environ: dict[str, str] | None = None) -> None:
+    """No MLflow INFO lines, URL banners or (off a terminal) progress bars: call before importing MLflow."""
+    import sys  # noqa: PLC0415
+
+    environ = os.environ if environ is None else environ
+    environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    if not sys.stderr.isatty():
+        environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # A server that fails mid-way: a clear error in seconds, not MLflow's minutes of retries.
+    environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialize writers of a SQLite store (``dvc queue start -j 2`` runs two at once)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock_path = Path(uri.removeprefix("sqlite:///") + ".lock")
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+# --- is the result there? (no MLflow import) ----------------------------------------
+
+
+def find_run(uri: str, key: str, environ: Mapping[str, str] | None = None) -> Found | None:
+    """The oldest FINISHED run holding result ``key`` in ``uri``'s ``mnist`` experiment, or None."""
+    if uri.startswith("sqlite:///"):
+        try:
+            return _find_run_sqlite(Path(uri.removeprefix("sqlite:///")), key)
+        except sqlite3.Error:
+            pass  # not a schema this query knows: ask MLflow itself (slower)
+    elif is_server(uri):
+        return _find_run_rest(uri, key, os.environ if environ is None else environ)
+    return _find_run_client(uri, key)
+
+
+def _find_run_sqlite(db: Path, key: str) -> Found | None:
+    if not db.exists():
+        return None
+    query = """
+        SELECT r.run_uuid, r.name,
+               EXISTS(SELECT 1 FROM tags g WHERE g.run_uuid = r.run_uuid AND g.key = ?) AS registered
+        FROM runs r
+        JOIN experiments e ON e.experiment_id = r.experiment_id
+        JOIN tags t ON t.run_uuid = r.run_uuid
+        WHERE e.name = ? AND e.lifecycle_stage = 'active' AND r.lifecycle_stage = 'active'
+          AND r.status = 'FINISHED' AND t.key = ? AND t.value = ?
+        ORDER BY r.start_time LIMIT 1
+    """
+    with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as con:
+        row = con.execute(query, (REGISTERED_TAG, EXPERIMENT, RESULT_TAG, key)).fetchone()
+    return Found(row[0], row[1] or "", bool(row[2])) if row else None
+
+
+def _find_run_rest(uri: str, key: str, environ: Mapping[str, str]) -> Found | None:
+    shown = redact.uri(uri)
+    try:
+        experiment = rest(uri, "experiments/get-by-name", environ, query={"experiment_name": EXPERIMENT})
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:  # RESOURCE_DOES_NOT_EXIST: no experiment, so no run
+            return None
+        raise TrackingError(
+            f"MLflow server at {shown} answered HTTP {exc.code} when asked for the experiment"
+        ) from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise TrackingError(f"MLflow server at {shown} is unreachable ({describe(exc)})") from None
+    body = {
+        "experiment_ids": [experiment["experiment"]["experiment_id"]],
+        "filter": f"tags.`{RESULT_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+        "max_results": 1,
+        "order_by": ["attributes.start_time ASC"],
+    }
+    try:
+        runs = rest(uri, "runs/search", environ, body=body).get("runs", [])
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise TrackingError(f"MLflow server at {shown}: searching runs failed ({describe(exc)})") from None
+    if not runs:
+        return None
+    info, tags = runs[0]["info"], {t["key"]: t.get("value") for t in runs[0].get("data", {}).get("tags", [])}
+    return Found(info["run_id"], info.get("run_name", ""), REGISTERED_TAG in tags)
+
+
+def _find_run_client(uri: str, key: str) -> Found | None:
+    quiet_mlflow()
+    from mlflow import MlflowClient  # noqa: PLC0415 - slow; only for stores the fast paths do not know
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`{RESULT_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+        max_results=1,
+        order_by=["attributes.start_time ASC"],
+    )
+    if not runs:
+        return None
+    return Found(runs[0].info.run_id, runs[0].info.run_name, REGISTERED_TAG in runs[0].data.tags)
+
+
+# --- where the result comes from ------------------------------------------------------
+
+
+def git_facts(cwd: Path | None = None) -> dict[str, str]:
+    """MLflow's standard source tags (commit, branch, the remote URL without credentials), and
+    ``git.dirty`` when tracked files other than the pipeline's own outputs differ from the commit."""
+    from mlflow.utils import mlflow_tags as t  # noqa: PLC0415
+
+    facts = {}
+    for tag, args in [
+        (t.MLFLOW_GIT_COMMIT, ["rev-parse", "HEAD"]),
+        (t.MLFLOW_GIT_BRANCH, ["rev-parse", "--abbrev-ref", "HEAD"]),
+        (t.MLFLOW_GIT_REPO_URL, ["config", "--get", "remote.origin.url"]),
+    ]:
+        value = _git(args, cwd)
+        if value and value != "HEAD":
+            facts[tag] = redact.uri(value)
+    if t.MLFLOW_GIT_COMMIT in facts and dirty(cwd):
+        facts[DIRTY_TAG] = "true"
+    return facts
+
+
+def dirty(cwd: Path | None = None) -> bool:
+    """Whether the checkout differs from its commit in anything but what ``dvc repro`` writes itself."""
+    # -z: "XY path\0", a rename adding "\0old path"; paths are never quoted.
+    entries = (_git(["status", "--porcelain", "-z", "--untracked-files=normal"], cwd, strip=False) or "").split("\0")
+    changed = [entry[3:] for entry in entries if len(entry) > 3 and entry[2] == " "]
+    return any(not path.startswith(PIPELINE_OUTPUTS) for path in changed)
+
+
+def _git(args: list[str], cwd: Path | None = None, strip: bool = True) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return (out.stdout.strip() if strip else out.stdout) or None
+
+
+# --- logging ---------------------------------------------------------------------------
+
+
+def ensure_experiment(client: Any, artifact_location: str | None) -> str:
+    """The ``mnist`` experiment's id, created as a model-training experiment when missing."""
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(EXPERIMENT, artifact_location=artifact_location, tags=EXPERIMENT_TAGS)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process that could still be publishing (a reused number running something
+    else does not count)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"stages.publish" in cmdline
+
+
+def mend_stale_runs(client: Any, experiment_id: str, host: str | None = None) -> list[str]:
+    """Mark FAILED this host's RUNNING runs whose publishing process has gone; their ids."""
+    host = host or socket.gethostname()
+    stale = []
+    for run in client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'"):
+        pid = run.data.tags.get(PID_TAG, "")
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+            client.set_terminated(run.info.run_id, "FAILED")
+            stale.append(run.info.run_id)
+    return stale
+
+
+def claim_stamp(run_id: str, now_ns: int | None = None) -> str:
+    return f"{time.time_ns() if now_ns is None else now_ns:020d}-{run_id}"
+
+
+def winner(runs: list[Any], mine: str, now_s: float | None = None) -> Any | None:
+    """Among the active runs holding one key, the one that keeps it, if not ``mine``: a FINISHED run,
+    else the live RUNNING run with the smallest claim (claims older than ``STALE_AFTER_S`` do not count)."""
+    now_s = time.time() if now_s is None else now_s
+    finished = [r for r in runs if r.info.status == "FINISHED" and r.info.run_id != mine]
+    if finished:
+        return min(finished, key=lambda r: r.info.start_time)
+    claims = []
+    for run in runs:
+        stamp = run.data.tags.get(CLAIM_TAG, "")
+        if run.info.status != "RUNNING" or not stamp[:20].isdigit():
+            continue
+        if run.info.run_id != mine and now_s - int(stamp[:20]) / 1e9 > STALE_AFTER_S:
+            continue
+        claims.append((stamp, run))
+    first = min(claims, key=lambda c: c[0])[1] if claims else None
+    return None if first is None or first.info.run_id == mine else first
+
+
+def log_run(
+    client: Any,
+    experiment_id: str,
+    *,
+    run_name: str,
+    tags: Mapping[str, str],
+    params: Mapping[str, Any],
+    history: list[Mapping[str, float]],
+    metrics: Mapping[str, float],
+    start_ms: int,
+    end_ms: int | None,
+    log_rest: Callable[[str], None],
+) -> tuple[str, Any | None]:
+    """Claim the result, then log one complete run; ``log_rest(run_id)`` adds inputs, artifacts and the model.
+
+    Returns (run id, None) when this run was logged and is FINISHED, or
+    (deleted run id, the run that holds the result instead) when another
+    publisher got there first. Any failure on the way, SIGTERM and SIGINT
+    included, marks the run FAILED (never left RUNNING) and re-raises the
+    original error, even when marking it fails too (the store has gone: the
+    next publish on this host mends it).
+    """
+    from mlflow.entities import Metric, Param  # noqa: PLC0415
+
+    key = tags[RESULT_TAG]
+    run = client.create_run(
+        experiment_id,
+        start_time=start_ms,
+        run_name=run_name,
+        tags={**tags, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())},
+    )
+    run_id = run.info.run_id
+    try:
+        client.set_tag(run_id, CLAIM_TAG, claim_stamp(run_id))
+        holders = client.search_runs([experiment_id], f"tags.`{RESULT_TAG}` = '{key}'")
+        other = winner(holders, run_id)
+        if other is not None:
+            client.set_terminated(run_id, "KILLED")
+            client.delete_run(run_id)
+            return run_id, other
+        epoch_metrics = [
+            Metric(name, float(row[name]), start_ms, int(row["epoch"]))
+            for row in history
+            for name in row
+            if name != "epoch"
+        ]
+        # A final value whose name is also a per-epoch series would add a bogus point to it.
+        series = {name for row in history for name in row}
+        final = [
+            Metric(f"final_{name}" if name in series else name, float(value), start_ms, 0)
+            for name, value in metrics.items()
+        ]
+        params_list = [Param(name, str(value)) for name, value in params.items()]
+        batch = epoch_metrics + final
+        for start in range(0, max(len(batch), 1), 900):  # log_batch takes <= 1000 metrics, 100 params
+            client.log_batch(run_id, metrics=batch[start : start + 900], params=params_list if start == 0 else [])
+        log_rest(run_id)
+        client.set_terminated(run_id, "FINISHED", end_time=end_ms)  # None: now
+    except BaseException:
+        with contextlib.suppress(Exception):  # keep the original error
+            client.set_terminated(run_id, "FAILED")
+        raise
+    return run_id, None
+
+
+@contextlib.contextmanager
+def terminate_on_signals() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGINT raise ``Terminated`` (so ``log_run`` marks its run FAILED)."""
+    import signal  # noqa: PLC0415
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Terminated(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

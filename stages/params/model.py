@@ -1,0 +1,46 @@
+"""The ``model`` section: the network (dense, or conv blocks then the dense head)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stages.params.schema import ParamsError, Schema, boolean, choice, integer, list_of, number
+
+NAME = "model"
+IMAGE_SIDE = 28  # each conv block halves the side (2x2 pooling, rounding down)
+
+SCHEMA: Schema = {
+    "kind": choice("dense", "cnn"),
+    "hidden_units": list_of(integer(1)),
+    "activation": choice("relu", "sigmoid", "tanh"),
+    "dropout": number(0, 1),
+    "output": choice("softmax", "linear"),
+    "cnn": {
+        "filters": list_of(integer(1)),
+        "kernel_size": integer(1),
+        "batch_norm": boolean(),
+        "pooling": choice("max", "average"),
+    },
+}
+
+
+def max_blocks(side: int = IMAGE_SIDE) -> int:
+    """How many 2x2 poolings a ``side``-pixel square survives with at least one pixel left."""
+    blocks = 0
+    while side // 2 >= 1:
+        side //= 2
+        blocks += 1
+    return blocks
+
+
+def check(cfg: dict[str, Any]) -> None:
+    if cfg["kind"] == "cnn" and len(cfg["cnn"]["filters"]) > max_blocks():
+        raise ParamsError(
+            f"params: model.cnn.filters has {len(cfg['cnn']['filters'])} blocks, but {IMAGE_SIDE}x{IMAGE_SIDE} images "
+            f"can be pooled 2x2 only {max_blocks()} times (use at most {max_blocks()} entries)"
+        )
+
+
+def effective(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Every key, except ``cnn`` for a dense network (it builds no conv blocks)."""
+    return {k: v for k, v in cfg.items() if k != "cnn" or cfg["kind"] == "cnn"}

@@ -1,0 +1,122 @@
+"""Where the MLflow store is, and the check before training: reachable, credentials accepted, nothing leaked."""
+
+import base64
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from stages.lib import store
+from tests.conftest import Route
+
+API = "/api/2.0/mlflow/experiments/get-by-name?experiment_name=mnist"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_repo_root_prefers_dvc_root(tmp_path):
+    assert store.repo_root({"DVC_ROOT": str(tmp_path)}, cwd=Path("/elsewhere")) == tmp_path.resolve()
+    assert store.repo_root({}, cwd=tmp_path) == tmp_path.resolve()
+
+
+@pytest.mark.parametrize("copy", [".dvc/tmp/exps/tmpa1b2c3", ".dvc/tmp/exps/run/0123abcd/repo"])
+def test_repo_root_sees_through_experiment_copies(tmp_path, copy):
+    """`dvc exp run --temp` and queued runs execute in copies under .dvc/tmp/exps."""
+    workspace = tmp_path / "project"
+    assert store.repo_root({"DVC_ROOT": str(workspace / copy)}) == workspace.resolve()
+
+
+def test_default_store_is_sqlite_at_repo_root(tmp_path):
+    uri, artifacts = store.store({"DVC_ROOT": str(tmp_path / ".dvc/tmp/exps/tmpx")})
+    assert uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert artifacts == (tmp_path.resolve() / "mlartifacts").as_uri()
+
+
+def test_tracking_uri_overrides(tmp_path):
+    environ = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000", "DVC_ROOT": str(tmp_path)}
+    assert store.store(environ) == ("http://127.0.0.1:5000", None)
+
+
+def test_a_sqlite_store_keeps_its_artifacts_beside_it(tmp_path):
+    uri = f"sqlite:///{tmp_path}/team.db"
+    assert store.store({"MLFLOW_TRACKING_URI": uri}) == (uri, (tmp_path / "mlartifacts").as_uri())
+
+
+def test_missing_sqlite_directory(tmp_path):
+    with pytest.raises(store.TrackingError, match="not a writable directory"):
+        store.preflight(f"sqlite:///{tmp_path}/nope/mlflow.db")
+
+
+def test_unreachable_server_fails_fast_with_a_clear_message():
+    port = free_port()
+    started = time.monotonic()
+    with pytest.raises(store.TrackingError, match=f"MLflow server at http://127.0.0.1:{port} is unreachable"):
+        store.preflight(f"http://127.0.0.1:{port}", {})
+    assert time.monotonic() - started < 5
+
+
+def test_hanging_server_times_out(http_server):
+    http_server.add(API, Route(b"{}", hang_s=2.0))
+    started = time.monotonic()
+    with pytest.raises(store.TrackingError, match="unreachable"):
+        store.preflight(http_server.url, {}, timeout_s=0.3)
+    assert time.monotonic() - started < 1.5
+
+
+def test_a_server_without_the_experiment_yet_passes(http_server):
+    http_server.add(API, Route(b'{"error_code": "RESOURCE_DOES_NOT_EXIST"}', status=404))
+    store.preflight(http_server.url, {})
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "environ, in_uri",
+    [
+        ({"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": "s3cret"}, False),
+        ({}, True),  # user-info in the URI, as MLflow's client (requests) accepts it
+    ],
+)
+def test_credentials_are_sent_as_mlflow_sends_them(http_server, environ, in_uri):
+    http_server.add(API, Route(b'{"experiment": {}}', auth=basic("alice", "s3cret")))
+    uri = http_server.url.replace("http://", "http://alice:s3cret@") if in_uri else http_server.url
+    store.preflight(uri, environ)
+    assert http_server.routes[API].headers_seen[-1]["Authorization"] == basic("alice", "s3cret")
+
+
+def test_a_token_is_sent_as_a_bearer(http_server):
+    http_server.add(API, Route(b"{}", auth="Bearer tok-123456"))
+    store.preflight(http_server.url, {"MLFLOW_TRACKING_TOKEN": "tok-123456"})
+
+
+def test_rejected_credentials_are_one_line_without_the_secret(http_server):
+    http_server.add(API, Route(b"{}", auth=basic("alice", "right")))
+    uri = http_server.url.replace("http://", "http://alice:s3cret@")
+    with pytest.raises(store.TrackingError) as err:
+        store.preflight(uri, {})
+    message = str(err.value)
+    assert "rejected the credentials (HTTP 401)" in message and "MLFLOW_TRACKING_USERNAME" in message
+    assert "s3cret" not in message and "http://***@127.0.0.1" in message and "\n" not in message
+
+
+def test_an_invalid_uri_with_credentials_is_redacted():
+    with pytest.raises(store.TrackingError) as err:
+        store.preflight("http://alice:s3cret@host:99999999", {})
+    assert "s3cret" not in str(err.value) and "unreachable" in str(err.value)
+
+
+def test_tls_settings_follow_mlflow(tmp_path):
+    import ssl
+
+    context = store.ssl_context({"MLFLOW_TRACKING_INSECURE_TLS": "true"})
+    assert context.verify_mode == ssl.CERT_NONE and not context.check_hostname
+    assert store.ssl_context({}).verify_mode == ssl.CERT_REQUIRED
+    with pytest.raises(OSError):  # a CA bundle that is not there is not silently ignored
+        store.ssl_context({"MLFLOW_TRACKING_SERVER_CERT_PATH": str(tmp_path / "missing.pem")})
