@@ -136,17 +136,23 @@ def test_outputs_restored_by_dvc_are_logged_without_invented_times(project, tmp_
     assert run.info.status == "FINISHED" and run.info.end_time > run.info.start_time
 
 
+def distinct_model(project: Path, i: int) -> None:
+    """Another served model without training: serving.json is part of the model (extra keys are ignored)."""
+    path = project / "data" / "model" / "serving.json"
+    config = json.loads(path.read_text())
+    config["variant"] = i
+    path.write_text(json.dumps(config))
+
+
 def test_champion_moves_only_on_a_higher_validation_accuracy(project, tmp_path):
     copy = tmp_path / "champion"
     shutil.copytree(project, copy, ignore=shutil.ignore_patterns("*.db", "mlartifacts"))
     metrics_path = copy / "reports" / "metrics.json"
     base = json.loads(metrics_path.read_text())
     lines = []
-    for val_accuracy in [0.5, 0.9, 0.9, 0.7]:  # each a distinct result (the metrics file differs)
+    for i, val_accuracy in enumerate([0.5, 0.9, 0.9, 0.7]):  # each a distinct served model
+        distinct_model(copy, i)
         metrics_path.write_text(json.dumps({**base, "val_accuracy": val_accuracy, "test_accuracy": val_accuracy}))
-        if lines:  # ties need a distinct result too: change a reported number nobody selects on
-            base["test_loss"] = base["test_loss"] + 1
-            metrics_path.write_text(json.dumps({**base, "val_accuracy": val_accuracy}))
         result = run_stage("publish", copy)
         assert result.returncode == 0, result.stderr
         lines.append(next(line for line in result.stdout.splitlines() if line.startswith("registry:")))
@@ -158,8 +164,146 @@ def test_champion_moves_only_on_a_higher_validation_accuracy(project, tmp_path):
     champion = c.get_model_version_by_alias("mnist-classifier", "champion")
     assert int(champion.version) == 2
     assert champion.tags["val_accuracy"] == "0.9" and champion.tags["model.hidden_units"] == "[16]"
-    assert {"test_accuracy", "data.digest", "git.commit", "train.seed"} <= set(champion.tags)
+    assert {"test_accuracy", "data.digest", "git.commit", "train.seed", "pipeline.model"} <= set(champion.tags)
     assert champion.tags["model.kind"] == "dense" and "model.cnn.filters" not in champion.tags
+
+    # The same served model again, under other params that take effect: a new run, no new version.
+    params = yaml.safe_load((copy / "params.yaml").read_text())
+    params["train"]["seed"] = 99
+    (copy / "params.yaml").write_text(yaml.safe_dump(params))
+    again = run_stage("publish", copy)
+    assert again.returncode == 0, again.stderr
+    assert "the same served model is already mnist-classifier version 4: no new version" in again.stdout
+    assert len(c.search_model_versions("name = 'mnist-classifier'")) == 4 and len(mlflow_runs(c.tracking_uri)) == 5
+
+
+def test_params_that_cannot_change_the_model_do_not_make_a_new_result(project, tmp_path):
+    copy = tmp_path / "ineffective"
+    shutil.copytree(project, copy, ignore=shutil.ignore_patterns("*.db", "mlartifacts"))
+    assert run_stage("publish", copy).returncode == 0
+    params = yaml.safe_load((copy / "params.yaml").read_text())
+    params["fetch"].update(timeout_s=61, sources=["npm", "local"])
+    params["evaluate"]["sample_size"] = 3
+    params["model"]["cnn"]["filters"] = [8]  # a dense network
+    params["train"].update(weight_decay=0.5, warmup=0.1, zoom=0.3)  # adam, constant rate, no augmentation
+    (copy / "params.yaml").write_text(yaml.safe_dump(params))
+    again = run_stage("publish", copy)
+    assert again.returncode == 0 and "this result is already in" in again.stdout, again.stdout + again.stderr
+    assert len(mlflow_runs(f"sqlite:///{copy}/mlflow.db")) == 1
+
+
+def test_an_edit_to_the_served_code_is_a_new_result_and_version(project, tmp_path):
+    copy = tmp_path / "code-edit"
+    shutil.copytree(project, copy, ignore=shutil.ignore_patterns("*.db", "mlartifacts"))
+    assert run_stage("publish", copy).returncode == 0
+    code = tmp_path / "code"
+    shutil.copytree(ROOT / "stages", code / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    served = code / "stages" / "serving" / "mlflow_model.py"
+    served.write_text(served.read_text() + "\n# a fix to the served model\n")
+    result = run_in([sys.executable, "-m", "stages.publish"], copy, PYTHONPATH=str(code), DVC_ROOT=str(copy))
+    assert result.returncode == 0, result.stderr
+    assert "registered mnist-classifier version 2" in result.stdout
+    c = client(f"sqlite:///{copy}/mlflow.db")
+    assert len(mlflow_runs(c.tracking_uri)) == 2
+    [v2] = [v for v in c.search_model_versions("name = 'mnist-classifier'") if str(v.version) == "2"]
+    import mlflow
+
+    mlflow.set_tracking_uri(c.tracking_uri)
+    logged = Path(mlflow.artifacts.download_artifacts(artifact_uri=v2.source, dst_path=str(tmp_path / "dl")))
+    assert any(p.read_text().endswith("# a fix to the served model\n") for p in logged.rglob("*.py"))
+
+
+def test_a_first_publish_prints_only_its_own_lines(project, tmp_path):
+    copy = tmp_path / "quiet"
+    shutil.copytree(project, copy, ignore=shutil.ignore_patterns("*.db", "mlartifacts"))
+    result = run_stage("publish", copy)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout + result.stderr
+    for noise in [
+        "INFO",
+        "Downloading artifacts",
+        "Successfully registered",
+        "Created version",
+        "View run",
+        "Waiting up",
+    ]:
+        assert noise not in out, out
+    assert [line.split(":")[0] for line in out.strip().splitlines()] == ["publish", "registry"], out
+
+
+def wait_for_run(db: Path, status: str, timeout_s: float = 60) -> str:
+    """The id of the first run in ``status`` in the SQLite store ``db``, polled every 20 ms."""
+    import sqlite3
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if db.exists():
+            with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(db, timeout=1)) as con:
+                row = con.execute("SELECT run_uuid FROM runs WHERE status = ?", (status,)).fetchone()
+                if row:
+                    return row[0]
+        time.sleep(0.02)
+    pytest.fail(f"no {status} run appeared in {db}")
+
+
+def start_publish(cwd: Path) -> subprocess.Popen:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    environ.update(PYTHONPATH=str(ROOT), DVC_ROOT=str(cwd))
+    return subprocess.Popen(
+        [sys.executable, "-m", "stages.publish"],
+        cwd=cwd,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_sigterm_mid_log_marks_the_run_failed_and_keeps_the_champion(project, tmp_path):
+    copy = tmp_path / "sigterm"
+    shutil.copytree(project, copy, ignore=shutil.ignore_patterns("*.db", "mlartifacts"))
+    assert run_stage("publish", copy).returncode == 0  # version 1, champion
+    distinct_model(copy, 1)
+    metrics = json.loads((copy / "reports" / "metrics.json").read_text())
+    (copy / "reports" / "metrics.json").write_text(json.dumps({**metrics, "val_accuracy": 0.999}))
+    proc = start_publish(copy)
+    db = copy / "mlflow.db"
+    wait_for_run(db, "RUNNING")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "publish: error: stopped by SIGTERM; the run was marked FAILED" in err and "Traceback" not in err
+    c = client(f"sqlite:///{db}")
+    assert [r.info.status for r in mlflow_runs(c.tracking_uri, "FAILED")] == ["FAILED"]
+    assert mlflow_runs(c.tracking_uri, "RUNNING") == []
+    assert [str(v.version) for v in c.search_model_versions("name = 'mnist-classifier'")] == ["1"]
+    assert str(c.get_model_version_by_alias("mnist-classifier", "champion").version) == "1"
+
+
+def test_a_run_whose_publisher_died_is_mended_by_the_next_publish(project, tmp_path):
+    """SIGKILL (or the store going away) leaves a RUNNING run nobody could mark: the next publish does."""
+    copy = tmp_path / "sigkill"
+    shutil.copytree(project, copy, ignore=shutil.ignore_patterns("*.db", "mlartifacts"))
+    proc = start_publish(copy)
+    db = copy / "mlflow.db"
+    stale = wait_for_run(db, "RUNNING")
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert [r.info.run_id for r in mlflow_runs(f"sqlite:///{db}", "RUNNING")] == [stale]
+    result = run_stage("publish", copy)
+    assert result.returncode == 0, result.stderr
+    assert f"publish: marked 1 stale run(s) FAILED (their publishing process has gone): {stale}" in result.stdout
+    assert mlflow_runs(f"sqlite:///{db}", "RUNNING") == []
+    c = client(f"sqlite:///{db}")
+    assert c.get_run(stale).info.status == "FAILED" and len(mlflow_runs(c.tracking_uri, "FINISHED")) == 1
+    # A version whose run is not FINISHED is never a candidate, even with the best score.
+    failed_version = c.create_model_version(
+        "mnist-classifier", f"runs:/{stale}/model", run_id=stale, tags={"val_accuracy": "1.0"}, await_creation_for=0
+    )
+    distinct_model(copy, 7)
+    assert run_stage("publish", copy).returncode == 0
+    champion = c.get_model_version_by_alias("mnist-classifier", "champion")
+    assert str(champion.version) != str(failed_version.version) and c.get_run(champion.run_id).info.status == "FINISHED"
 
 
 @pytest.fixture
@@ -257,7 +401,7 @@ def tracking_server(tmp_path):
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    with running(proc, f"http://127.0.0.1:{port}", "/health", 60) as url:
+    with running(proc, f"http://127.0.0.1:{port}", "/health", 180) as url:
         yield url, tmp_path
 
 
@@ -271,6 +415,35 @@ def test_publish_to_a_real_tracking_server(project, tracking_server):
     assert (server_dir / "server-artifacts").is_dir()  # artifacts went through the server
     again = run_stage("publish", project, MLFLOW_TRACKING_URI=url)
     assert "already in" in again.stdout and len(mlflow_runs(url)) == 1  # found over REST
+
+
+def test_two_clones_publishing_one_result_at_once_make_one_run_and_one_version(project, tracking_server, tmp_path):
+    url, _ = tracking_server
+    clones = []
+    for name in ("a", "b"):
+        clone = tmp_path / name
+        shutil.copytree(project, clone, ignore=shutil.ignore_patterns("*.db", "mlartifacts", ".runtime"))
+        clones.append(clone)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "stages.publish"],
+            cwd=clone,
+            env={**environ, "PYTHONPATH": str(ROOT), "DVC_ROOT": str(clone), "MLFLOW_TRACKING_URI": url},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for clone in clones
+    ]
+    outputs = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    finished = mlflow_runs(url, "FINISHED")
+    assert len(finished) == 1 and mlflow_runs(url, "RUNNING") == [], outputs
+    assert len(client(url).search_model_versions("name = 'mnist-classifier'")) == 1
+    said = " ".join(out for out, _ in outputs)
+    assert "registered mnist-classifier version 1" in said
+    assert ("holds this result already" in said) or ("this result is already in" in said), said
 
 
 def test_predict_with_a_logged_model_uri(project, tmp_path):

@@ -137,7 +137,7 @@ def describe(exc: BaseException) -> str:
     return redact.text(str(reason)) if reason else redact.first_line(exc)
 
 
-def preflight(uri: str, environ: Mapping[str, str] | None = None, timeout_s: float = 5.0) -> None:
+def preflight(uri: str, environ: Mapping[str, str] | None = None, timeout_s: float = 10.0) -> None:
     """Fail fast, before any training, if the store cannot be reached, authenticated against, or written."""
     environ = os.environ if environ is None else environ
     shown = redact.uri(uri)
