@@ -28,8 +28,11 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP)
 
+# Ends with one line: the metrics reproduced HEAD's exactly, within tolerance
+# (a different CPU rounds differently), or not (a warning; the status stays 0).
 repro: install
 	dvc repro
+	@python -m stages.tools.metrics_check --verdict --tolerance $(TOLERANCE) --loss-rtol $(LOSS_RTOL)
 
 test: lint
 	python -m pytest -m "slow or not slow"

@@ -103,3 +103,34 @@ def test_main_malformed_current_file(repo, capsys):
     (repo / "reports/metrics.json").write_text("{oops")
     assert mc.main([]) == 2
     assert "reports/metrics.json: not valid JSON" in capsys.readouterr().err
+
+
+def test_verdict_exact(repo, capsys):
+    assert mc.main(["--verdict"]) == 0
+    assert (
+        capsys.readouterr().out.strip()
+        == "make repro: reproduced exactly: every metric equals the one committed at HEAD."
+    )
+
+
+def test_verdict_within_tolerance_explains_and_lists(repo, capsys):
+    (repo / "reports/metrics.json").write_text(json.dumps({**COMMITTED, "test_accuracy": 0.9776}))
+    assert mc.main(["--verdict"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("make repro: reproduced within tolerance on this machine (test_accuracy 0.9787 -> 0.9776)")
+    assert "round differently" in out and "git checkout -- dvc.lock reports" in out and len(out.splitlines()) == 1
+
+
+def test_verdict_drift_warns_but_exits_zero(repo, capsys):
+    (repo / "reports/metrics.json").write_text(json.dumps({**COMMITTED, "test_accuracy": 0.95}))
+    assert mc.main(["--verdict"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(
+        "make repro: WARNING: drifted beyond tolerance from HEAD: test_accuracy (drift, allowed ±0.002)"
+    )
+
+
+def test_cpu_model_reads_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9R14\n")
+    assert mc.cpu_model(info) == "AMD EPYC 9R14" and mc.cpu_model(tmp_path / "none") == "this CPU"

@@ -1,11 +1,15 @@
 """Compare freshly reproduced metrics with the ones committed at HEAD.
 
-    python -m stages.tools.metrics_check [--tolerance 0.002] [--loss-rtol 0.10]
+    python -m stages.tools.metrics_check [--tolerance 0.002] [--loss-rtol 0.10]            (make reproduce)
+    python -m stages.tools.metrics_check --verdict [--tolerance 0.002] [--loss-rtol 0.10]  (the end of make repro)
 
 Accuracy metrics may differ by ``--tolerance`` (absolute); other metrics, such
 as losses, by ``--loss-rtol`` (relative). A committed metric that is missing
 now fails; a new metric is shown but does not. Exit status 1 on drift, with
-each drifting metric named; 2 when a file cannot be read.
+each drifting metric named; 2 when a file cannot be read. With ``--verdict``
+it only tells: one line saying whether the workspace reproduced HEAD's
+metrics exactly, within tolerance (and why a different CPU may round
+differently, and what to commit), or not, always with exit status 0.
 """
 
 from __future__ import annotations
@@ -99,6 +103,44 @@ def table(rows: list[Row], path: str = METRICS_PATH) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
 
 
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The processor's name, as lscpu shows it (``AMD EPYC``, ``Intel Xeon ...``), or ``this CPU``."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "this CPU"
+
+
+def verdict(rows: list[Row], rev: str = "HEAD", cpu: str | None = None) -> str:
+    """One paragraph for a person who just ran the pipeline: exact, within tolerance (and why), or drifted."""
+    changed = [r for r in rows if r.committed != r.current]
+    if not changed:
+        return f"make repro: reproduced exactly: every metric equals the one committed at {rev}."
+    listed = "; ".join(f"{r.metric} {_fmt(r.committed)} -> {_fmt(r.current)}" for r in changed)
+    bad = [r for r in rows if r.status in ("DRIFT", "MISSING")]
+    if not bad:
+        return (
+            f"make repro: reproduced within tolerance on this machine ({listed}). "
+            f"{cpu or cpu_model()} may pick other floating-point kernels than the machine that committed "
+            f"the metrics, so sums round differently and training ends a few test images apart: expected. "
+            "Commit dvc.lock, reports/ and the figures only with a change of your own "
+            "(`git checkout -- dvc.lock reports` puts back the committed ones)."
+        )
+    drifted = ", ".join(f"{r.metric} ({r.status.lower()}, allowed {r.allowed})" for r in bad)
+    return (
+        f"make repro: WARNING: drifted beyond tolerance from {rev}: {drifted}; {listed}. "
+        "If you changed code, params or data on purpose this is your new result (commit dvc.lock and reports/); "
+        "otherwise something other than rounding changed it: compare with `dvc params diff` and `git status`."
+    )
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
+
 def committed_text(path: str = METRICS_PATH, rev: str = "HEAD") -> str:
     result = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True)
     if result.returncode != 0:
@@ -112,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loss-rtol", type=float, default=0.10, help="relative, for the other metrics")
     parser.add_argument("--rev", default="HEAD", help="git revision holding the committed metrics")
     parser.add_argument("--path", default=METRICS_PATH)
+    parser.add_argument("--verdict", action="store_true", help="print one verdict line and exit 0 (make repro)")
     args = parser.parse_args(argv)
     try:
         committed = parse(committed_text(args.path, args.rev), f"{args.rev}:{args.path}")
@@ -121,8 +164,11 @@ def main(argv: list[str] | None = None) -> int:
             raise MetricsError(f"{args.path}: missing (did the pipeline run?)") from None
     except MetricsError as exc:
         print(f"metrics: error: {exc}", file=sys.stderr)
-        return 2
+        return 0 if args.verdict else 2
     rows = compare(committed, current, args.tolerance, args.loss_rtol)
+    if args.verdict:
+        print(verdict(rows, args.rev))
+        return 0
     print(table(rows, args.path))
     bad = [r for r in rows if r.status in ("DRIFT", "MISSING")]
     for r in bad:
