@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from stages.lib import idx
+from stages.lib import idx, redact
 from stages.lib.files import file_digest, sha256_file
 from stages.lib.progress import Progress
 
@@ -152,7 +152,7 @@ def _reason(exc: Exception) -> tuple[str, bool]:
     refused = re.search(r"host='([^']+)', port=(\d+).*Connection refused", text)
     if refused:
         return f"connection refused by {refused.group(1)}:{refused.group(2)}", True
-    first = text.splitlines()[0] if text else type(exc).__name__
+    first = redact.first_line(exc)
     return (first[:160] + "…") if len(first) > 160 else first, True
 
 
@@ -184,7 +184,7 @@ def download(
                 if response.status_code in TRANSIENT_STATUS:
                     raise requests.HTTPError(f"HTTP {response.status_code}")
                 if response.status_code != 200:
-                    raise SourceError(f"HTTP {response.status_code} from {url}")
+                    raise SourceError(f"HTTP {response.status_code} from {redact.uri(url)}")
                 total = int(response.headers.get("Content-Length") or 0) or None
                 progress = Progress(label, total)
                 with open(dest, "wb") as f:
@@ -356,7 +356,7 @@ def fetch_local(dest: Path, settings: Settings, expected: Expected, log: Log = p
 def origin(name: str, settings: Settings, expected: Expected) -> str:
     """Where source ``name`` takes the files from, as a URI for provenance records."""
     return {
-        "keras": settings.keras_url,
+        "keras": redact.uri(settings.keras_url),
         "kaggle": f"https://www.kaggle.com/datasets/{expected.kaggle_dataset}",
         "npm": f"npm:{expected.npm_spec}",
         "local": Path(settings.local_dir).resolve().as_uri(),
