@@ -1,0 +1,97 @@
+"""The README and docs/ tell the truth about the tree: links resolve, shown make targets and modules exist."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+MAKE = re.compile(r"(?<![\w/.-])make (?:-\w+ )*([a-z][\w-]*)")
+MODULE = re.compile(r"python -m (stages(?:\.\w+)+)")
+
+
+def code(text: str) -> str:
+    """The commands a page shows: its fenced blocks and inline code spans, one per line."""
+    blocks = re.findall(r"^```[^\n]*\n(.*?)^```", text, flags=re.M | re.S)
+    spans = re.findall(r"`([^`\n]+)`", re.sub(r"^```.*?^```", "", text, flags=re.M | re.S))
+    return "\n".join(blocks + spans)
+
+
+def page_ids():
+    return [str(p.relative_to(ROOT)) for p in PAGES]
+
+
+def makefile_targets() -> set[str]:
+    targets = set()
+    for line in (ROOT / "Makefile").read_text().splitlines():
+        match = re.match(r"^([\w][\w .-]*?)\s*:(?!=)", line)
+        if match and not line.startswith(("\t", "#")):
+            targets.update(match.group(1).split())
+    return targets
+
+
+def module_path(module: str) -> Path:
+    path = ROOT / Path(*module.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def shown_modules() -> set[str]:
+    return {m for page in PAGES for m in MODULE.findall(code(page.read_text()))}
+
+
+def test_the_readme_is_a_front_door():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 250, f"README.md has {len(lines)} lines: move details to docs/"
+    linked = set(LINK.findall("\n".join(lines)))
+    for page in PAGES[1:]:
+        assert (
+            f"docs/{page.name}" in linked
+            or page.name == "design.md"
+            and any(page.name in (ROOT / "docs" / other).read_text() for other in ("pipeline.md",))
+        ), f"docs/{page.name} is not linked from the README"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=page_ids())
+def test_relative_links_resolve(page):
+    for target in LINK.findall(page.read_text()):
+        if re.match(r"^[a-z]+:", target) or target.startswith("#"):
+            continue  # a URL or an anchor in the same page
+        path = (page.parent / target.split("#")[0]).resolve()
+        assert path.exists(), f"{page.name}: link to {target} does not resolve"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=page_ids())
+def test_make_targets_shown_exist(page):
+    targets = makefile_targets()
+    shown = set(MAKE.findall(code(page.read_text())))
+    assert shown <= targets, f"{page.name} shows make targets the Makefile lacks: {sorted(shown - targets)}"
+
+
+def test_modules_shown_exist():
+    missing = sorted(m for m in shown_modules() if not module_path(m).exists())
+    assert not missing, f"the docs show modules that do not exist: {missing}"
+
+
+def test_the_checks_can_fail(tmp_path):
+    assert "no-such-target" not in makefile_targets() and {"repro", "test", "cnn", "dense-best"} <= makefile_targets()
+    assert not module_path("stages.tools.nonexistent").exists() and module_path("stages.tools.predict").exists()
+    assert LINK.findall("see [a](docs/x.md) and ![b](docs/y.png)") == ["docs/x.md", "docs/y.png"]
+    shown = code("a make target, `make repro`\n```bash\nmake test  # x\n```\n")
+    assert MAKE.findall(shown) == ["test", "repro"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module", sorted(m for m in shown_modules() if module_path(m).exists()))
+def test_tools_shown_answer_help(module):
+    if "argparse" not in module_path(module).read_text():
+        pytest.skip(f"{module} takes no arguments (a DVC stage, run by dvc repro)")
+    result = subprocess.run(
+        [sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0 and "usage:" in result.stdout, result.stderr
