@@ -255,6 +255,8 @@ def test_train_stage_smoke_cnn_with_augmentation_byte_reproducible(prepared, tmp
     for run in ("a", "b"):
         result = run_train_stage(prepared, tmp_path / run, model, train_cfg)
         assert result.returncode == 0, result.stderr
+        # Its own lines only: none of TensorFlow's native start-up chatter (absl, oneDNN).
+        assert "absl" not in result.stderr and "oneDNN custom operations" not in result.stderr, result.stderr
         epochs = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
         assert [line.split(" - ")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"]
         files.append((tmp_path / run / "data" / "model" / "model.keras").read_bytes())

@@ -22,11 +22,31 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from stages.lib.files import atomic_path
+
+
+def _import_quietly():
+    """TensorFlow with Keras, without the native start-up lines TensorFlow writes to stderr before its own
+    logging is set up ("All log messages before absl::InitializeLog()", "oneDNN custom operations are on"),
+    which ``TF_CPP_MIN_LOG_LEVEL`` cannot silence. Python errors still raise as usual."""
+    import sys  # noqa: PLC0415
+
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import keras  # noqa: PLC0415
+        import tensorflow  # noqa: PLC0415
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    return keras, tensorflow
+
+
+keras, tf = _import_quietly()
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28)
