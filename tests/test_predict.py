@@ -158,6 +158,45 @@ def test_paths_directories_and_globs(tmp_path):
     assert errors[3:] == ["no such file", "directory has no image files", "no file matches this pattern"]
 
 
+def test_an_existing_file_with_glob_characters_is_a_file(tmp_path):
+    (tmp_path / "digit[1].png").write_bytes(png(drawn_seven()))
+    (tmp_path / "digit1.png").write_bytes(png(drawn_seven()))  # what the pattern would match instead
+    [found] = expand([str(tmp_path / "digit[1].png")])
+    assert found.error is None and Path(found.path).name == "digit[1].png"
+    assert [Path(o.path).name for o in expand([str(tmp_path / "digit[0-9].png")])] == ["digit1.png"]
+
+
+def test_every_format_is_held_to_the_pixel_cap_before_decoding(tmp_path, monkeypatch):
+    from stages.lib import images
+
+    path = save(drawn_seven(size=(400, 300)), tmp_path / "big.png")
+    monkeypatch.setattr(images, "MAX_PIXELS", 100_000)
+    with pytest.raises(ImageError, match=r"image too large \(400x300; at most 100,000 pixels\)"):
+        decode(path)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "BMP", "TIFF", "JPEG"])
+def test_large_images_are_reduced_while_decoded(tmp_path, fmt):
+    """A 4000x3000 picture becomes a ~160-pixel array, never a 12-megapixel float one."""
+    image = drawn_seven(size=(400, 300)).resize((4000, 3000))
+    path = tmp_path / f"big.{fmt.lower()}"
+    image.save(path, fmt)
+    gray = decode(path)
+    assert 80 <= max(gray.shape) <= 160  # JPEG: the decoder halves, then a box reduction
+    small = decode(save(drawn_seven(size=(400, 300)).resize((160, 120)), tmp_path / "small.png"))
+    np.testing.assert_allclose(mnist_style(gray), mnist_style(small), atol=40)
+
+
+def test_an_unusable_save_inputs_directory_fails_before_any_work(tmp_path, capsys):
+    (tmp_path / "seven.png").write_bytes(png(drawn_seven()))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit) as exit_:
+        predict.main([str(tmp_path / "seven.png"), "--save-inputs", str(tmp_path / "file")])
+    assert exit_.value.code == 2
+    assert f"--save-inputs: cannot create {tmp_path / 'file'}" in capsys.readouterr().err
+    assert predict.usable_directory(tmp_path / "new" / "dir") is None and (tmp_path / "new" / "dir").is_dir()
+
+
 def png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
