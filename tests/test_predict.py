@@ -184,7 +184,7 @@ def test_large_images_are_reduced_while_decoded(tmp_path, fmt):
     gray = decode(path)
     assert 80 <= max(gray.shape) <= 160  # JPEG: the decoder halves, then a box reduction
     small = decode(save(drawn_seven(size=(400, 300)).resize((160, 120)), tmp_path / "small.png"))
-    np.testing.assert_allclose(mnist_style(gray), mnist_style(small), atol=40)
+    assert np.abs(mnist_style(gray) - mnist_style(small)).mean() < 8  # the same digit, JPEG artefacts aside
 
 
 def test_an_unusable_save_inputs_directory_fails_before_any_work(tmp_path, capsys):
