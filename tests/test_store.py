@@ -120,3 +120,9 @@ def test_tls_settings_follow_mlflow(tmp_path):
     assert store.ssl_context({}).verify_mode == ssl.CERT_REQUIRED
     with pytest.raises(OSError):  # a CA bundle that is not there is not silently ignored
         store.ssl_context({"MLFLOW_TRACKING_SERVER_CERT_PATH": str(tmp_path / "missing.pem")})
+
+
+def test_a_server_whose_database_is_down_says_so(http_server):
+    http_server.add(API, Route(b"{}", status=500))
+    with pytest.raises(store.TrackingError, match=r"failed \(HTTP 500\): is its database up\?"):
+        store.preflight(http_server.url, {})

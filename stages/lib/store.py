@@ -150,6 +150,8 @@ def preflight(uri: str, environ: Mapping[str, str] | None = None, timeout_s: flo
                     f"MLflow server at {shown} rejected the credentials (HTTP {exc.code}): set "
                     "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) for it"
                 ) from None
+            if exc.code >= 500:
+                raise TrackingError(f"MLflow server at {shown} failed (HTTP {exc.code}): is its database up?") from None
             if exc.code != 404:  # 404: no experiment yet, which is fine
                 raise TrackingError(
                     f"MLflow server at {shown} answered HTTP {exc.code}; is it an MLflow server?"
