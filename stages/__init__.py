@@ -1,7 +1,11 @@
-"""DVC pipeline stages for MNIST: fetch, preprocess, train, evaluate, publish; and predict.
+"""The MNIST pipeline: the five DVC stages at the top (fetch, preprocess, train, evaluate, publish).
 
 Each stage is a module runnable as ``python -m stages.<name>``; its ``main()``
-only reads params and calls the plain functions that hold the logic.
+only reads its params and calls the plain functions that hold the logic, in
+``stages.lib``. ``stages.params`` holds the params' rules, ``stages.serving``
+the served model's code, ``stages.tools`` what a person runs (predict, demo,
+tune, server, report, the CI checks). This package itself holds only the
+process helpers every entry point uses (``finish``, ``leave_out``).
 """
 
 import atexit

@@ -115,7 +115,7 @@ def signature() -> Any:
 
 
 def log_model(run_id: str, input_example: Any) -> Any:
-    """The served model (``serving.py``, ``classifier.py``, the Keras file, its normalization) into the run."""
+    """The served model (``mlflow_model.py``, ``classifier.py``, the Keras file, its normalization) into the run."""
     import mlflow.pyfunc  # noqa: PLC0415
     from mlflow.models import Model  # noqa: PLC0415
 
@@ -215,6 +215,8 @@ def publish(
                 + ", ".join(mended)
             )
         found = tracking.find_run(uri, key)  # another process may have logged it meanwhile
+        if found is not None and found.registered:
+            return f"publish: this result was logged to {shown} meanwhile, as run {found.run_id}; nothing to log"
         if found is None:
             # MLflow files the logged model under the *active* experiment (else 'Default', in ./mlruns).
             mlflow.set_experiment(experiment_id=experiment_id)
@@ -243,9 +245,12 @@ def publish(
             model_id = client.get_run(run_id).outputs.model_outputs[0].model_id
             model_uri = f"models:/{model_id}"
             head = f"publish: run {run_id} holds this result but its model was not registered"
-        version, new = registry.register(client, model_uri, model_id, run_id, model_key, version_tags)
-        client.set_tag(run_id, tracking.REGISTERED_TAG, f"{registry.MODEL_NAME}/{version}")
-        decision = registry.update_champion(client, version)
+        try:
+            version, new = registry.register(client, model_uri, model_id, run_id, model_key, version_tags)
+            client.set_tag(run_id, tracking.REGISTERED_TAG, f"{registry.MODEL_NAME}/{version}")
+            decision = registry.update_champion(client, version)
+        except tracking.Terminated as exc:
+            raise tracking.Terminated(exc.args[0], run_id) from None
     what = (
         f"registered {registry.MODEL_NAME} version {version}"
         if new
@@ -285,8 +290,19 @@ def main() -> int:
         with tracking.terminate_on_signals():
             summary = publish(uri, artifact_location, cfg, model_key, key, started)
     except tracking.Terminated as exc:
-        print(f"publish: error: stopped by {exc}; the run was marked FAILED (nothing registered)", file=sys.stderr)
-        return 143 if str(exc) == "SIGTERM" else 130
+        signal_name, finished = exc.args[0], exc.args[1] if len(exc.args) > 1 else None
+        if finished:
+            print(
+                f"publish: error: stopped by {signal_name} after run {finished} finished; "
+                "the next publish registers its model",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"publish: error: stopped by {signal_name}; the run was marked FAILED (nothing registered)",
+                file=sys.stderr,
+            )
+        return 143 if signal_name == "SIGTERM" else 130
     except Exception as exc:  # the store failed mid-way: one line, not a traceback; the run is marked FAILED
         print(f"publish: error: logging to {shown} failed: {redact.first_line(exc)}", file=sys.stderr)
         return 1

@@ -164,7 +164,7 @@ def _correct(y: tf.Tensor, out: tf.Tensor) -> tf.Tensor:
 
 # Optimizer steps per compiled call. Each call loops over its steps inside one
 # XLA program, reusing the same buffers every step; the calls are chained in
-# graph mode. See README, "Speed".
+# graph mode. See docs/speed.md.
 STEPS_PER_CALL = 32
 
 
@@ -176,7 +176,7 @@ class Steps:
     With ``jit_compile`` (a dense network without dropout) XLA compiles it
     into one program; without (a CNN, or dropout), it is a TensorFlow graph
     running on oneDNN, because XLA's CPU convolutions and its random numbers
-    for dropout are several times slower here (see README, "Speed").
+    for dropout are several times slower here (see docs/speed.md).
     ``train_epoch`` feeds it an epoch's batches, ``steps_per_call`` at a time,
     from a graph-mode loop, so Python is entered once per epoch.
     Augmentation, when given, happens inside the compiled program.

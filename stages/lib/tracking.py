@@ -45,15 +45,18 @@ DIRTY_TAG = "git.dirty"
 # Opens the experiment in the UI as a model-training one (runs, metrics,
 # models), not on the GenAI traces overview.
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
-# A RUNNING claim from another machine older than this is not waited for (its
-# publisher is taken to be gone; publishing takes seconds).
+# A RUNNING claim older than this is not waited for, whatever its host (its
+# publisher is taken to be gone or hung; publishing takes seconds).
 STALE_AFTER_S = 15 * 60
 # Paths that `dvc repro` itself rewrites: changes there do not make a checkout dirty.
 PIPELINE_OUTPUTS = ("dvc.lock", "reports/", "data/")
 
 
 class Terminated(BaseException):
-    """SIGTERM or SIGINT arrived while logging (a BaseException, so that nothing on the way swallows it)."""
+    """SIGTERM or SIGINT arrived while publishing (a BaseException, so that nothing on the way swallows it).
+
+    ``args``: the signal's name, and the id of a run that had already FINISHED when it came (the
+    registration was interrupted: the next publish completes it), or None."""
 
 
 @dataclass(frozen=True)
@@ -195,7 +198,8 @@ def git_facts(cwd: Path | None = None) -> dict[str, str]:
 
 
 def dirty(cwd: Path | None = None) -> bool:
-    """Whether the checkout differs from its commit in anything but what ``dvc repro`` writes itself."""
+    """Whether the checkout differs from its commit (tracked files changed, or new files git does not
+    ignore) in anything but what ``dvc repro`` writes itself."""
     # -z: "XY path\0", a rename adding "\0old path"; paths are never quoted.
     entries = (_git(["status", "--porcelain", "-z", "--untracked-files=normal"], cwd, strip=False) or "").split("\0")
     changed = [entry[3:] for entry in entries if len(entry) > 3 and entry[2] == " "]

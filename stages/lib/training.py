@@ -156,7 +156,7 @@ def background_value(stats_path: Path = STATS_PATH) -> float:
 
 
 def backend_settings(model_cfg: dict[str, Any]) -> dict[str, Any]:
-    """How the ``model`` params' network trains fastest here (see README, "Speed").
+    """How the ``model`` params' network trains fastest here (see docs/speed.md).
 
     A dense network without dropout: one XLA program on one thread (its small
     products gain nothing from threads). A CNN, or dropout: a TensorFlow graph

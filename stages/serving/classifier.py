@@ -3,7 +3,7 @@
 Applies the normalization the pipeline trained with (minmax or the fitted
 z-score constants, from ``serving.json``) and a softmax when the network
 outputs logits, so callers never need to know either. Used by ``predict``
-directly and by the served MLflow model (``serving.py``).
+directly and by the served MLflow model (``mlflow_model.py``).
 
 Self-contained on purpose (NumPy, and Keras when a model is loaded): the
 logged MLflow model carries a copy of this file and imports it without the

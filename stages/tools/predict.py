@@ -33,7 +33,7 @@ from stages.lib import redact, tracking
 from stages.lib.images import ImageError, decode, mnist_style
 from stages.lib.paths import MLFLOW_DB, MODEL_PATH, SERVING_CONFIG_PATH
 
-PROJECT = Path(__file__).resolve().parents[1]  # the repository, wherever `mnist-predict` is run from
+PROJECT = Path(__file__).resolve().parents[2]  # the repository, wherever `mnist-predict` is run from
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
