@@ -68,8 +68,7 @@ def decode(path: Path) -> np.ndarray:
                         "L", (-(-image.width * WORKING_SIZE // longer), -(-image.height * WORKING_SIZE // longer))
                     )
                 image.load()
-                image = ImageOps.exif_transpose(image)
-                return shrink(_grayscale(image))
+                return from_image(ImageOps.exif_transpose(image))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(
             f"image too large to decode safely (over Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} pixels)"
@@ -78,6 +77,21 @@ def decode(path: Path) -> np.ndarray:
         raise ImageError("not an image (or a format Pillow cannot read)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"cannot decode: {exc}") from None
+
+
+def from_image(image) -> np.ndarray:
+    """Grayscale pixels, as ``decode`` gives them, of an image already in memory (a drawing app's canvas).
+
+    Transparency is composited onto white, so a pen on a transparent canvas is
+    dark ink on white paper. Refused, like a file, over Pillow's pixel limit.
+    """
+    from PIL import Image  # noqa: PLC0415
+
+    if image.width * image.height > Image.MAX_IMAGE_PIXELS:
+        raise ImageError(f"image too large (over Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} pixels)")
+    if image.width == 0 or image.height == 0:
+        raise ImageError("empty image (0 pixels)")
+    return shrink(_grayscale(image))
 
 
 def shrink(gray: np.ndarray, limit: int = WORKING_SIZE) -> np.ndarray:
