@@ -117,7 +117,7 @@ def answer_html(answer: Answer) -> str:
         return f'<div id="demo-answer" class="demo-message">{html.escape(answer.message)}</div>'
     confidence = answer.probabilities[answer.digit]
     return (
-        f'<div id="demo-answer"><span id="demo-digit" class="demo-digit">{answer.digit}</span>'
+        f'<div id="demo-answer"><span id="demo-digit" class="demo-digit">{answer.digit}</span> '
         f'<span class="demo-confidence">{confidence:.1%}</span></div>'
     )
 
@@ -129,10 +129,10 @@ def chart_html(answer: Answer) -> str:
     top = {d for d, _ in ranked(answer.probabilities, TOP)}
     bars = []
     for digit, p in enumerate(answer.probabilities):
-        label = f"{p:.0%}" if digit in top else ""
+        label = ("<1%" if p < 0.005 else f"{p:.0%}") if digit in top else ""
         kind = "demo-bar demo-best" if digit == answer.digit else "demo-bar"
         bars.append(
-            f'<div class="demo-col" title="{digit}: {p:.2%}"><span class="demo-value">{label}</span>'
+            f'<div class="demo-col" title="{digit}: {p:.2%}"><span class="demo-value">{html.escape(label)}</span>'
             f'<div class="{kind}" style="height:{max(p * 100, 1):.1f}%"></div>'
             f'<span class="demo-label">{digit}</span></div>'
         )
@@ -150,6 +150,15 @@ def seen_image(answer: Answer) -> np.ndarray | None:
 def page_outputs(answer: Answer) -> tuple[str, str, np.ndarray | None]:
     return answer_html(answer), chart_html(answer), seen_image(answer)
 
+
+# The sketchpad starts with its image tool: pick the pen, so that the first stroke draws.
+PICK_PEN = """() => {
+  const pick = (tries) => {
+    const pen = document.querySelector('#demo-sketchpad button[aria-label="Brush"]');
+    if (pen) pen.click(); else if (tries > 0) setTimeout(() => pick(tries - 1), 100);
+  };
+  pick(100);
+}"""
 
 CSS = """
 .demo-digit { font-size: 6rem; font-weight: 700; line-height: 1; margin-right: 1rem; }
@@ -225,7 +234,8 @@ def build_app(model: Probabilities, description: str):
             raise gr.Error(answer.message, print_exception=False)
         return answer.digit, answer.top()
 
-    with gr.Blocks(title="Draw a digit", analytics_enabled=False) as app:
+    # Gradio keeps each request's files (the drawings, the images shown): hourly, those over an hour old go.
+    with gr.Blocks(title="Draw a digit", analytics_enabled=False, delete_cache=(3600, 3600)) as app:
         gr.Markdown(f"## Draw a digit\nModel: `{description}`", elem_id="demo-model")
         with gr.Row():
             with gr.Column():
@@ -238,6 +248,7 @@ def build_app(model: Probabilities, description: str):
                     brush=gr.Brush(default_size=BRUSH, colors=["#000000"], color_mode="fixed"),
                     layers=False,
                     transforms=(),
+                    height=CANVAS + 110,  # the canvas at 100 %, with the toolbars
                     elem_id="demo-sketchpad",
                 )
                 upload = gr.File(
@@ -252,6 +263,7 @@ def build_app(model: Probabilities, description: str):
                     image_mode="L",
                     interactive=False,
                     height=28 * SEEN_ZOOM,
+                    buttons=["download"],
                     elem_id="demo-seen",
                 )
         outputs = [answer, chart, seen]
@@ -264,6 +276,8 @@ def build_app(model: Probabilities, description: str):
         api_in = gr.File(visible=False, type="filepath")
         api_digit, api_top = gr.Number(visible=False, precision=0), gr.JSON(visible=False)
         gr.Button(visible=False).click(api_predict, api_in, [api_digit, api_top], api_name="predict", **common)
+        app.load(None, js=PICK_PEN)
+        sketch.clear(None, js=PICK_PEN)  # clearing goes back to the image tool
     return app
 
 

@@ -76,7 +76,7 @@ def test_a_drawing_is_answered_from_exactly_what_the_page_shows_as_seen():
     html, chart, seen = demo.page_outputs(answer)
     assert re.search(r'id="demo-digit"[^>]*>7<', html) and "70.0%" in html
     assert chart.count('class="demo-col"') == 10
-    assert len(re.findall(r'class="demo-value">\d+%<', chart)) == 3  # the top 3 labelled, the others not
+    assert len(re.findall(r'class="demo-value">(?:\d+%|&lt;1%)<', chart)) == 3  # the top 3 labelled, not the rest
     assert seen.shape == (28 * demo.SEEN_ZOOM, 28 * demo.SEEN_ZOOM) and seen.dtype == np.uint8
     assert np.array_equal(seen[:: demo.SEEN_ZOOM, :: demo.SEEN_ZOOM], np.rint(expected).astype(np.uint8))
 
@@ -138,6 +138,29 @@ def test_listening_beyond_this_machine_is_warned_and_a_bad_model_is_one_line(tmp
     assert "warning" not in capsys.readouterr().err
     assert all(demo.is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "127.0.1.1"))
     assert not any(demo.is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.10", "example.org"))
+
+
+@pytest.mark.slow
+def test_the_page_says_which_registered_version_answers(tmp_path, monkeypatch):
+    import mlflow
+
+    from stages.registry import CHAMPION, MODEL_NAME
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = mlflow.MlflowClient(uri)
+    client.create_registered_model(MODEL_NAME)
+    for score in ("0.9712", "0.9788"):
+        tags = {"model.kind": "cnn", "val_accuracy": score}
+        version = client.create_model_version(MODEL_NAME, str(tmp_path), tags=tags).version
+    client.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
+    assert demo.describe_model(demo.DEFAULT_MODEL) == f"{demo.DEFAULT_MODEL}: version 2 (cnn, val_accuracy 0.9788)"
+    assert (
+        demo.describe_model(f"models:/{MODEL_NAME}/1")
+        == f"models:/{MODEL_NAME}/1: version 1 (cnn, val_accuracy 0.9712)"
+    )
+    assert demo.describe_model("data/model/model.keras") == "data/model/model.keras"
+    assert "s3cret" not in demo.describe_model("http://alice:s3cret@example.org/model")
 
 
 # --- the running app (slow) -------------------------------------------------------------
@@ -308,6 +331,7 @@ def requested_hosts(driver) -> set[str]:
 @pytest.mark.slow
 def test_a_real_browser_draws_a_7_and_a_0(dense_model, tmp_path):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.wait import WebDriverWait
 
     seven_strokes = [[(0.25, 0.2), (0.75, 0.2), (0.42, 0.85)]]
     zero_strokes = [[(x, y) for x, y in STYLES[0][0][0]]]
@@ -316,7 +340,9 @@ def test_a_real_browser_draws_a_7_and_a_0(dense_model, tmp_path):
         driver = browser()
         try:
             driver.get(url)
-            canvas = driver.find_element(By.CSS_SELECTOR, "#demo-sketchpad canvas")
+            canvas = WebDriverWait(driver, 30).until(
+                lambda d: d.find_element(By.CSS_SELECTOR, "#demo-sketchpad canvas")
+            )
             time.sleep(1)  # the pen is picked when the page has loaded
             assert "Draw a digit." in driver.find_element(By.ID, "demo-answer-box").text
 
