@@ -74,8 +74,18 @@ class Answer:
 # --- one drawing or file -> an answer --------------------------------------------
 
 
+def one_line(exc: Exception) -> str:
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return redact_text(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)
+
+
 def answer_pixels(model: Probabilities, seen: np.ndarray) -> Answer:
-    return Answer(probabilities=np.asarray(model(seen[np.newaxis])[0], dtype=np.float64), seen=seen)
+    try:
+        probabilities = np.asarray(model(seen[np.newaxis])[0], dtype=np.float64)
+    except Exception as exc:  # the page stays up and says so; the server's log has the same line
+        print(f"demo: error: the model failed: {one_line(exc)}", file=sys.stderr)
+        return Answer(seen=seen, message=f"The model failed: {one_line(exc)}")
+    return Answer(probabilities=probabilities, seen=seen)
 
 
 def answer_drawing(model: Probabilities, drawing) -> Answer:
@@ -89,6 +99,8 @@ def answer_drawing(model: Probabilities, drawing) -> Answer:
         if message.startswith("no digit found"):
             message = "Draw a digit: the canvas is empty."
         return Answer(message=message)
+    except Exception as exc:  # a surprise in an odd canvas is this drawing's message, not a crash
+        return Answer(message=f"Cannot read the drawing: {one_line(exc)}")
     return answer_pixels(model, seen)
 
 

@@ -123,6 +123,20 @@ def test_an_empty_or_cleared_canvas_asks_for_a_digit():
     assert demo.answer_file(model, None).digit is None and model.seen == []
 
 
+def test_a_failing_model_or_preprocessing_is_a_message_not_a_crash(monkeypatch, capsys):
+    def broken(pixels):
+        raise RuntimeError("out of memory\nat some layer")
+
+    answer = demo.answer_drawing(broken, seven())
+    assert answer.digit is None and answer.message == "The model failed: RuntimeError: out of memory"
+    assert demo.page_outputs(answer)[2] is not None  # what the model was given is still shown
+    assert "demo: error: the model failed: RuntimeError: out of memory" in capsys.readouterr().err
+
+    monkeypatch.setattr(demo, "from_image", lambda image: np.full((10,), 1.0))  # not 2-D: mnist_style trips
+    answer = demo.answer_drawing(StandIn(), seven())
+    assert answer.message.startswith("Cannot read the drawing: ") and "\n" not in answer.message
+
+
 def test_a_good_upload_is_answered(tmp_path):
     seven().save(tmp_path / "seven.png")
     answer = demo.answer_file(StandIn(7), tmp_path / "seven.png")
