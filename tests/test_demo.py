@@ -319,7 +319,7 @@ def draw(driver, canvas, strokes: list[list[tuple[float, float]]]) -> None:
     actions.perform()
 
 
-def shown_answer(driver, previous: str, timeout_s: float = 10) -> tuple[str, float]:
+def shown_answer(driver, previous: str, timeout_s: float = 30) -> tuple[str, float]:
     from selenium.webdriver.common.by import By
 
     started = time.monotonic()
