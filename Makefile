@@ -17,7 +17,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 TOLERANCE ?= 0.002
 LOSS_RTOL ?= 0.10
 
-.PHONY: cnn dense-best install repro test test-fast lint reproduce report summary comment serve server server-stop remote lock-check lock clean
+.PHONY: cnn dense-best install repro test test-fast lint reproduce report summary comment serve demo server server-stop remote lock-check lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -87,6 +87,16 @@ PORT ?= 5001
 serve: install
 	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
 	  mlflow models serve -m "models:/mnist-classifier@champion" --env-manager local -h 127.0.0.1 -p $(PORT)
+
+# The draw-a-digit page (Gradio) on http://127.0.0.1:7860: `make demo PORT=8000`,
+# `HOST=0.0.0.0` to listen beyond this machine (warned), `MODEL=<URI or .keras file>`
+# (default: the registry's champion). See docs/demo.md. PORT and HOST are read from
+# the command line only, so that `serve`'s default port stays its own.
+DEMO_PORT ?= $(if $(filter command line,$(origin PORT)),$(PORT),7860)
+DEMO_HOST ?= $(if $(filter command line,$(origin HOST)),$(HOST),127.0.0.1)
+MODEL ?=
+demo: install
+	python -m stages.tools.demo --host $(DEMO_HOST) --port $(DEMO_PORT) $(if $(MODEL),--model "$(MODEL)")
 
 # A team-style tracking server on 127.0.0.1:$(SERVER_PORT): PostgreSQL backend
 # (MLFLOW_BACKEND_URI, or a throw-away cluster in .server/) and proxied

@@ -47,10 +47,7 @@ def decode(source: str | Path | Any) -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as image:
                 image.seek(0)  # the first frame of an animation
-                pixels = image.width * image.height
-                if pixels > MAX_PIXELS:
-                    raise ImageError(f"image too large ({image.width}x{image.height}; at most {MAX_PIXELS:,} pixels)")
-                return _grayscale(_reduced(image))
+                return from_image(image)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -61,6 +58,20 @@ def decode(source: str | Path | Any) -> np.ndarray:
         raise ImageError("not an image (or a format Pillow cannot read)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"cannot decode: {exc}") from None
+
+
+def from_image(image: Any) -> np.ndarray:
+    """Grayscale pixels, as ``decode`` gives them, of a Pillow image (opened lazily from a file, or a drawing
+    app's canvas already in memory); refused over ``MAX_PIXELS`` before its pixels are decoded.
+
+    Transparency is composited onto white, so a pen on a transparent canvas is
+    dark ink on white paper.
+    """
+    if image.width == 0 or image.height == 0:
+        raise ImageError("empty image (0 pixels)")
+    if image.width * image.height > MAX_PIXELS:
+        raise ImageError(f"image too large ({image.width}x{image.height}; at most {MAX_PIXELS:,} pixels)")
+    return _grayscale(_reduced(image))
 
 
 def _reduced(image: Any, limit: int = WORKING_SIZE) -> Any:

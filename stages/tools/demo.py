@@ -1,0 +1,372 @@
+"""The draw-a-digit page: a Gradio app that shows what a trained model says about your own handwriting.
+
+    python -m stages.tools.demo [--model URI] [--host 127.0.0.1] [--port 7860]      (make demo)
+
+Draw a digit with the mouse or a finger, or upload a photo or scan: the page
+shows the answer, the ten class probabilities and the 28x28 image the model
+actually saw (``stages.tools.predict``'s preprocessing, the very same functions as
+``mnist-predict``). The model is the registry's champion by default, or what
+``--model`` names, as ``mnist-predict --model`` accepts it (an MLflow model
+URI, a ``.keras`` file with its ``serving.json``, or its directory).
+
+Private and offline: bound to 127.0.0.1 unless told otherwise, no share link,
+Gradio's analytics off, nothing fetched from outside (fonts and scripts are
+Gradio's own, served by the app). The app also answers Gradio's API: the
+``/predict`` endpoint takes an image file and returns the digit and the top 3
+(``gradio_client``; see docs/demo.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import html
+import ipaddress
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stages import finish
+from stages.lib.images import from_image, mnist_style
+from stages.lib.redact import text as redact_text
+from stages.lib.redact import uri as redact_uri
+from stages.lib.registry import CHAMPION, MODEL_NAME, SCORE_TAG
+from stages.tools.predict import Outcome, prepare, ranked
+
+DEFAULT_MODEL = f"models:/{MODEL_NAME}@{CHAMPION}"
+DEFAULT_PORT = 7860
+CANVAS = 400  # the sketchpad's side, in pixels
+BRUSH = 14  # the pen's radius, in pixels: MNIST's strokes are about a tenth of the digit's height
+MAX_UPLOAD = "10mb"  # larger uploads are refused by Gradio before they reach the model
+SEEN_ZOOM = 8  # the 28x28 image, shown with each pixel as a square of this side
+TOP = 3
+
+# Before Gradio is imported: no usage statistics, no version check, no Hugging Face telemetry.
+PRIVATE_ENVIRONMENT = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+Probabilities = Callable[[np.ndarray], np.ndarray]  # (N, 28, 28) raw pixels -> (N, 10)
+
+
+@dataclass
+class Answer:
+    """What the page shows for one drawing or upload: a prediction, or a one-line message."""
+
+    probabilities: np.ndarray | None = None
+    seen: np.ndarray | None = None  # the 28x28 image the model saw
+    message: str = ""
+
+    @property
+    def digit(self) -> int | None:
+        return None if self.probabilities is None else int(np.argmax(self.probabilities))
+
+    def top(self, k: int = TOP) -> list[dict[str, float]]:
+        return (
+            []
+            if self.probabilities is None
+            else [{"digit": d, "probability": p} for d, p in ranked(self.probabilities, k)]
+        )
+
+
+# --- one drawing or file -> an answer --------------------------------------------
+
+
+def one_line(exc: Exception) -> str:
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return redact_text(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)
+
+
+def answer_pixels(model: Probabilities, seen: np.ndarray) -> Answer:
+    try:
+        probabilities = np.asarray(model(seen[np.newaxis])[0], dtype=np.float64)
+    except Exception as exc:  # the page stays up and says so; the server's log has the same line
+        print(f"demo: error: the model failed: {one_line(exc)}", file=sys.stderr)
+        return Answer(seen=seen, message=f"The model failed: {one_line(exc)}")
+    return Answer(probabilities=probabilities, seen=seen)
+
+
+def answer_drawing(model: Probabilities, drawing) -> Answer:
+    """The sketchpad's canvas (a PIL image, transparent where nothing is drawn) or None when cleared."""
+    if drawing is None:
+        return Answer(message="Draw a digit.")
+    try:
+        seen = mnist_style(from_image(drawing))
+    except ValueError as exc:  # predict.ImageError: blank, too large
+        message = str(exc)
+        if message.startswith("no digit found"):
+            message = "Draw a digit: the canvas is empty."
+        return Answer(message=message)
+    except Exception as exc:  # a surprise in an odd canvas is this drawing's message, not a crash
+        return Answer(message=f"Cannot read the drawing: {one_line(exc)}")
+    return answer_pixels(model, seen)
+
+
+def answer_file(model: Probabilities, path: str | Path | None) -> Answer:
+    """An uploaded file: anything at all (read with ``predict.prepare``'s safety limits and one-line reasons)."""
+    if path is None:
+        return Answer(message="Upload a photo or scan of a digit.")
+    outcome = prepare(Outcome(str(path)))
+    if outcome.error is not None:
+        return Answer(message=f"{Path(path).name}: {outcome.error}")
+    return answer_pixels(model, outcome.pixels)
+
+
+def drawn_image(value):
+    """The composite image of the sketchpad's value (a dict of background, layers and composite), or None."""
+    if value is None:
+        return None
+    return value.get("composite") if isinstance(value, dict) else value
+
+
+# --- what the page shows ------------------------------------------------------------
+
+
+def answer_html(answer: Answer) -> str:
+    """The big digit and its confidence, or the message (one line, escaped)."""
+    if answer.digit is None:
+        return f'<div id="demo-answer" class="demo-message">{html.escape(answer.message)}</div>'
+    confidence = answer.probabilities[answer.digit]
+    return (
+        f'<div id="demo-answer"><span id="demo-digit" class="demo-digit">{answer.digit}</span> '
+        f'<span class="demo-confidence">{confidence:.1%}</span></div>'
+    )
+
+
+def chart_html(answer: Answer) -> str:
+    """Ten bars, one per digit; the top 3 labelled with their probability."""
+    if answer.probabilities is None:
+        return ""
+    top = {d for d, _ in ranked(answer.probabilities, TOP)}
+    bars = []
+    for digit, p in enumerate(answer.probabilities):
+        label = ("<1%" if p < 0.005 else f"{p:.0%}") if digit in top else ""
+        kind = "demo-bar demo-best" if digit == answer.digit else "demo-bar"
+        bars.append(
+            f'<div class="demo-col" title="{digit}: {p:.2%}"><span class="demo-value">{html.escape(label)}</span>'
+            f'<div class="{kind}" style="height:{max(p * 100, 1):.1f}%"></div>'
+            f'<span class="demo-label">{digit}</span></div>'
+        )
+    return f'<div id="demo-chart" class="demo-chart">{"".join(bars)}</div>'
+
+
+def seen_image(answer: Answer) -> np.ndarray | None:
+    """The 28x28 input as 8-bit gray, each pixel a SEEN_ZOOM-sided square (browsers blur small images)."""
+    if answer.seen is None:
+        return None
+    pixels = np.clip(np.rint(answer.seen), 0, 255).astype(np.uint8)
+    return np.kron(pixels, np.ones((SEEN_ZOOM, SEEN_ZOOM), dtype=np.uint8))
+
+
+def page_outputs(answer: Answer) -> tuple[str, str, np.ndarray | None]:
+    return answer_html(answer), chart_html(answer), seen_image(answer)
+
+
+# The sketchpad starts with its image tool: pick the pen, so that the first stroke draws.
+PICK_PEN = """() => {
+  const pick = (tries) => {
+    const pen = document.querySelector('#demo-sketchpad button[aria-label="Brush"]');
+    if (pen) pen.click(); else if (tries > 0) setTimeout(() => pick(tries - 1), 100);
+  };
+  pick(100);
+}"""
+
+CSS = """
+.demo-digit { font-size: 6rem; font-weight: 700; line-height: 1; margin-right: 1rem; }
+.demo-confidence { font-size: 1.5rem; opacity: 0.7; }
+.demo-message { font-size: 1.1rem; padding: 1rem 0; }
+.demo-chart { display: flex; align-items: flex-end; gap: 6px; height: 180px; padding-top: 1.2rem; }
+.demo-col { flex: 1; height: 100%; display: flex; flex-direction: column; justify-content: flex-end;
+  align-items: center; }
+.demo-bar { width: 100%; background: var(--neutral-400); border-radius: 3px 3px 0 0; }
+.demo-best { background: var(--color-accent); }
+.demo-value { font-size: 0.8rem; min-height: 1.1rem; }
+.demo-label { font-weight: 600; }
+"""
+
+
+# --- the model and the app --------------------------------------------------------------
+
+
+def describe_model(uri: str | None) -> str:
+    """Which model answers: a registry URI with its version, kind and val_accuracy; otherwise the URI or path."""
+    if uri is None:
+        return "the workspace model (data/model/model.keras)"
+    if not uri.startswith("models:/"):
+        return redact_uri(uri)
+    import mlflow  # noqa: PLC0415
+
+    from stages.lib.paths import MLFLOW_DB  # noqa: PLC0415
+    from stages.tools.predict import PROJECT  # noqa: PLC0415
+
+    name_part = uri.removeprefix("models:/")
+    client = mlflow.MlflowClient(os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT / MLFLOW_DB}")
+    try:
+        if "@" in name_part:
+            name, alias = name_part.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            name, number = name_part.rsplit("/", 1)
+            version = client.get_model_version(name, number)
+    except Exception:  # latest/stage URIs and the like: say the URI, the model itself loaded
+        return uri
+    tags = version.tags
+    details = [tags[key] for key in ("model.kind",) if key in tags]
+    if SCORE_TAG in tags:
+        details.append(f"{SCORE_TAG} {float(tags[SCORE_TAG]):.4f}")
+    return f"{uri}: version {version.version}" + (f" ({', '.join(details)})" if details else "")
+
+
+def load(uri: str | None) -> tuple[Probabilities, str]:
+    """The model as a probabilities function, warmed up (first call traced), and its description."""
+    from stages.tools.predict import load_model  # noqa: PLC0415
+
+    model = load_model(uri)
+    model(np.zeros((1, 28, 28), dtype=np.float32))
+    return model, describe_model(uri)
+
+
+def build_app(model: Probabilities, description: str):
+    """The page (and the ``/predict`` API endpoint) around ``model``."""
+    for key, value in PRIVATE_ENVIRONMENT.items():
+        os.environ[key] = value
+    import gradio as gr  # noqa: PLC0415
+
+    def on_drawing(value):
+        return page_outputs(answer_drawing(model, drawn_image(value)))
+
+    def on_upload(path):
+        return page_outputs(answer_file(model, path))
+
+    def api_predict(image):
+        """The digit in an image file and the three most likely digits with their probabilities."""
+        answer = answer_file(model, image)
+        if answer.digit is None:
+            raise gr.Error(answer.message, print_exception=False)
+        return answer.digit, answer.top()
+
+    # Gradio keeps each request's files (the drawings, the images shown): hourly, those over an hour old go.
+    with gr.Blocks(title="Draw a digit", analytics_enabled=False, delete_cache=(3600, 3600)) as app:
+        gr.Markdown(f"## Draw a digit\nModel: `{description}`", elem_id="demo-model")
+        with gr.Row():
+            with gr.Column():
+                sketch = gr.Sketchpad(
+                    label="Draw here (one digit)",
+                    type="pil",
+                    image_mode="RGBA",
+                    canvas_size=(CANVAS, CANVAS),
+                    fixed_canvas=True,
+                    brush=gr.Brush(default_size=BRUSH, colors=["#000000"], color_mode="fixed"),
+                    layers=False,
+                    transforms=(),
+                    height=CANVAS + 110,  # the canvas at 100 %, with the toolbars
+                    elem_id="demo-sketchpad",
+                )
+                upload = gr.File(
+                    label="Or upload a photo or scan", file_types=["image"], type="filepath", elem_id="demo-upload"
+                )
+            with gr.Column():
+                answer = gr.HTML(answer_html(Answer(message="Draw a digit.")), elem_id="demo-answer-box")
+                chart = gr.HTML("", elem_id="demo-chart-box")
+                seen = gr.Image(
+                    label="What the model saw (28x28)",
+                    type="numpy",
+                    image_mode="L",
+                    interactive=False,
+                    height=28 * SEEN_ZOOM,
+                    buttons=["download"],
+                    elem_id="demo-seen",
+                )
+        outputs = [answer, chart, seen]
+        # One model call at a time, whichever event asks; a burst of strokes is answered once, for the last.
+        common = {"concurrency_id": "model", "concurrency_limit": 1, "show_progress": "hidden"}
+        sketch.change(on_drawing, sketch, outputs, trigger_mode="always_last", api_visibility="private", **common)
+        upload.upload(on_upload, upload, outputs, api_visibility="private", **common)
+        upload.clear(lambda: page_outputs(Answer(message="Draw a digit.")), None, outputs, api_visibility="private")
+        # The API: an image file in, the digit and the top 3 out (hidden components carry the types).
+        api_in = gr.File(visible=False, type="filepath")
+        api_digit, api_top = gr.Number(visible=False, precision=0), gr.JSON(visible=False)
+        gr.Button(visible=False).click(api_predict, api_in, [api_digit, api_top], api_name="predict", **common)
+        app.load(None, js=PICK_PEN)
+        sketch.clear(None, js=PICK_PEN)  # clearing goes back to the image tool
+    return app
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(app, host: str, port: int) -> None:
+    """Start the page; return once it answers (the server runs on in Gradio's threads)."""
+    import gradio as gr  # noqa: PLC0415
+
+    app.queue(default_concurrency_limit=1)
+    app.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        inbrowser=False,
+        show_error=False,
+        quiet=True,
+        ssr_mode=False,
+        max_file_size=MAX_UPLOAD,
+        prevent_thread_lock=True,
+        theme=gr.themes.Default(),
+        css=CSS,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stages.tools.demo", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model",
+        metavar="URI",
+        default=DEFAULT_MODEL,
+        help=f"an MLflow model URI, or a .keras file with serving.json beside it (default: {DEFAULT_MODEL})",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
+    args = parser.parse_args(argv)
+    if not 1 <= args.port <= 65535:
+        parser.error("--port must be between 1 and 65535")
+
+    if not is_loopback(args.host):
+        print(
+            f"demo: warning: listening on {args.host}: anyone who can reach it can use the page "
+            "(no authentication, no TLS); keep 127.0.0.1 behind a reverse proxy to share it",
+            file=sys.stderr,
+        )
+    started = time.monotonic()
+    print(f"demo: loading {redact_uri(args.model)} ...", file=sys.stderr)
+    try:
+        model, description = load(args.model or None)
+    except Exception as exc:  # any failure to load is reported in one line
+        print(f"demo: error: cannot load the model: {redact_text(str(exc).splitlines()[0])}", file=sys.stderr)
+        return 2
+    app = build_app(model, description)
+    try:
+        serve(app, args.host, args.port)
+    except OSError as exc:  # the port is taken, the address is not this machine's
+        print(
+            f"demo: error: cannot listen on {args.host}:{args.port}: {redact_text(str(exc).splitlines()[0])}",
+            file=sys.stderr,
+        )
+        return 1
+    url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
+    print(f"demo: {description}", file=sys.stderr)
+    print(f"demo: ready in {time.monotonic() - started:.1f}s - open {url} (Ctrl-C stops it)", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        app.block_thread()
+    return 0
+
+
+if __name__ == "__main__":
+    finish(main())  # without Python's seconds-long teardown of TensorFlow's modules

@@ -1,0 +1,390 @@
+"""The draw-a-digit page: its prediction function, bad input, the API through gradio_client, a real browser.
+
+Fast tests use a stand-in model (a function of the pixels) and no Gradio. The
+slow ones start the page as `make demo` does (`python -m stages.tools.demo`, on
+127.0.0.1, stopped by process id): against a tiny Keras model for the API,
+and, for the quality gate and the browser, against the default dense network
+trained on the real prepared MNIST data (skipped where that data is absent).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stages.lib.images import decode, from_image, mnist_style
+from stages.tools import demo
+from stages.tools.server import free_port
+from tests.drawn import STYLES, accuracy, pose, render, train
+
+ROOT = Path(__file__).resolve().parents[1]
+PREPARED = ROOT / "data" / "prepared"
+
+
+def seven() -> Image.Image:
+    return render(pose(STYLES[7][0], np.random.default_rng(7)))
+
+
+class StandIn:
+    """A model that remembers what it was given and answers ``digit`` with 70 %, the rest shared."""
+
+    def __init__(self, digit: int = 7) -> None:
+        self.digit, self.seen = digit, []
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        self.seen.append(pixels)
+        probs = np.full((len(pixels), 10), 0.3 / 9)
+        probs[:, self.digit] = 0.7
+        return probs
+
+
+# --- the page's functions (fast) ------------------------------------------------------
+
+
+def test_a_transparent_canvas_is_read_like_the_same_drawing_saved_as_a_file(tmp_path):
+    canvas = seven()
+    canvas.save(tmp_path / "seven.png")
+    assert np.array_equal(from_image(canvas), decode(tmp_path / "seven.png"))
+    gray = from_image(canvas)
+    assert gray.max() == 255 and gray.min() < 50  # dark ink composited onto white paper
+
+
+def test_a_drawing_is_answered_from_exactly_what_the_page_shows_as_seen():
+    model = StandIn(7)
+    canvas = seven()
+    answer = demo.answer_drawing(model, demo.drawn_image({"background": None, "layers": [], "composite": canvas}))
+    assert answer.digit == 7 and answer.message == ""
+    expected = mnist_style(from_image(canvas))  # predict's preprocessing, the same functions
+    assert np.array_equal(answer.seen, expected) and np.array_equal(model.seen[0][0], expected)
+    assert [t["digit"] for t in answer.top()] == [7, 0, 1] and answer.top()[0]["probability"] == pytest.approx(0.7)
+
+    html, chart, seen = demo.page_outputs(answer)
+    assert re.search(r'id="demo-digit"[^>]*>7<', html) and "70.0%" in html
+    assert chart.count('class="demo-col"') == 10
+    assert len(re.findall(r'class="demo-value">(?:\d+%|&lt;1%)<', chart)) == 3  # the top 3 labelled, not the rest
+    assert seen.shape == (28 * demo.SEEN_ZOOM, 28 * demo.SEEN_ZOOM) and seen.dtype == np.uint8
+    assert np.array_equal(seen[:: demo.SEEN_ZOOM, :: demo.SEEN_ZOOM], np.rint(expected).astype(np.uint8))
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("notes.png", b"not an image at all", "not an image"),
+        ("empty.png", b"", "empty file"),
+        ("blank.png", png_bytes(Image.new("L", (300, 200), 240)), "no digit found"),
+        ("truncated.png", png_bytes(Image.new("L", (300, 200), 240))[:60], "cannot"),
+    ],
+)
+def test_a_bad_upload_gets_a_one_line_message_and_no_model_call(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    model = StandIn()
+    answer = demo.answer_file(model, tmp_path / name)
+    assert answer.digit is None and message in answer.message and "\n" not in answer.message
+    assert answer.message.startswith(name) and model.seen == []
+    html, chart, seen = demo.page_outputs(answer)
+    assert message in html and chart == "" and seen is None
+
+
+def test_a_huge_image_is_refused_before_it_is_decoded(tmp_path, monkeypatch):
+    from stages.lib import images
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    monkeypatch.setattr(images, "MAX_PIXELS", 10_000)  # the project's cap, for a canvas already in memory
+    model = StandIn()
+    Image.new("L", (400, 400), 255).save(tmp_path / "huge.png")
+    assert "too large" in demo.answer_file(model, tmp_path / "huge.png").message
+    assert "too large" in demo.answer_drawing(model, seven()).message  # a canvas too
+    assert model.seen == []
+
+
+def test_an_empty_or_cleared_canvas_asks_for_a_digit():
+    model = StandIn()
+    empty = Image.new("RGBA", (demo.CANVAS, demo.CANVAS), (0, 0, 0, 0))
+    assert demo.answer_drawing(model, empty).message == "Draw a digit: the canvas is empty."
+    assert demo.answer_drawing(model, demo.drawn_image(None)).message == "Draw a digit."
+    assert demo.answer_file(model, None).digit is None and model.seen == []
+
+
+def test_a_failing_model_or_preprocessing_is_a_message_not_a_crash(monkeypatch, capsys):
+    def broken(pixels):
+        raise RuntimeError("out of memory\nat some layer")
+
+    answer = demo.answer_drawing(broken, seven())
+    assert answer.digit is None and answer.message == "The model failed: RuntimeError: out of memory"
+    assert demo.page_outputs(answer)[2] is not None  # what the model was given is still shown
+    assert "demo: error: the model failed: RuntimeError: out of memory" in capsys.readouterr().err
+
+    monkeypatch.setattr(demo, "from_image", lambda image: np.full((10,), 1.0))  # not 2-D: mnist_style trips
+    answer = demo.answer_drawing(StandIn(), seven())
+    assert answer.message.startswith("Cannot read the drawing: ") and "\n" not in answer.message
+
+
+def test_a_good_upload_is_answered(tmp_path):
+    seven().save(tmp_path / "seven.png")
+    answer = demo.answer_file(StandIn(7), tmp_path / "seven.png")
+    assert answer.digit == 7 and answer.seen.shape == (28, 28)
+
+
+def test_listening_beyond_this_machine_is_warned_and_a_bad_model_is_one_line(tmp_path, capsys):
+    assert demo.main(["--model", str(tmp_path / "none.keras"), "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err
+    assert "demo: warning: listening on 0.0.0.0" in err
+    assert err.strip().splitlines()[-1].startswith("demo: error: cannot load the model: ")
+    assert demo.main(["--model", str(tmp_path / "none.keras")]) == 2
+    assert "warning" not in capsys.readouterr().err
+    assert all(demo.is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "127.0.1.1"))
+    assert not any(demo.is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.10", "example.org"))
+
+
+@pytest.mark.slow
+def test_the_page_says_which_registered_version_answers(tmp_path, monkeypatch):
+    import mlflow
+
+    from stages.lib.registry import CHAMPION, MODEL_NAME
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = mlflow.MlflowClient(uri)
+    client.create_registered_model(MODEL_NAME)
+    for score in ("0.9712", "0.9788"):
+        tags = {"model.kind": "cnn", "val_accuracy": score}
+        version = client.create_model_version(MODEL_NAME, str(tmp_path), tags=tags).version
+    client.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
+    assert demo.describe_model(demo.DEFAULT_MODEL) == f"{demo.DEFAULT_MODEL}: version 2 (cnn, val_accuracy 0.9788)"
+    assert (
+        demo.describe_model(f"models:/{MODEL_NAME}/1")
+        == f"models:/{MODEL_NAME}/1: version 1 (cnn, val_accuracy 0.9712)"
+    )
+    assert demo.describe_model("data/model/model.keras") == "data/model/model.keras"
+    assert "s3cret" not in demo.describe_model("http://alice:s3cret@example.org/model")
+
+
+# --- the running app (slow) -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    nn = pytest.importorskip("stages.lib.model")
+    root = tmp_path_factory.mktemp("tiny")
+    nn.configure(0)
+    nn.save_model(nn.build([8], "relu", 0.0, "linear"), root / "model.keras")
+    (root / "serving.json").write_text(
+        json.dumps({"normalization": {"method": "minmax", "offset": 0.0, "scale": 255.0}, "output": "linear"})
+    )
+    return root / "model.keras"
+
+
+@contextlib.contextmanager
+def running_demo(model: Path, timeout_s: float = 120):
+    """`python -m stages.tools.demo` on a free port of 127.0.0.1, as `make demo` starts it; stopped by its pid."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "GRADIO_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stages.tools.demo", "--model", str(model), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        deadline, lines = time.monotonic() + timeout_s, []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("demo: ready"):
+                break
+            assert time.monotonic() < deadline, "".join(lines)
+        assert proc.poll() is None, "".join(lines)
+        assert f"open http://127.0.0.1:{port}" in lines[-1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_the_api_through_gradio_client(tiny_model, tmp_path):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    seven().save(tmp_path / "seven.png")
+    (tmp_path / "notes.png").write_text("not an image")
+    with running_demo(tiny_model) as url:
+        client = Client(url, verbose=False)
+        assert list(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == ["/predict"]
+        started = time.monotonic()
+        digit, top = client.predict(handle_file(tmp_path / "seven.png"), api_name="/predict")
+        seconds = time.monotonic() - started
+        assert digit == top[0]["digit"] and len(top) == 3
+        probabilities = [t["probability"] for t in top]
+        assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1 + 1e-6
+        with pytest.raises(AppError, match=r"^notes.png: not an image"):
+            client.predict(handle_file(tmp_path / "notes.png"), api_name="/predict")
+        assert client.predict(handle_file(tmp_path / "seven.png"), api_name="/predict") == [digit, top] or (
+            client.predict(handle_file(tmp_path / "seven.png"), api_name="/predict") == (digit, top)
+        )  # the server keeps answering
+        print(f"API round trip: {seconds * 1000:.0f} ms")
+
+        # Everything the page loads is served by the app itself: scripts, styles, fonts.
+        page = urllib.request.urlopen(url, timeout=10).read().decode()
+        sources = re.findall(r'<(?:script|link)[^>]*(?:src|href)="([^"]+)"', page)
+        assert sources and all(not urlparse(s).netloc for s in sources), sources
+        css = urllib.request.urlopen(f"{url}/theme.css", timeout=10).read().decode()
+        assert "fonts.googleapis" not in css and not re.search(r"url\(['\"]?https?:", css)
+
+
+@pytest.fixture(scope="module")
+def dense_model(tmp_path_factory) -> Path:
+    """The pipeline's default network (params.yaml), trained on the prepared MNIST data (about 20 s)."""
+    if not (PREPARED / "x_train.npy").exists():
+        pytest.skip(f"no prepared MNIST data in {PREPARED}: `dvc repro preprocess` first")
+    return train(PREPARED, tmp_path_factory.mktemp("dense"), "dense", ROOT / "params.yaml")
+
+
+@pytest.mark.slow
+def test_drawn_digits_are_recognised_by_the_default_model(dense_model):
+    from stages.tools.predict import load_model
+
+    total, per_digit = accuracy(load_model(str(dense_model)))
+    print(f"drawn digits, dense default: {total:.3f}; per digit {per_digit}")
+    assert total >= 0.90
+
+
+# --- a real browser (slow) ------------------------------------------------------------------
+
+
+def browser():
+    """Debian's chromium, headless, through its chromedriver, logging every network request."""
+    import tempfile
+
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("chromium and chromium-driver are not installed (.ci/run installs them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1200,820",
+        f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def draw(driver, canvas, strokes: list[list[tuple[float, float]]]) -> None:
+    """Mouse strokes on the canvas, points given as fractions of its size."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    width, height = canvas.size["width"], canvas.size["height"]
+    side = min(width, height) * 0.8  # the drawing area is a square in the middle of the canvas element
+
+    def at(x: float, y: float) -> tuple[int, int]:
+        return round((x - 0.5) * side), round((y - 0.5) * side)
+
+    actions = ActionChains(driver, duration=10)
+    for stroke in strokes:
+        actions.move_to_element_with_offset(canvas, *at(*stroke[0])).click_and_hold()
+        for point in stroke[1:]:
+            actions.move_to_element_with_offset(canvas, *at(*point))
+        actions.release()
+    actions.perform()
+
+
+def shown_answer(driver, previous: str, timeout_s: float = 30) -> tuple[str, float]:
+    from selenium.webdriver.common.by import By
+
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        text = driver.find_element(By.ID, "demo-answer-box").text.strip()
+        if text and text != previous:
+            return text, time.monotonic() - started
+        time.sleep(0.02)
+    return driver.find_element(By.ID, "demo-answer-box").text.strip(), timeout_s
+
+
+def requested_hosts(driver) -> set[str]:
+    hosts = set()
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] in ("Network.requestWillBeSent", "Network.webSocketCreated"):
+            url = message["params"].get("request", message["params"]).get("url", "")
+            if urlparse(url).scheme in ("http", "https", "ws", "wss"):
+                hosts.add(urlparse(url).hostname)
+    return hosts
+
+
+@pytest.mark.slow
+def test_a_real_browser_draws_a_7_and_a_0(dense_model, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    seven_strokes = [[(0.25, 0.2), (0.75, 0.2), (0.42, 0.85)]]
+    zero_strokes = [[(x, y) for x, y in STYLES[0][0][0]]]
+    (tmp_path / "notes.png").write_text("not an image")
+    with running_demo(dense_model) as url:
+        driver = browser()
+        try:
+            driver.get(url)
+            canvas = WebDriverWait(driver, 30).until(
+                lambda d: d.find_element(By.CSS_SELECTOR, "#demo-sketchpad canvas")
+            )
+            time.sleep(1)  # the pen is picked when the page has loaded
+            assert "Draw a digit." in driver.find_element(By.ID, "demo-answer-box").text
+
+            draw(driver, canvas, seven_strokes)
+            answer, seconds_7 = shown_answer(driver, "Draw a digit.")
+            assert answer.split()[0] == "7", answer
+            assert len(driver.find_elements(By.CSS_SELECTOR, "#demo-chart .demo-col")) == 10
+            driver.save_screenshot(str(tmp_path / "demo.png"))
+
+            driver.find_element(By.CSS_SELECTOR, '#demo-sketchpad button[aria-label="Clear canvas"]').click()
+            cleared, _ = shown_answer(driver, answer)
+            assert cleared == "Draw a digit.", cleared
+            draw(driver, canvas, zero_strokes)
+            answer, seconds_0 = shown_answer(driver, cleared)
+            assert answer.split()[0] == "0", answer
+
+            # A file that is not an image: one line in the page, and the page keeps answering.
+            driver.find_element(By.CSS_SELECTOR, "#demo-upload input[type=file]").send_keys(str(tmp_path / "notes.png"))
+            message, _ = shown_answer(driver, answer)
+            assert message == "notes.png: not an image (or a format Pillow cannot read)", message
+
+            hosts = requested_hosts(driver)
+            assert hosts == {"127.0.0.1"}, hosts  # nothing fetched from anywhere else
+        finally:
+            driver.quit()
+    print(f"browser: 7 shown {seconds_7:.2f}s after the stroke ended, 0 after {seconds_0:.2f}s")
+    if os.environ.get("DEMO_SCREENSHOT"):  # DEMO_SCREENSHOT=docs/demo.png refreshes the README's picture
+        Image.open(tmp_path / "demo.png").convert("RGB").quantize(64).save(os.environ["DEMO_SCREENSHOT"], optimize=True)
