@@ -76,7 +76,7 @@ def configure(url: str, endpoint: str | None = None, repo: Path = Path(".")) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("url", nargs="?", help="s3://bucket/path or a directory (default: $REMOTE)")
-    parser.add_argument("--endpoint", help="S3-compatible endpoint, e.g. https://minio.example.com (default: $ENDPOINT)")
+    parser.add_argument("--endpoint", help="S3-compatible endpoint, e.g. https://minio.example.com ($ENDPOINT)")
     args = parser.parse_args(argv)
     url = args.url or os.environ.get("REMOTE", "")
     endpoint = args.endpoint or os.environ.get("ENDPOINT") or None

@@ -139,7 +139,7 @@ def cluster_directory(server_dir: Path) -> Path:
     try:
         home = Path(pwd.getpwnam("postgres").pw_dir)
     except KeyError:
-        raise ServerError("running as root needs the `postgres` user (Debian's postgresql package creates it)") from None
+        raise ServerError("running as root needs the `postgres` user (Debian's postgresql creates it)") from None
     return home / "mnist-mlflow" / hashlib.sha256(str(server_dir).encode()).hexdigest()[:16]
 
 
@@ -294,7 +294,7 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float =
             if proc.poll() is not None:
                 raise ServerError(f"mlflow server exited with status {proc.returncode}: {last_error(log)}") from None
             if time.monotonic() > deadline:
-                raise ServerError(f"mlflow server did not answer on {url} within {timeout_s:.0f}s (see {log})") from None
+                raise ServerError(f"mlflow server did not answer on {url} in {timeout_s:.0f}s (see {log})") from None
             time.sleep(0.5)
 
 
@@ -431,7 +431,9 @@ def remove(directory: Path = SERVER_DIR) -> list[str]:
 def describe(state: dict, directory: Path, backend_env: str | None) -> list[str]:
     """What ``start`` prints: where the server is, its stores, how a client logs in (no secret but a
     generated admin password, shown this once)."""
-    backend = f"PostgreSQL in {state['postgres']['directory']}" if "postgres" in state else redact.uri(backend_env or "")
+    backend = redact.uri(backend_env or "")
+    if "postgres" in state:
+        backend = f"PostgreSQL in {state['postgres']['directory']}"
     lines = [
         f"server: MLflow at {state['url']} (backend: {backend}; artifacts: {redact.uri(state['artifacts'])})",
         f"server: export MLFLOW_TRACKING_URI={state['url']}   # then dvc repro / dvc exp run log there",
