@@ -256,6 +256,8 @@ def check_s3(uri: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
     except botocore.exceptions.ClientError as exc:
         error = exc.response.get("Error", {})
         raise ServerError(redact.text(f"{where}: {error.get('Code')}: {error.get('Message')}")) from None
+    except botocore.exceptions.EndpointConnectionError:
+        raise ServerError(f"{where}: could not connect to the endpoint") from None
     except botocore.exceptions.BotoCoreError as exc:
         raise ServerError(redact.text(f"{where}: {exc}")) from None
 
