@@ -262,6 +262,21 @@ def check_s3(uri: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         raise ServerError(redact.text(f"{where}: {exc}")) from None
 
 
+def check_backend(uri: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail in one line, within seconds, when a PostgreSQL backend store cannot be logged into (``mlflow
+    server`` itself would retry for minutes)."""
+    if not uri.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
+        return
+    import psycopg  # noqa: PLC0415 - the server extra; only a PostgreSQL backend needs it
+
+    dsn = "postgresql://" + uri.split("://", 1)[1]
+    try:
+        psycopg.connect(dsn, connect_timeout=int(timeout_s)).close()
+    except psycopg.Error as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ServerError(redact.text(f"backend store {redact.uri(uri)}: {reason}")) from None
+
+
 # --- mlflow server -----------------------------------------------------------------------
 
 
@@ -379,6 +394,8 @@ def start(
             pg.init()
         state["postgres"] = {"directory": str(pg.directory), "port": pg.port}
         backend_uri = pg.uri
+    else:
+        check_backend(backend_uri)
     env, generated = auth_environ(directory) if auth else ({}, None)
     artifacts = artifacts or str((directory / "artifacts").resolve())
     log = directory / "mlflow.log"
