@@ -447,7 +447,7 @@ def remove(directory: Path = SERVER_DIR) -> list[str]:
     return removed
 
 
-def describe(state: dict, directory: Path, backend_env: str | None) -> list[str]:
+def describe(state: dict, backend_env: str | None) -> list[str]:
     """What ``start`` prints: where the server is, its stores, how a client logs in (no secret but a
     generated admin password, shown this once)."""
     backend = redact.uri(backend_env or "")
@@ -483,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.action == "start":
             backend_env = os.environ.get("MLFLOW_BACKEND_URI") or None
             state = start(args.host, args.port, args.dir, backend_env, args.auth, args.artifacts)
-            print("\n".join(describe(state, args.dir, backend_env)))
+            print("\n".join(describe(state, backend_env)))
         elif args.action == "stop":
             stopped = stop(args.dir)
             print("server: stopped " + ", ".join(stopped) if stopped else "server: nothing to stop")
