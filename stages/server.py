@@ -301,7 +301,7 @@ def auth_environ(directory: Path) -> tuple[dict[str, str], str | None]:
     return env, generated
 
 
-def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 90.0) -> None:
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 180.0) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -335,6 +335,9 @@ def start_mlflow(
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_BACKEND_URI", "MLFLOW_TRACKING_URI")}
     env.update({"MLFLOW_BACKEND_STORE_URI": backend_uri, **(extra_env or {})})
+    # MLflow's job runner (GenAI jobs: prompt optimization, trace roll-ups; eight more processes) is of no
+    # use to this project and slows the start on a small machine; set the variable to true to have it.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     with open(log, "ab") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
