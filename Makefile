@@ -98,23 +98,33 @@ MODEL ?=
 demo: install
 	python -m stages.tools.demo --host $(DEMO_HOST) --port $(DEMO_PORT) $(if $(MODEL),--model "$(MODEL)")
 
-# A team-style tracking server on 127.0.0.1:$(SERVER_PORT): PostgreSQL backend
-# (MLFLOW_BACKEND_URI, or a throw-away cluster in .server/) and proxied
-# artifacts. See README, "Team use".
+# A team-style tracking server on 127.0.0.1:$(SERVER_PORT) (docs/team.md): PostgreSQL
+# backend (MLFLOW_BACKEND_URI, or a throw-away password-protected cluster), proxied
+# artifacts in $(SERVER_DIR)/artifacts or ARTIFACTS=s3://bucket/prefix (the S3
+# credentials and MLFLOW_S3_ENDPOINT_URL in the server's environment only).
+# A host other than loopback needs AUTH=1 (MLflow's basic-auth app).
 SERVER_HOST ?= 127.0.0.1
 SERVER_PORT ?= 5000
+SERVER_DIR  ?= .server
+AUTH        ?=
+ARTIFACTS   ?=
 server: install
-	python -m stages.tools.server start --host $(SERVER_HOST) --port $(SERVER_PORT)
+	python -m stages.tools.server start --host $(SERVER_HOST) --port $(SERVER_PORT) --dir "$(SERVER_DIR)" \
+	  $(if $(filter 1 yes true,$(AUTH)),--auth) $(if $(ARTIFACTS),--artifacts "$(ARTIFACTS)")
 
 server-stop:
-	python -m stages.tools.server stop
+	python -m stages.tools.server stop --dir "$(SERVER_DIR)"
 
-# A shared DVC remote, in this clone's .dvc/config.local (never committed):
-#   make remote REMOTE=s3://bucket/mnist   or   make remote REMOTE=/shared/dvc-store
-REMOTE ?=
+# A shared DVC remote, in this clone's .dvc/config.local (never committed, 0600):
+#   make remote REMOTE=s3://bucket/mnist [ENDPOINT=https://minio.example.com]
+#   make remote REMOTE=/shared/dvc-store
+# The URL reaches the command through its environment and is never echoed (it may hold credentials).
+REMOTE   ?=
+ENDPOINT ?=
+remote: export REMOTE := $(REMOTE)
+remote: export ENDPOINT := $(ENDPOINT)
 remote:
-	@test -n "$(REMOTE)" || { echo "make remote: set REMOTE=<url or directory>"; exit 2; }
-	dvc remote add --local --default --force shared "$(REMOTE)"
+	@python -m stages.tools.remote
 
 # Regenerate requirements.lock from pyproject.toml (Linux x86-64, CPython 3.11).
 lock:

@@ -1,19 +1,26 @@
 """Team use with the real things (slow): a PostgreSQL-backed `mlflow server`, queued experiments
-against it, the database going away mid-experiment, and two clones sharing a DVC remote.
+against it, the database going away mid-experiment, two clones sharing a DVC remote, and the
+server's safety: a password-protected cluster, secrets kept out of output, logs and `ps`, a
+non-loopback host refused without MLflow's basic-auth app, and `make server` as root with the
+project where the postgres user cannot enter.
 
-Everything lives in one temporary directory (readable by the postgres user,
-which PostgreSQL runs as when the tests run as root) and is stopped by process
-id at the end.
+Everything lives in temporary directories and is stopped by process id at the end.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -133,3 +140,157 @@ def test_the_database_going_away_mid_experiment(tracking, clone_a):
     again = run_in(command, clone_a, MLFLOW_TRACKING_URI=url)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert any(r.data.params.get("train.seed") == "4" for r in mlflow_runs(url, "FINISHED"))
+
+
+# --- the server's safety -------------------------------------------------------------------
+
+
+def test_the_throw_away_cluster_needs_its_password(workdir, tracking):
+    import psycopg
+
+    _, pg = tracking
+    hba = [ln.split() for ln in (pg.data / "pg_hba.conf").read_text().splitlines() if ln.strip()]
+    rules = [fields for fields in hba if not fields[0].startswith("#")]
+    assert rules and all(fields[-1] == "scram-sha-256" for fields in rules), rules
+    assert not any("trust" in fields for fields in rules)
+    secret = workdir / "server" / "postgres-password"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    password = secret.read_text().strip()
+    dsn = f"host=127.0.0.1 port={pg.port} dbname=mlflow user=mlflow connect_timeout=5"
+    for wrong in ("", "password=not-it"):
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(f"{dsn} {wrong}").close()
+    with psycopg.connect(f"{dsn} password={password}") as conn:
+        assert conn.execute("select current_user").fetchone() == ("mlflow",)
+
+
+def ps_listing() -> str:
+    return subprocess.run(["ps", "axww", "-o", "pid,user,args"], capture_output=True, text=True, check=True).stdout
+
+
+def test_secrets_stay_out_of_output_logs_and_ps(workdir, tracking):
+    """`user:s3cret@` in MLFLOW_BACKEND_URI, the git remote and `make remote`: `s3cret` is nowhere."""
+    import psycopg
+
+    _, pg = tracking
+    password = (workdir / "server" / "postgres-password").read_text().strip()
+    with psycopg.connect(f"host=127.0.0.1 port={pg.port} dbname=mlflow user=mlflow password={password}") as conn:
+        conn.autocommit = True
+        conn.execute("create role alice login password 's3cret'")
+        conn.execute("create database alice owner alice")
+    directory, port = workdir / "secret-server", server.free_port()
+    backend = f"postgresql://alice:s3cret@127.0.0.1:{pg.port}/alice"
+    start = [sys.executable, "-m", "stages.tools.server", "start", "--port", str(port), "--dir", str(directory)]
+    seen = []
+    wrong = run_in(start, ROOT, MLFLOW_BACKEND_URI=backend.replace("s3cret", "s3cret-but-wrong"))
+    assert wrong.returncode == 1
+    assert len(wrong.stderr.splitlines()) == 1 and wrong.stderr.startswith("server: error:"), wrong.stderr
+    seen += [wrong.stdout, wrong.stderr]
+    started = run_in(start, ROOT, MLFLOW_BACKEND_URI=backend)
+    try:
+        assert started.returncode == 0, started.stderr
+        assert "postgresql://***@127.0.0.1" in started.stdout, started.stdout
+        url = f"http://127.0.0.1:{port}"
+        client(url).create_experiment("works")  # the server really uses alice's database
+        seen += [started.stdout, started.stderr, ps_listing()]
+        repo = workdir / "secrets-clone"
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
+        subprocess.run(["git", "-C", str(repo), "remote", "set-url", "origin", "https://alice:s3cret@git.invalid/r"])
+        remote = run_in(["make", "remote", "REMOTE=https://alice:s3cret@dvc.invalid/store"], repo)
+        assert remote.returncode == 0, remote.stderr
+        assert "https://***@dvc.invalid/store" in remote.stdout, remote.stdout
+        seen += [remote.stdout, remote.stderr]
+    finally:
+        stopped = run_in([sys.executable, "-m", "stages.tools.server", "stop", "--dir", str(directory)], ROOT)
+    seen += [stopped.stdout, stopped.stderr]
+    seen += [p.read_text(errors="replace") for p in directory.rglob("*") if p.is_file()]
+    leaks = [line[:300] for text in seen for line in text.splitlines() if "s3cret" in line]
+    assert not leaks, leaks
+
+
+def test_a_non_loopback_host_needs_auth(workdir):
+    refused = run_in(["make", "-o", "install", "server", "SERVER_HOST=0.0.0.0", f"SERVER_DIR={workdir / 'open'}"], ROOT)
+    assert refused.returncode != 0
+    assert "server: error: refusing to serve MLflow on 0.0.0.0 without authentication" in refused.stderr
+    assert not (workdir / "open" / "state.json").exists()
+    assert server.is_loopback("127.0.0.1") and server.is_loopback("::1") and server.is_loopback("localhost")
+    assert not server.is_loopback("0.0.0.0") and not server.is_loopback("192.0.2.1")
+
+
+@pytest.fixture(scope="module")
+def auth_server(workdir):
+    """`make server AUTH=1` in a clone of this repository under a 0700 directory (as root: one the postgres
+    user cannot enter, like a project under /root)."""
+    pytest.importorskip("flask_wtf", reason="MLflow's basic-auth app needs Flask-WTF (the mlflow[auth] extra)")
+    home = Path(tempfile.mkdtemp(prefix="mnist-private-", dir="/tmp"))
+    home.chmod(0o700)
+    project = home / "project"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(project)], check=True)
+    port = server.free_port()
+    started = run_in(["make", "-o", "install", "server", "AUTH=1", f"SERVER_PORT={port}"], project)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        password = re.search(r"admin user 'admin', password (\S+) ", started.stdout).group(1)
+        yield project, f"http://127.0.0.1:{port}", password, started
+    finally:
+        removed = run_in([sys.executable, "-m", "stages.tools.server", "remove"], project)
+        shutil.rmtree(home, ignore_errors=True)
+        assert removed.returncode == 0, removed.stderr
+
+
+def test_make_server_as_root_with_the_project_out_of_postgres_reach(auth_server):
+    project, url, password, started = auth_server
+    state = json.loads((project / ".server" / "pg.json").read_text())
+    cluster = Path(state["directory"])
+    if os.geteuid() == 0:
+        assert not cluster.is_relative_to(project)  # postgres cannot enter the project: the cluster lives aside
+        assert stat.S_IMODE(cluster.stat().st_mode) == 0o700 and cluster.owner() == "postgres"
+    hba = (cluster / "data" / "pg_hba.conf").read_text()
+    assert "trust" not in [word for line in hba.splitlines() if not line.startswith("#") for word in line.split()]
+    for name in ["postgres-password", "auth/basic_auth.ini", "auth/flask-secret-key"]:
+        assert stat.S_IMODE((project / ".server" / name).stat().st_mode) == 0o600, name
+    assert password not in (project / ".server" / "auth" / "basic_auth.ini").read_text()  # shown once, kept nowhere
+    assert password not in ps_listing()
+
+
+def api(url: str, user: str | None = None, password: str | None = None) -> int:
+    request = urllib.request.Request(url + "/api/2.0/mlflow/experiments/search?max_results=1")
+    if user is not None:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_the_auth_server_asks_for_credentials(auth_server, clone_a, monkeypatch):
+    project, url, password, _ = auth_server
+    assert api(url) == 401
+    assert api(url, "admin", "not-the-password") == 401
+    assert api(url, "admin", password) == 200
+    logged = run_in(
+        ["dvc", "repro"], clone_a, MLFLOW_TRACKING_URI=url, MLFLOW_TRACKING_USERNAME="admin",
+        MLFLOW_TRACKING_PASSWORD=password,
+    )  # fmt: skip
+    assert logged.returncode == 0, logged.stdout[-2000:] + logged.stderr[-2000:]
+    assert password not in logged.stdout + logged.stderr
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    assert len(mlflow_runs(url, "FINISHED")) == 1
+    assert client(url).get_model_version_by_alias("mnist-classifier", "champion").version == "1"
+
+
+def test_bad_credentials_fail_in_one_line_before_training(auth_server, clone_a):
+    _, url, _, _ = auth_server
+    started = time.monotonic()
+    result = run_in(
+        [sys.executable, "-m", "stages.train"], clone_a, MLFLOW_TRACKING_URI=url,
+        MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD="not-the-password",
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert time.monotonic() - started < 60
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("train: error:")]
+    assert len(errors) == 1 and "credentials" in errors[0].lower(), result.stderr
+    assert "epoch" not in result.stdout and "not-the-password" not in result.stdout + result.stderr

@@ -1,23 +1,43 @@
-"""A team-style MLflow tracking server: PostgreSQL backend store, proxied artifact storage.
+"""A team-style MLflow tracking server: PostgreSQL backend store, proxied artifact storage, safe by default.
 
-    python -m stages.tools.server start [--host 127.0.0.1] [--port 5000]    (make server)
+    python -m stages.tools.server start [--host 127.0.0.1] [--port 5000] [--auth] [--artifacts s3://bucket/prefix]
     python -m stages.tools.server stop                                     (make server-stop)
+    python -m stages.tools.server remove                                   stop, then delete the cluster and .server/
 
 ``start`` runs ``mlflow server`` with ``--artifacts-destination`` (clients
 upload and download artifacts through the server and need no storage
-credentials), bound to 127.0.0.1 unless told otherwise. Its backend store is
-the PostgreSQL database ``MLFLOW_BACKEND_URI`` names, or, for trying it out, a
-throw-away PostgreSQL cluster created in ``.server/`` (``initdb`` and
-``pg_ctl`` from Debian's ``postgresql`` package, on 127.0.0.1, no system
-service touched). ``stop`` stops what ``start`` started, by process id.
+credentials: a local directory, or an S3 bucket whose credentials and
+``MLFLOW_S3_ENDPOINT_URL`` only the server's environment holds), bound to
+127.0.0.1 unless told otherwise. Its backend store is the database
+``MLFLOW_BACKEND_URI`` names, or, for trying it out, a throw-away PostgreSQL
+cluster (``initdb``/``pg_ctl`` from Debian's ``postgresql`` package, 127.0.0.1
+only, ``scram-sha-256`` with a generated password kept 0600 in ``.server/``;
+no system service touched). ``stop`` stops what ``start`` started, by process id.
+
+Secrets never reach a command line or the terminal: the backend URI goes to
+``mlflow server`` through its environment (``MLFLOW_BACKEND_STORE_URI``), and
+what is printed goes through ``stages.lib.redact``. A host other than loopback is
+refused unless MLflow's basic-auth app is on (``--auth``): its admin password
+is taken from ``MLFLOW_AUTH_ADMIN_PASSWORD`` or generated and shown once.
+
+As root (PostgreSQL refuses to run as root) the cluster runs as the
+``postgres`` user; when that user cannot enter the project's directory (a
+project under ``/root``), the cluster lives in a 0700 directory of the
+``postgres`` user's home, keyed to the project's ``.server`` path, and
+``pg.json`` records where.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
+import hashlib
+import ipaddress
 import json
 import os
+import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -27,8 +47,27 @@ import time
 import urllib.request
 from pathlib import Path
 
+from stages.lib import redact
 from stages.lib.files import write_json
 from stages.lib.paths import SERVER_DIR
+
+PG_USER = "mlflow"  # the cluster's only role, owner of the `mlflow` database
+# What the throw-away cluster accepts: password (SCRAM) logins over TCP from this machine; no Unix socket, no trust.
+PG_HBA = """\
+# Written by stages.tools.server: TCP from this machine only, SCRAM password required (no `trust`).
+host    all    all    127.0.0.1/32    scram-sha-256
+host    all    all    ::1/128         scram-sha-256
+"""
+# MLflow's basic-auth app (mlflow/server/auth/basic_auth.ini, keys as there). EDIT: every user of the team logs,
+# registers and moves the `champion` alias; only the admin manages users and permissions.
+AUTH_INI = """\
+[mlflow]
+default_permission = EDIT
+database_uri = sqlite:///{db}
+admin_username = {admin}
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+"""
+CONNECT_TIMEOUT_S = 5
 
 
 class ServerError(RuntimeError):
@@ -49,39 +88,128 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-class Postgres:
-    """A PostgreSQL cluster in ``directory``, listening on 127.0.0.1:``port`` only, user ``mlflow``."""
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
-    def __init__(self, directory: Path, port: int) -> None:
+
+def secret_file(path: Path, nbytes: int = 24) -> str:
+    """The secret kept in ``path`` (mode 0600), generated on first use."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(nbytes) + "\n")
+    path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, readable by its owner only (created that way, not chmod-ed after)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    tmp.replace(path)
+
+
+# --- the throw-away PostgreSQL cluster ------------------------------------------------
+
+
+def as_postgres() -> list[str]:
+    """The prefix that runs a PostgreSQL server program as ``postgres`` when we are root (it refuses root)."""
+    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+
+def postgres_can_enter(directory: Path) -> bool:
+    return subprocess.run([*as_postgres(), "test", "-x", str(directory)], capture_output=True).returncode == 0
+
+
+def cluster_directory(server_dir: Path) -> Path:
+    """Where the cluster of ``server_dir`` lives: ``server_dir/postgres``, or, as root when the ``postgres``
+    user cannot enter ``server_dir`` (a project under /root), ``~postgres/mnist-mlflow/<key of the path>``."""
+    server_dir = server_dir.resolve()
+    if os.geteuid() != 0 or postgres_can_enter(server_dir):
+        return server_dir / "postgres"
+    try:
+        home = Path(pwd.getpwnam("postgres").pw_dir)
+    except KeyError:
+        raise ServerError("running as root needs the `postgres` user (Debian's postgresql creates it)") from None
+    return home / "mnist-mlflow" / hashlib.sha256(str(server_dir).encode()).hexdigest()[:16]
+
+
+def make_postgres_dir(path: Path) -> None:
+    """``path`` (and missing parents under it) with mode 0700, owned by ``postgres`` when we are root."""
+    missing = [p for p in [path, *path.parents] if not p.exists()]
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for p in [path, *missing]:
+        p.chmod(0o700)
+        if os.geteuid() == 0:
+            shutil.chown(p, "postgres", "postgres")
+
+
+class Postgres:
+    """A PostgreSQL cluster in ``directory``: 127.0.0.1:``port`` only, role ``mlflow`` with ``password``."""
+
+    def __init__(self, directory: Path, port: int, password: str = "") -> None:
         self.directory = Path(directory).resolve()
         self.data = self.directory / "data"
         self.port = port
+        self.password = password
 
     @property
     def uri(self) -> str:
-        return f"postgresql://mlflow@127.0.0.1:{self.port}/mlflow"
+        return f"postgresql://{PG_USER}:{self.password}@127.0.0.1:{self.port}/mlflow"
 
-    def _run(self, *args: str) -> subprocess.CompletedProcess:
-        # PostgreSQL refuses to run as root: run its programs as the postgres user then.
-        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        result = subprocess.run([*prefix, *args], capture_output=True, text=True, timeout=120)
+    def _run(self, *args: str, owner: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+        prefix = as_postgres() if owner else []
+        result = subprocess.run(
+            [*prefix, *args], capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}
+        )
         if result.returncode != 0:
-            raise ServerError(f"{Path(args[0]).name} failed: {(result.stderr or result.stdout).strip()}")
+            message = " ".join((result.stderr or result.stdout).split())
+            raise ServerError(redact.text(f"{Path(args[0]).name} failed: {message}"))
         return result
 
     def init(self) -> None:
-        """Create the cluster and the ``mlflow`` database once; later starts reuse them."""
-        if (self.data / "PG_VERSION").exists():
-            return
-        self.directory.mkdir(parents=True, exist_ok=True)
+        """Create the cluster (SCRAM passwords, no `trust`) and the ``mlflow`` database."""
+        make_postgres_dir(self.directory)
+        pwfile = self.directory / "initdb.pw"  # initdb reads the password from a file, never from its arguments
+        write_private(pwfile, self.password + "\n")
         if os.geteuid() == 0:
-            shutil.chown(self.directory, "postgres")
-        # Only connections from this machine are accepted (listen_addresses below); no passwords.
-        self._run(pg_bin("initdb"), "-D", str(self.data), "-U", "mlflow", "--auth=trust", "-E", "UTF8")
+            shutil.chown(pwfile, "postgres", "postgres")
+        try:
+            self._run(
+                pg_bin("initdb"), "-D", str(self.data), "-U", PG_USER, "--pwfile", str(pwfile),
+                "--auth=scram-sha-256", "-E", "UTF8",
+            )  # fmt: skip
+        finally:
+            pwfile.unlink(missing_ok=True)
+        hba = self.data / "pg_hba.conf"
+        hba.write_text(PG_HBA)
         self.start()
-        self._run(pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "mlflow", "mlflow")
+        # createdb is a client: it runs as us and logs in with the password from its environment.
+        self._run(
+            pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER, "mlflow",
+            owner=False, env={"PGPASSWORD": self.password, "PGCONNECT_TIMEOUT": str(CONNECT_TIMEOUT_S)},
+        )  # fmt: skip
+
+    def check_hba(self) -> None:
+        """Refuse a cluster that lets anyone in (one created with ``--auth=trust`` by an earlier version)."""
+        lines = [ln.split() for ln in (self.data / "pg_hba.conf").read_text().splitlines()]
+        if any(fields and not fields[0].startswith("#") and "trust" in fields for fields in lines):
+            raise ServerError(
+                f"the PostgreSQL cluster in {self.directory} accepts `trust` logins (made by an earlier version): "
+                "stop it, back up what you need, and remove that directory to get a password-protected one"
+            )
 
     def start(self) -> None:
+        self.check_hba()
         options = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories=''"
         log = self.directory / "postgres.log"
         self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(log), "-o", options, "-w", "start")
@@ -90,14 +218,90 @@ class Postgres:
         self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def running(self) -> bool:
-        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        return (
-            subprocess.run([*prefix, pg_bin("pg_ctl"), "-D", str(self.data), "status"], capture_output=True).returncode
-            == 0
-        )
+        status = [*as_postgres(), pg_bin("pg_ctl"), "-D", str(self.data), "status"]
+        return subprocess.run(status, capture_output=True).returncode == 0
 
 
-def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 90.0) -> None:
+def cluster(directory: Path) -> Postgres:
+    """The throw-away cluster of ``directory`` (``.server``): where it lives, its port and password."""
+    pg_json = directory / "pg.json"
+    saved = json.loads(pg_json.read_text()) if pg_json.exists() else {}
+    where = Path(saved["directory"]) if "directory" in saved else cluster_directory(directory)
+    pg = Postgres(where, saved.get("port") or free_port(), secret_file(directory / "postgres-password"))
+    write_json(pg_json, {"directory": str(pg.directory), "port": pg.port})
+    return pg
+
+
+# --- artifacts on S3: checked up front, with the server's own credentials ---------------
+
+
+def check_s3(uri: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail in one line, within seconds, when the bucket of ``uri`` cannot be listed with this environment's
+    credentials and ``MLFLOW_S3_ENDPOINT_URL`` (as the server will use them)."""
+    import boto3  # noqa: PLC0415 - the server extra; only `--artifacts s3://...` needs it
+    import botocore.config  # noqa: PLC0415
+    import botocore.exceptions  # noqa: PLC0415
+
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None
+    where = f"{uri} (endpoint {redact.uri(endpoint)})" if endpoint else uri
+    config = botocore.config.Config(
+        connect_timeout=timeout_s, read_timeout=timeout_s, retries={"max_attempts": 2, "mode": "standard"}
+    )
+    try:
+        s3 = boto3.client("s3", endpoint_url=endpoint, config=config)
+        s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+    except botocore.exceptions.NoCredentialsError:
+        raise ServerError(f"{where}: no S3 credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)") from None
+    except botocore.exceptions.ClientError as exc:
+        error = exc.response.get("Error", {})
+        raise ServerError(redact.text(f"{where}: {error.get('Code')}: {error.get('Message')}")) from None
+    except botocore.exceptions.EndpointConnectionError:
+        raise ServerError(f"{where}: could not connect to the endpoint") from None
+    except botocore.exceptions.BotoCoreError as exc:
+        raise ServerError(redact.text(f"{where}: {exc}")) from None
+
+
+def check_backend(uri: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail in one line, within seconds, when a PostgreSQL backend store cannot be logged into (``mlflow
+    server`` itself would retry for minutes)."""
+    if not uri.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
+        return
+    import psycopg  # noqa: PLC0415 - the server extra; only a PostgreSQL backend needs it
+
+    dsn = "postgresql://" + uri.split("://", 1)[1]
+    try:
+        psycopg.connect(dsn, connect_timeout=int(timeout_s)).close()
+    except psycopg.Error as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ServerError(redact.text(f"backend store {redact.uri(uri)}: {reason}")) from None
+
+
+# --- mlflow server -----------------------------------------------------------------------
+
+
+def auth_environ(directory: Path) -> tuple[dict[str, str], str | None]:
+    """The basic-auth app's environment (config file, Flask secret key, the first admin password) and the
+    generated admin password to show once (None when it came from the environment or the admin exists)."""
+    directory = directory.resolve() / "auth"  # the config, the Flask key and the users' database: owner only
+    directory.mkdir(mode=0o700, exist_ok=True)
+    directory.chmod(0o700)
+    admin = os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME") or "admin"
+    write_private(directory / "basic_auth.ini", AUTH_INI.format(db=directory / "users.db", admin=admin))
+    env = {
+        "MLFLOW_AUTH_CONFIG_PATH": str(directory / "basic_auth.ini"),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secret_file(directory / "flask-secret-key", 32),
+    }
+    generated = None
+    if not (directory / "users.db").exists():  # the first start creates the admin user
+        password = os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD")
+        if not password:
+            password = generated = secrets.token_urlsafe(18)
+        env["MLFLOW_AUTH_ADMIN_PASSWORD"] = password
+    return env, generated
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 180.0) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -105,31 +309,37 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 90.0) -> N
                 return
         except OSError:
             if proc.poll() is not None:
-                raise ServerError(f"mlflow server exited with status {proc.returncode}") from None
+                raise ServerError(f"mlflow server exited with status {proc.returncode}: {last_error(log)}") from None
             if time.monotonic() > deadline:
-                raise ServerError(f"mlflow server did not answer on {url} within {timeout_s:.0f}s") from None
+                raise ServerError(f"mlflow server did not answer on {url} in {timeout_s:.0f}s (see {log})") from None
             time.sleep(0.5)
 
 
-def start_mlflow(backend_uri: str, artifacts: Path, host: str, port: int, log: Path) -> subprocess.Popen:
-    """``mlflow server`` in its own process group (so that stopping it stops its workers)."""
+def last_error(log: Path) -> str:
+    """The last line of ``log`` that looks like an error, redacted (or where to look)."""
+    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()] if log.exists() else []
+    errors = [ln for ln in lines if "Error" in ln or "Exception" in ln] or lines
+    return redact.text(errors[-1][:300]) if errors else f"see {log}"
+
+
+def start_mlflow(
+    backend_uri: str, artifacts: str, host: str, port: int, log: Path, extra_env: dict | None = None, auth=False
+) -> subprocess.Popen:
+    """``mlflow server`` in its own process group (so that stopping it stops its workers). The backend URI
+    (with its password) reaches it through the environment, never its command line."""
     mlflow = Path(sys.executable).with_name("mlflow")
     command = [
-        str(mlflow if mlflow.exists() else "mlflow"),
-        "server",
-        "--backend-store-uri",
-        backend_uri,
-        "--artifacts-destination",
-        str(artifacts),
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
+        str(mlflow if mlflow.exists() else "mlflow"), "server",
+        "--artifacts-destination", artifacts, "--host", host, "--port", str(port), "--workers", "1",
+        *(["--app-name", "basic-auth"] if auth else []),
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_BACKEND_URI", "MLFLOW_TRACKING_URI")}
+    env.update({"MLFLOW_BACKEND_STORE_URI": backend_uri, **(extra_env or {})})
+    # MLflow's job runner (GenAI jobs: prompt optimization, trace roll-ups; eight more processes) is of no
+    # use to this project and slows the start on a small machine; set the variable to true to have it.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     with open(log, "ab") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
 def is_mlflow(pid: int) -> bool:
@@ -157,36 +367,52 @@ def stop_process_group(pid: int, timeout_s: float = 20.0) -> None:
     os.killpg(pid, signal.SIGKILL)
 
 
-def start(host: str, port: int, directory: Path = SERVER_DIR, backend_uri: str | None = None) -> dict:
-    """Start PostgreSQL (unless ``backend_uri`` is given) and the tracking server; return the state."""
+def start(
+    host: str,
+    port: int,
+    directory: Path = SERVER_DIR,
+    backend_uri: str | None = None,
+    auth: bool = False,
+    artifacts: str | None = None,
+) -> dict:
+    """Start PostgreSQL (unless ``backend_uri`` is given) and the tracking server; return the state
+    (plus ``admin_password`` when one was generated: show it once, it is stored nowhere)."""
+    if not is_loopback(host) and not auth:
+        raise ServerError(
+            f"refusing to serve MLflow on {host} without authentication: "
+            "add AUTH=1 (MLflow's basic-auth app) or keep 127.0.0.1 behind an authenticating proxy"
+        )
+    if artifacts and artifacts.startswith("s3://"):
+        check_s3(artifacts)
     state_path = directory / "state.json"
     if state_path.exists():
         raise ServerError(f"a server started from {directory} is already running: `make server-stop` first")
     directory.mkdir(parents=True, exist_ok=True)
-    state: dict = {"url": f"http://{host}:{port}"}
+    state: dict = {"url": f"http://{host if host not in ('0.0.0.0', '::') else '127.0.0.1'}:{port}", "auth": auth}
     if backend_uri is None:
-        pg = Postgres(
-            directory / "postgres",
-            json.loads((directory / "pg.json").read_text())["port"]
-            if (directory / "pg.json").exists()
-            else free_port(),
-        )
-        write_json(directory / "pg.json", {"port": pg.port})
+        pg = cluster(directory)
         if (pg.data / "PG_VERSION").exists():
             pg.start()
         else:
             pg.init()
         state["postgres"] = {"directory": str(pg.directory), "port": pg.port}
         backend_uri = pg.uri
-    proc = start_mlflow(backend_uri, (directory / "artifacts").resolve(), host, port, directory / "mlflow.log")
-    state["mlflow_pid"] = proc.pid
+    else:
+        check_backend(backend_uri)
+    env, generated = auth_environ(directory) if auth else ({}, None)
+    artifacts = artifacts or str((directory / "artifacts").resolve())
+    log = directory / "mlflow.log"
+    proc = start_mlflow(backend_uri, artifacts, host, port, log, env, auth)
+    state.update({"mlflow_pid": proc.pid, "artifacts": artifacts})
     write_json(state_path, state)
     try:
-        wait_healthy(state["url"], proc)
+        wait_healthy(state["url"], proc, log)
     except ServerError:
         stop(directory)
+        if generated:  # the password was never shown: let the next start create the admin again
+            (directory / "auth" / "users.db").unlink(missing_ok=True)
         raise
-    return state
+    return {**state, "admin_password": generated} if generated else state
 
 
 def stop(directory: Path = SERVER_DIR) -> list[str]:
@@ -208,24 +434,67 @@ def stop(directory: Path = SERVER_DIR) -> list[str]:
     return stopped
 
 
+def remove(directory: Path = SERVER_DIR) -> list[str]:
+    """Stop, then delete the throw-away cluster (wherever it lives) and ``directory``: every run and artifact."""
+    stop(directory)
+    removed = []
+    pg_json = directory / "pg.json"
+    if pg_json.exists():
+        cluster_dir = Path(json.loads(pg_json.read_text())["directory"])
+        if cluster_dir.exists() and not cluster_dir.is_relative_to(directory.resolve()):
+            shutil.rmtree(cluster_dir)
+            removed.append(str(cluster_dir))
+    if directory.exists():
+        shutil.rmtree(directory)
+        removed.append(str(directory))
+    return removed
+
+
+def describe(state: dict, backend_env: str | None) -> list[str]:
+    """What ``start`` prints: where the server is, its stores, how a client logs in (no secret but a
+    generated admin password, shown this once)."""
+    backend = redact.uri(backend_env or "")
+    if "postgres" in state:
+        backend = f"PostgreSQL in {state['postgres']['directory']}"
+    lines = [
+        f"server: MLflow at {state['url']} (backend: {backend}; artifacts: {redact.uri(state['artifacts'])})",
+        f"server: export MLFLOW_TRACKING_URI={state['url']}   # then dvc repro / dvc exp run log there",
+    ]
+    if state.get("auth"):
+        admin = os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME") or "admin"
+        if state.get("admin_password"):
+            lines.append(
+                f"server: basic auth on; admin user {admin!r}, password {state['admin_password']} "
+                "(generated, shown this once: keep it)"
+            )
+        else:
+            lines.append(f"server: basic auth on; admin user {admin!r} (password as first set)")
+        lines.append("server: clients: export MLFLOW_TRACKING_USERNAME=<user> MLFLOW_TRACKING_PASSWORD=<password>")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["start", "stop"])
+    parser.add_argument("action", choices=["start", "stop", "remove"])
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     parser.add_argument("--port", type=int, default=5000)
-    parser.add_argument("--dir", type=Path, default=SERVER_DIR, help="where the state, logs and data live")
+    parser.add_argument("--dir", type=Path, default=SERVER_DIR, help="where the state, secrets, logs and data live")
+    parser.add_argument("--auth", action="store_true", help="MLflow's basic-auth app (required off loopback)")
+    parser.add_argument("--artifacts", help="artifact destination (default: <dir>/artifacts), e.g. s3://bucket/mlflow")
     args = parser.parse_args(argv)
     try:
         if args.action == "start":
-            state = start(args.host, args.port, args.dir, os.environ.get("MLFLOW_BACKEND_URI") or None)
-            backend = "PostgreSQL in " + state["postgres"]["directory"] if "postgres" in state else "MLFLOW_BACKEND_URI"
-            print(f"server: MLflow at {state['url']} (backend: {backend}; artifacts: {args.dir / 'artifacts'})")
-            print(f"server: export MLFLOW_TRACKING_URI={state['url']}   # then dvc repro / dvc exp run log there")
-        else:
+            backend_env = os.environ.get("MLFLOW_BACKEND_URI") or None
+            state = start(args.host, args.port, args.dir, backend_env, args.auth, args.artifacts)
+            print("\n".join(describe(state, backend_env)))
+        elif args.action == "stop":
             stopped = stop(args.dir)
             print("server: stopped " + ", ".join(stopped) if stopped else "server: nothing to stop")
+        else:
+            removed = remove(args.dir)
+            print("server: removed " + ", ".join(removed) if removed else "server: nothing to remove")
     except ServerError as exc:
-        print(f"server: error: {exc}", file=sys.stderr)
+        print(f"server: error: {redact.text(str(exc))}", file=sys.stderr)
         return 1
     return 0
 

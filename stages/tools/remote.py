@@ -1,0 +1,151 @@
+"""Point this clone at the team's DVC remote, in ``.dvc/config.local`` (git-ignored, mode 0600).
+
+    python -m stages.tools.remote s3://team-bucket/mnist [--endpoint https://minio.example.com]    (make remote)
+    python -m stages.tools.remote /shared/mnist-dvc
+
+The remote ``shared`` becomes the default; the committed ``.dvc/config`` is
+not touched, so a URL that carries credentials, an endpoint or a bucket name
+stays with this clone. For S3 and S3-compatible stores (MinIO, Ceph, R2, ...)
+the endpoint is ``--endpoint`` and the credentials come from the usual AWS
+variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``)
+or ``dvc remote modify --local shared access_key_id ...``; short connect and
+read timeouts make an unreachable endpoint fail within seconds instead of
+hanging, and the remote is tried once right away (one line naming a wrong key,
+a missing bucket or an unreachable endpoint). ``make remote`` hands the URL over in the environment (``REMOTE``,
+``ENDPOINT``), so it is not echoed; what is printed is redacted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from stages.lib import redact
+
+NAME = "shared"
+# Seconds: how long to wait for a connection, and for each read of an answer (not for a whole transfer).
+S3_TIMEOUTS = {"connect_timeout": 5, "read_timeout": 60}
+
+
+# What `dvc remote modify --local shared ...` may have set by hand that a new `make remote` keeps.
+KEPT = ("access_key_id", "secret_access_key", "session_token", "profile", "region", "credentialpath", "configpath")
+
+
+class RemoteError(ValueError):
+    pass
+
+
+def remote_config(url: str, endpoint: str | None = None) -> dict:
+    """The ``[remote "shared"]`` section for ``url``."""
+    if not url:
+        raise RemoteError("set REMOTE=<s3://bucket/path or a directory>")
+    if url.startswith("s3://"):
+        if not url.removeprefix("s3://").strip("/"):
+            raise RemoteError(f"{url}: no bucket name")
+        config = {"url": url, **S3_TIMEOUTS}
+        if endpoint:
+            if not endpoint.startswith(("http://", "https://")):
+                raise RemoteError(f"ENDPOINT={redact.uri(endpoint)}: expected http://host:port or https://host")
+            config["endpointurl"] = endpoint
+        return config
+    if endpoint:
+        raise RemoteError("ENDPOINT is for S3 and S3-compatible remotes (REMOTE=s3://...)")
+    if "://" not in url:  # a directory: DVC would read a relative path against .dvc/, not where make ran
+        url = os.path.abspath(os.path.expanduser(url))
+    return {"url": url}
+
+
+def configure(url: str, endpoint: str | None = None, repo: Path = Path(".")) -> tuple[Path, dict]:
+    """Write the remote into ``repo/.dvc/config.local`` as the default remote (replacing an earlier one);
+    return the file and the remote's whole section (with keys set there by hand, e.g. credentials)."""
+    from dvc.config import Config, ConfigError  # noqa: PLC0415 - DVC's import is slow; only this command needs it
+
+    dvc_dir = Path(repo) / ".dvc"
+    if not dvc_dir.is_dir():
+        raise RemoteError(f"{Path(repo).resolve()} is not a DVC repository (no .dvc/)")
+    section = remote_config(url, endpoint)
+    local = dvc_dir / Config.CONFIG_LOCAL
+    if not local.exists():
+        local.touch(mode=0o600)
+    try:
+        with Config(dvc_dir=str(dvc_dir)).edit("local") as conf:
+            kept = {k: v for k, v in conf["remote"].get(NAME, {}).items() if k in KEPT}
+            if kept and not url.startswith("s3://"):
+                kept = {}
+            conf["remote"][NAME] = {**kept, **section}
+            conf["core"]["remote"] = NAME
+            section = dict(conf["remote"][NAME])
+    except ConfigError as exc:
+        raise RemoteError(redact.text(str(exc))) from None
+    local.chmod(0o600)
+    return local, section
+
+
+def check_s3(section: dict, timeout_s: float = 5) -> None:
+    """List the remote's prefix once, with the credentials ``dvc push`` would use (the section's keys or
+    profile, else the AWS variables), so that a wrong key, a missing bucket or an unreachable endpoint
+    is one line now, within seconds, rather than at the first push."""
+    import botocore.config  # noqa: PLC0415 - botocore comes with dvc-s3; only S3 remotes need it
+    import botocore.exceptions  # noqa: PLC0415
+    import botocore.session  # noqa: PLC0415
+
+    url = section["url"]
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    endpoint = section.get("endpointurl")
+    where = f"{url} (endpoint {redact.uri(endpoint)})" if endpoint else url
+    session = botocore.session.Session(profile=section.get("profile"))
+    config = botocore.config.Config(
+        connect_timeout=timeout_s, read_timeout=timeout_s, retries={"max_attempts": 2, "mode": "standard"}
+    )
+    try:
+        client = session.create_client(
+            "s3",
+            region_name=section.get("region"),
+            endpoint_url=endpoint,
+            aws_access_key_id=section.get("access_key_id"),
+            aws_secret_access_key=section.get("secret_access_key"),
+            aws_session_token=section.get("session_token"),
+            config=config,
+        )
+        client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+    except botocore.exceptions.NoCredentialsError:
+        raise RemoteError(
+            f"{where}: no credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile)"
+        ) from None
+    except botocore.exceptions.ClientError as exc:
+        error = exc.response.get("Error", {})
+        raise RemoteError(redact.text(f"{where}: {error.get('Code')}: {error.get('Message')}")) from None
+    except botocore.exceptions.EndpointConnectionError:
+        raise RemoteError(f"{where}: could not connect to the endpoint") from None
+    except botocore.exceptions.BotoCoreError as exc:
+        raise RemoteError(redact.text(f"{where}: {exc}")) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("url", nargs="?", help="s3://bucket/path or a directory (default: $REMOTE)")
+    parser.add_argument("--endpoint", help="S3-compatible endpoint, e.g. https://minio.example.com ($ENDPOINT)")
+    parser.add_argument("--no-check", action="store_true", help="do not try the remote's credentials now")
+    args = parser.parse_args(argv)
+    url = args.url or os.environ.get("REMOTE", "")
+    endpoint = args.endpoint or os.environ.get("ENDPOINT") or None
+    try:
+        path, section = configure(url, endpoint)
+    except RemoteError as exc:
+        print(f"remote: error: {redact.text(str(exc))}", file=sys.stderr)
+        return 2
+    where = f" (endpoint {redact.uri(endpoint)})" if endpoint else ""
+    print(f"remote: {NAME} = {redact.uri(url)}{where}, the default remote, in {path}")
+    if section["url"].startswith("s3://") and not args.no_check:
+        try:
+            check_s3(section)
+        except RemoteError as exc:
+            print(f"remote: error: {redact.text(str(exc))}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
