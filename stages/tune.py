@@ -442,9 +442,11 @@ def create_or_continue(storage: Any, name: str, space: Space, trials: int, base:
         study.set_user_attr("params", fingerprint(base))
         study.set_user_attr("data", data_digest())
     elif recorded != json.loads(json.dumps(space.as_dict())):
+        ours, theirs = params.flatten(json.loads(json.dumps(space.as_dict()))), params.flatten(recorded)
+        differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
         raise TuneError(
-            f"study '{name}' exists with another space (its space '{recorded.get('name')}' differs from "
-            f"tune.yaml's '{space.name}'): pick another STUDY name"
+            f"study '{name}' exists with another space (space '{recorded.get('name')}'; differs in "
+            f"{differ[0]}): pick another STUDY name"
         )
     study.set_user_attr("n_trials", trials)
     return load_study(storage, name)
@@ -715,13 +717,14 @@ def work(study_name: str, workers: int = 1, threads: int | None = None, log: Cal
     """Run trials of ``study_name`` until it has its N; the number of trials this worker ran."""
     url = storage_url()
     base = base_params()
-    runs = Runs()
+    tracking.preflight(tracking.store()[0])
+    runs: Runs | None = None
 
     def on_failed(study: Any, trial: Any) -> None:
         """A trial whose worker died: its child run FAILED, the trial queued again once."""
         again = retry(study, trial)
         run_id = trial.user_attrs.get("mlflow_run")
-        if run_id:
+        if run_id and runs is not None:
             runs.end_trial(run_id, "FAIL", {}, "its worker stopped answering" + ("; retried" if again else ""))
         log(f"trial {trial.number} FAIL: its worker died" + (" (queued again)" if again else ""))
 
@@ -729,6 +732,7 @@ def work(study_name: str, workers: int = 1, threads: int | None = None, log: Cal
     study = load_study(storage, study_name)
     check_worker(study, base)
     space = study.user_attrs["space"]
+    runs = Runs()
 
     from stages.data import load_split  # noqa: PLC0415
     from stages.train import backend_settings, background_value  # noqa: PLC0415
@@ -1076,21 +1080,23 @@ def run(
     space = load_space(space_name, base, space_file)
     data_digest()
     url = storage_url()
-    storage = open_storage(url)
-    runs = Runs()
-    study = create_or_continue(storage, study_name, space, trials, base)
-    parent = runs.parent(study, space, trials)
-    existing = len(counted(study.get_trials(deepcopy=False)))
-    print(
-        f"tune: study '{study_name}' (space {space.name}) in {describe_storage(url)}: {existing} of {trials} "
-        f"trials exist; {workers} worker(s); MLflow {redact.uri(runs.uri)} experiment {EXPERIMENT}, run {parent}"
-    )
 
     def on_failed(study: Any, trial: Any) -> None:
         again = retry(study, trial)
         if trial.user_attrs.get("mlflow_run"):
             runs.end_trial(trial.user_attrs["mlflow_run"], "FAIL", {}, "its worker stopped answering")
         print(f"tune: trial {trial.number} FAIL: its worker died" + (" (queued again)" if again else ""))
+
+    storage = open_storage(url, on_stale=on_failed)
+    tracking.preflight(tracking.store()[0])
+    study = create_or_continue(storage, study_name, space, trials, base)
+    runs = Runs()
+    parent = runs.parent(study, space, trials)
+    existing = len(counted(study.get_trials(deepcopy=False)))
+    print(
+        f"tune: study '{study_name}' (space {space.name}) in {describe_storage(url)}: {existing} of {trials} "
+        f"trials exist; {workers} worker(s); MLflow {redact.uri(runs.uri)} experiment {EXPERIMENT}, run {parent}"
+    )
 
     since = datetime.datetime.now()  # Optuna's trial times are naive local times
     started = time.monotonic()
