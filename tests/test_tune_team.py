@@ -7,6 +7,7 @@ cluster as TUNE_STORAGE, the clone's own SQLite MLflow store; trials of 1-2 epoc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -143,7 +144,7 @@ def test_best_trial_reproduces_through_dvc_exp_run(clone, storage):
     best = max((t for t in study_trials(storage, "pair") if t.value is not None), key=lambda t: t.value)
     result = tune(clone, storage, "best", "--study", "pair")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert f"dvc exp run -n tune-pair -S model.kind=dense" in result.stdout
+    assert "dvc exp run -n tune-pair -S model.kind=dense" in result.stdout
     metrics = json.loads((clone / "reports" / "metrics.json").read_text())
     assert abs(metrics["val_accuracy"] - best.value) <= TOLERANCE, (metrics, best.value)
     client = mlflow.MlflowClient(f"sqlite:///{clone}/mlflow.db")
@@ -170,12 +171,10 @@ def test_a_worker_killed_mid_trial_leaves_no_trial_running(clone, storage):
         while victim is None and time.monotonic() < deadline:
             time.sleep(0.5)
             with_epochs = []
-            try:
+            with contextlib.suppress(KeyError):  # the study is not there yet
                 with_epochs = [
                     t for t in study_trials(storage, "kill") if t.state.name == "RUNNING" and t.intermediate_values
                 ]
-            except KeyError:
-                pass  # the study is not there yet
             if with_epochs:
                 victim = with_epochs[0]
         assert victim is not None, "no trial reached its first epoch"
