@@ -645,26 +645,35 @@ class Runs:
             client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in flat.items()])
         return run.info.run_id
 
-    def log_epoch(self, run_id: str, row: Mapping[str, float]) -> None:
+    def log_epochs(self, run_id: str, rows: list[Mapping[str, float]]) -> None:
+        """Per-epoch metrics, several epochs in one write (see ``EpochLog``)."""
         from mlflow.entities import Metric  # noqa: PLC0415
 
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, int(row["epoch"])) for k, v in row.items() if k != "epoch"]
-        with self.lock() as client:
-            client.log_batch(run_id, metrics=metrics)
+        metrics = [Metric(k, float(v), now, int(row["epoch"])) for row in rows for k, v in row.items() if k != "epoch"]
+        if metrics:
+            with self.lock() as client:
+                client.log_batch(run_id, metrics=metrics)
 
-    def end_trial(self, run_id: str, state: str, metrics: Mapping[str, float], note: str | None = None) -> None:
-        """state: COMPLETE (run FINISHED), PRUNED (KILLED) or FAIL (FAILED), also as the tag ``tune.state``."""
-        from mlflow.entities import Metric  # noqa: PLC0415
+    def end_trial(
+        self,
+        run_id: str,
+        state: str,
+        metrics: Mapping[str, float],
+        note: str | None = None,
+        rows: list[Mapping[str, float]] = (),
+    ) -> None:
+        """state: COMPLETE (run FINISHED), PRUNED (KILLED) or FAIL (FAILED), also as the tag ``tune.state``;
+        ``rows``: epochs not logged yet. Two writes."""
+        from mlflow.entities import Metric, RunTag  # noqa: PLC0415
 
         now = int(time.time() * 1000)
         status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(state, "FAILED")
+        tags = [RunTag("tune.state", state)] + ([RunTag("tune.note", note[:500])] if note else [])
+        final = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        series = [Metric(k, float(v), now, int(r["epoch"])) for r in rows for k, v in r.items() if k != "epoch"]
         with self.lock() as client:
-            client.set_tag(run_id, "tune.state", state)
-            if note:
-                client.set_tag(run_id, "tune.note", note[:500])
-            if metrics:
-                client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+            client.log_batch(run_id, metrics=series + final, tags=tags)
             client.set_terminated(run_id, status)
 
     def end_study(self, run_id: str, summary: Mapping[str, float], figures: Path | None, killed: bool) -> None:
@@ -679,6 +688,26 @@ class Runs:
 
 
 # --- the worker: long-lived, one TensorFlow import, many trials ---------------------------------
+
+
+class EpochLog:
+    """Epoch rows on their way to a trial's MLflow run: written every ``interval`` seconds, not every epoch
+    (each write takes the store's lock: with K workers and short epochs it would cost more than it shows)."""
+
+    def __init__(self, runs: Runs, run_id: str, interval: float = 10.0) -> None:
+        self.runs, self.run_id, self.interval = runs, run_id, interval
+        self.rows: list[dict[str, float]] = []
+        self.last = time.monotonic()
+
+    def add(self, row: dict[str, float]) -> None:
+        self.rows.append(row)
+        if time.monotonic() - self.last >= self.interval:
+            self.runs.log_epochs(self.run_id, self.rows)
+            self.rows, self.last = [], time.monotonic()
+
+    def take(self) -> list[dict[str, float]]:
+        rows, self.rows = self.rows, []
+        return rows
 
 
 class Stopped(Exception):
@@ -793,12 +822,14 @@ def run_trial(
     trial.set_user_attr("mlflow_run", run_id)
     trial.set_user_attr("epochs_planned", config["train"]["epochs"])
     history: list[dict[str, float]] = []
+    epochs = EpochLog(runs, run_id)
 
     def on_epoch(row: dict[str, float]) -> None:
         history.append(row)
-        runs.log_epoch(run_id, row)
+        epochs.add(row)
         trial.report(row[OBJECTIVE], int(row["epoch"]))
-        if trial.should_prune():
+        # After the last epoch there is nothing left to save: the trial is COMPLETE, whatever its value.
+        if row["epoch"] < config["train"]["epochs"] and trial.should_prune():
             raise optuna.TrialPruned(f"epoch {row['epoch']}: val_accuracy {row[OBJECTIVE]:.4f} below the median")
 
     state, value, note = "FAIL", None, None
@@ -819,27 +850,36 @@ def run_trial(
                 on_epoch=on_epoch,
             )
             state = "COMPLETE"
-            value = final_val_accuracy(model, data["val"], config)
+            value = final_val_accuracy(model, data["val"], config, history)
         except optuna.TrialPruned as exc:
             state, note = "PRUNED", str(exc)
         except (TrainingDiverged, BatchTooLarge) as exc:
             note = str(exc)
         except (Stopped, KeyboardInterrupt) as exc:
             note = f"stopped ({exc or 'SIGINT'})"
-            _finish(study, trial, runs, run_id, "FAIL", None, history, started, note)
+            _finish(study, trial, runs, run_id, "FAIL", None, history, started, note, epochs.take())
             again = retry(study, study._storage.get_trial(trial._trial_id))
             log(f"trial {trial.number} FAIL: worker stopped" + (" (queued again)" if again else ""))
             raise Stopped(note) from None
         except Exception as exc:  # a bug or a resource error: this trial FAILs, not retried; the worker stops
-            _finish(study, trial, runs, run_id, "FAIL", None, history, started, f"{type(exc).__name__}: {exc}")
+            note = f"{type(exc).__name__}: {exc}"
+            _finish(study, trial, runs, run_id, "FAIL", None, history, started, note, epochs.take())
             raise
-    frozen = _finish(study, trial, runs, run_id, state, value, history, started, note)
+    frozen = _finish(study, trial, runs, run_id, state, value, history, started, note, epochs.take())
     log(progress_line(frozen, study, time.monotonic() - started, len(history)))
     return frozen
 
 
-def final_val_accuracy(model: Any, val: tuple[np.ndarray, np.ndarray], config: Mapping[str, Any]) -> float:
-    """The objective: the trained model's accuracy on the validation split, as the evaluate stage computes it."""
+def final_val_accuracy(
+    model: Any, val: tuple[np.ndarray, np.ndarray], config: Mapping[str, Any], history: list[dict[str, float]]
+) -> float:
+    """The objective: the trained model's accuracy on the validation split, as the evaluate stage computes it.
+
+    Without early stopping that is the last epoch's (the same weights, the same function); with it, ``fit``
+    restored the best epoch's weights, which are evaluated again.
+    """
+    if not config["train"]["early_stopping_patience"]:
+        return history[-1][OBJECTIVE]
     from stages import model as nn  # noqa: PLC0415
 
     labels, output = config["train"]["labels"], config["model"]["output"]
@@ -857,6 +897,7 @@ def _finish(
     history: list[dict[str, float]],
     started: float,
     note: str | None,
+    rows: list[dict[str, float]],
 ) -> Any:
     import optuna  # noqa: PLC0415
 
@@ -873,7 +914,7 @@ def _finish(
             frozen = study.tell(trial, value)
         else:
             frozen = study.tell(trial, state=getattr(optuna.trial.TrialState, state))
-    runs.end_trial(run_id, state, metrics, note)
+    runs.end_trial(run_id, state, metrics, note, rows)
     return frozen
 
 
