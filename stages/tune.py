@@ -346,6 +346,8 @@ def open_storage(url: str | None, on_stale: Callable | None = None) -> Any:
         )
     except Exception as exc:  # SQLAlchemy's errors (driver, DNS, refused, auth) all mean: cannot use it
         reason = redact.text(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        if "revision" in reason:  # another program's alembic_version table (MLflow's database, say)
+            reason += " - Optuna needs a database of its own (MLflow's cannot be shared)"
         raise TuneError(f"storage {describe_storage(url)} is unusable: {reason[:300]}") from None
 
 
@@ -772,6 +774,7 @@ def work(study_name: str, workers: int = 1, threads: int | None = None, log: Cal
     from stages import model as nn  # noqa: PLC0415 - TensorFlow, once for every trial of this worker
 
     nn.configure(0, threads=n_threads)
+    nn.tf.get_logger().setLevel("ERROR")  # each trial traces its own functions: TensorFlow's retracing warning
     data = {split: load_split(PREPARED_DIR, split) for split in ("train", "val")}
     background = background_value()
     log(
