@@ -716,11 +716,17 @@ class Stopped(Exception):
     """SIGTERM or Ctrl-C: stop after telling Optuna and MLflow about the current trial."""
 
 
+STOP = threading.Event()  # set by SIGTERM or Ctrl-C; checked between epochs and between trials
+
+
 def _stop(signum: int, frame: Any) -> None:
-    # Once is enough: a second signal must not interrupt the clean-up the first one started.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise Stopped(signal.Signals(signum).name)
+    # A flag, not an exception: raised from a handler, an exception can land in a finalizer and be lost.
+    STOP.set()
+
+
+def on_stop_signals() -> None:
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
 
 
 def threads_for(workers: int, backend_threads: int) -> int:
@@ -782,10 +788,11 @@ def work(study_name: str, workers: int = 1, threads: int | None = None, log: Cal
         f"{'XLA' if backend['jit_compile'] else 'oneDNN graph'}; storage {describe_storage(url)}"
     )
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    on_stop_signals()
     done = 0
     while True:
+        if STOP.is_set():
+            raise Stopped("stopped between trials")
         with study_lock(url, study_name):
             fail_dead_trials(study, on_failed)
             if not pending(study):
@@ -830,6 +837,8 @@ def run_trial(
     def on_epoch(row: dict[str, float]) -> None:
         history.append(row)
         epochs.add(row)
+        if STOP.is_set():
+            raise Stopped(f"stopped after epoch {row['epoch']}")
         trial.report(row[OBJECTIVE], int(row["epoch"]))
         # After the last epoch there is nothing left to save: the trial is COMPLETE, whatever its value.
         if row["epoch"] < config["train"]["epochs"] and trial.should_prune():
@@ -859,7 +868,7 @@ def run_trial(
         except (TrainingDiverged, BatchTooLarge) as exc:
             note = str(exc)
         except (Stopped, KeyboardInterrupt) as exc:
-            note = f"stopped ({exc or 'SIGINT'})"
+            note = str(exc) or "stopped (Ctrl-C)"
             _finish(study, trial, runs, run_id, "FAIL", None, history, started, note, epochs.take())
             again = retry(study, study._storage.get_trial(trial._trial_id))
             log(f"trial {trial.number} FAIL: worker stopped" + (" (queued again)" if again else ""))
@@ -1068,26 +1077,25 @@ class Relay:
 
 def wait_for_workers(procs: list[subprocess.Popen]) -> bool:
     """Wait for the workers; on SIGTERM or Ctrl-C, stop them (each tells Optuna and MLflow). Whether stopped."""
-    previous = signal.signal(signal.SIGTERM, _stop)
+    on_stop_signals()
     try:
         while any(p.poll() is None for p in procs):
+            if STOP.is_set():
+                raise Stopped
             time.sleep(0.5)
         return False
     except (Stopped, KeyboardInterrupt):
-        print("tune: stopping the workers (each ends its trial in Optuna and MLflow)...", file=sys.stderr)
+        print("tune: stopping the workers after their current epoch (each ends its trial in Optuna and MLflow)")
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         for proc in procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=60)
-            if proc.poll() is None:
+                proc.wait(timeout=120)
+            if proc.poll() is None:  # its trial is found dead and queued again by the next process
                 proc.kill()
                 proc.wait()
         return True
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def wait_for_others(study: Any, on_failed: Callable, url: str | None, poll_s: float = 5.0) -> None:
