@@ -797,7 +797,9 @@ def work(study_name: str, workers: int = 1, threads: int | None = None, log: Cal
             fail_dead_trials(study, on_failed)
             if not pending(study):
                 break
-            trial = study.ask()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize": see Heartbeat
+                trial = study.ask()
             trial.set_user_attr("worker", worker_id())
         run_trial(study, trial, space, base, data, background, backend["jit_compile"], runs, log)
         done += 1
@@ -1008,7 +1010,8 @@ def draw_figures(study: Any, directory: Path) -> list[str]:
             if len(best):
                 best = best.assign(duration=best["duration"].dt.total_seconds().round(1))
                 best.columns = [c.removeprefix("params_") for c in best.columns]
-                best = best.drop(columns=["state"]).round(5)
+                best = best.drop(columns=["state"]).rename(columns={"value": OBJECTIVE, "duration": "seconds"})
+                best = best.round(5)
                 figure, ax = plt.subplots(figsize=(min(3 + 1.6 * len(best.columns), 24), 0.9 + 0.3 * len(best)))
                 ax.axis("off")
                 table = pd.plotting.table(ax, best, loc="center", cellLoc="center")

@@ -174,3 +174,29 @@ def test_bad_input_on_the_command_line_is_one_line_and_writes_nothing(repo, monk
     assert err[3].startswith("tune: error: storage postgresql://***@127.0.0.1:1/tune is unusable")
     assert len(err) == 4 and "s3cret" not in "".join(err)
     assert not (repo / "mlflow.db").exists()
+
+
+def test_a_silent_worker_on_another_machine_is_found_by_the_heartbeat(repo, monkeypatch):
+    import optuna
+
+    monkeypatch.setattr(tune, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(tune, "GRACE_S", 1)
+    stale = []
+    url = f"sqlite:///{repo}/optuna.db"
+    storage = tune.open_storage(
+        url, on_stale=lambda study, trial: stale.append((trial.number, tune.retry(study, trial)))
+    )
+    base = tune.base_params()
+    study = tune.create_or_continue(storage, "far", tune.load_space("dense", base), 2, base)
+    trial = study.ask()
+    trial.set_user_attr("worker", {"host": "another-machine", "pid": 1, "started": 0.0})
+    with tune.Heartbeat(study._storage, trial._trial_id):
+        tune.time.sleep(1.5)  # beating: not stale
+        with tune.study_lock(url, "far"):
+            tune.fail_dead_trials(study, lambda s, t: None)
+        assert study.get_trials()[0].state == optuna.trial.TrialState.RUNNING and not stale
+    tune.time.sleep(2.5)  # silent for longer than the grace period
+    with tune.study_lock(url, "far"):
+        tune.fail_dead_trials(study, lambda s, t: None)
+    assert stale == [(0, True)]
+    assert [t.state.name for t in study.get_trials()] == ["FAIL", "WAITING"]
