@@ -17,7 +17,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 TOLERANCE ?= 0.002
 LOSS_RTOL ?= 0.10
 
-.PHONY: cnn dense-best install repro test test-fast lint reproduce report summary comment serve demo server server-stop remote lock-check lock clean
+.PHONY: help cnn dense-best tune tune-worker tune-best install repro test test-fast lint reproduce report summary comment serve demo server server-stop remote lock-check lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -81,6 +81,24 @@ RECIPE_dense-best := -S 'model.hidden_units=[1024]' -S model.dropout=0.2 -S trai
   -S train.schedule=onecycle -S train.learning_rate=0.002 -S train.batch_size=128 -S train.epochs=30
 cnn dense-best: install
 	dvc exp run -n $@-seed$(SEED) $(RECIPE_$@) -S train.seed=$(SEED)
+
+# Hyper-parameter studies on Optuna (docs/tuning.md), over a space of tune.yaml:
+#   make tune STUDY=demo TRIALS=12 WORKERS=2   - create (or continue) the study, run K workers, wait
+#   make tune-worker STUDY=demo                - one more worker, on any machine sharing TUNE_STORAGE
+#   make tune-best STUDY=demo                  - the best trial as `dvc exp run -n tune-demo -S ...`
+# Storage: TUNE_STORAGE=postgresql://... (shared), else .tune/optuna.journal (this clone only).
+STUDY   ?=
+TRIALS  ?= 12
+WORKERS ?= 1
+SPACE   ?= dense
+tune: install
+	python -m stages.tools.tune run --study "$(STUDY)" --trials $(TRIALS) --workers $(WORKERS) --space $(SPACE)
+
+tune-worker: install
+	python -m stages.tools.tune worker --study "$(STUDY)"
+
+tune-best: install
+	python -m stages.tools.tune best --study "$(STUDY)"
 
 # Serve the registry's champion over HTTP on 127.0.0.1:$(PORT) (see README, "Serving").
 PORT ?= 5001

