@@ -19,6 +19,10 @@ LOSS_RTOL ?= 0.10
 
 .PHONY: help cnn dense-best tune tune-worker tune-best install repro test test-fast lint reproduce report summary comment serve demo server server-stop remote lock-check lock clean
 
+.DEFAULT_GOAL := help
+help:  ## Every target and what it does (this list)
+	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-z][a-zA-Z _-]*:.*## / {printf "  %-22s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "Installing the locked dependencies into $(VENV) (a few minutes the first time)..."
@@ -26,50 +30,50 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .  # the mnist-predict command
 	@touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP)  ## Create .venv and install the locked dependencies (again only when the lock changes)
 
 # Ends with one line: the metrics reproduced HEAD's exactly, within tolerance
 # (a different CPU rounds differently), or not (a warning; the status stays 0).
-repro: install
+repro: install  ## Run the DVC pipeline, then say whether the metrics reproduced the committed ones
 	dvc repro
 	@python -m stages.tools.metrics_check --verdict --tolerance $(TOLERANCE) --loss-rtol $(LOSS_RTOL)
 
-test: lint
+test: lint  ## Lint and the whole test suite, slow tests included (what CI runs)
 	python -m pytest -m "slow or not slow"
 
-test-fast: install
+test-fast: install  ## The fast tests only (seconds)
 	python -m pytest
 
 # ruff's lint rules and format check, configured in pyproject.toml (also a pre-commit hook).
-lint: install
+lint: install  ## ruff check, ruff format --check, actionlint
 	ruff check .
 	ruff format --check .
 	actionlint .github/workflows/*.yml
 
 # Run every stage again from nothing (no cached results, data fetched anew) and
 # fail if the metrics drift from those committed at HEAD.
-reproduce: install
+reproduce: install  ## Every stage again from nothing; fail when the metrics drift from HEAD's
 	dvc repro --force
 	python -m stages.tools.metrics_check --tolerance $(TOLERANCE) --loss-rtol $(LOSS_RTOL)
 
 # Fail when dvc.lock is stale against the code and params (CI's first gate).
-lock-check: install
+lock-check: install  ## Fail when dvc.lock is stale against the code and params
 	python -m stages.tools.lock_check
 
 # The pull-request report: metrics and params against BASE (default: the merge
 # base with main, or HEAD~1), curves and confusion matrices, in reports/pr/.
 BASE ?=
-report: install
+report: install  ## The pull-request report against BASE (reports/pr/)
 	python -m stages.tools.report $(if $(BASE),--base $(BASE))
 
 # Tables only, for a CI job summary (images cannot be shown there).
-summary:
+summary:  ## Print the report's tables (for a CI job summary)
 	@cat reports/pr/summary.md
 
 # Post the report as one pull-request comment, updated in place on each push
 # (CML; GitHub Actions installs it and provides REPO_TOKEN).
 CML ?= cml
-comment:
+comment:  ## Post the report as one pull-request comment (CML)
 	$(CML) comment update --target=pr --watermark-title="MNIST pipeline report" reports/pr/report.md
 
 # Recipes (README, "Results"): each is one ordinary DVC experiment, e.g.
@@ -79,7 +83,7 @@ RECIPE_cnn := -S model.kind=cnn -S model.dropout=0.25 -S train.augment=true -S t
   -S train.learning_rate=0.003 -S train.batch_size=128 -S train.epochs=15
 RECIPE_dense-best := -S 'model.hidden_units=[1024]' -S model.dropout=0.2 -S train.augment=true \
   -S train.schedule=onecycle -S train.learning_rate=0.002 -S train.batch_size=128 -S train.epochs=30
-cnn dense-best: install
+cnn dense-best: install  ## A recipe as one DVC experiment: make cnn SEED=2 (docs/recipes.md)
 	dvc exp run -n $@-seed$(SEED) $(RECIPE_$@) -S train.seed=$(SEED)
 
 # Hyper-parameter studies on Optuna (docs/tuning.md), over a space of tune.yaml:
@@ -91,18 +95,18 @@ STUDY   ?=
 TRIALS  ?= 12
 WORKERS ?= 1
 SPACE   ?= dense
-tune: install
+tune: install  ## An Optuna study: make tune STUDY=name TRIALS=12 WORKERS=2 (docs/tuning.md)
 	python -m stages.tools.tune run --study "$(STUDY)" --trials $(TRIALS) --workers $(WORKERS) --space $(SPACE)
 
-tune-worker: install
+tune-worker: install  ## Join study STUDY from this machine (TUNE_STORAGE=postgresql://...)
 	python -m stages.tools.tune worker --study "$(STUDY)"
 
-tune-best: install
+tune-best: install  ## Run study STUDY's best trial as an ordinary DVC experiment
 	python -m stages.tools.tune best --study "$(STUDY)"
 
 # Serve the registry's champion over HTTP on 127.0.0.1:$(PORT) (see README, "Serving").
 PORT ?= 5001
-serve: install
+serve: install  ## Serve models:/mnist-classifier@champion on 127.0.0.1:5001 (PORT=...)
 	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
 	  mlflow models serve -m "models:/mnist-classifier@champion" --env-manager local -h 127.0.0.1 -p $(PORT)
 
@@ -113,7 +117,7 @@ serve: install
 DEMO_PORT ?= $(if $(filter command line,$(origin PORT)),$(PORT),7860)
 DEMO_HOST ?= $(if $(filter command line,$(origin HOST)),$(HOST),127.0.0.1)
 MODEL ?=
-demo: install
+demo: install  ## The draw-a-digit page on http://127.0.0.1:7860 (docs/demo.md)
 	python -m stages.tools.demo --host $(DEMO_HOST) --port $(DEMO_PORT) $(if $(MODEL),--model "$(MODEL)")
 
 # A team-style tracking server on 127.0.0.1:$(SERVER_PORT) (docs/team.md): PostgreSQL
@@ -126,11 +130,11 @@ SERVER_PORT ?= 5000
 SERVER_DIR  ?= .server
 AUTH        ?=
 ARTIFACTS   ?=
-server: install
+server: install  ## The team's tracking server (docs/team.md): AUTH=1, ARTIFACTS=s3://..., SERVER_HOST
 	python -m stages.tools.server start --host $(SERVER_HOST) --port $(SERVER_PORT) --dir "$(SERVER_DIR)" \
 	  $(if $(filter 1 yes true,$(AUTH)),--auth) $(if $(ARTIFACTS),--artifacts "$(ARTIFACTS)")
 
-server-stop:
+server-stop:  ## Stop what make server started
 	python -m stages.tools.server stop --dir "$(SERVER_DIR)"
 
 # A shared DVC remote, in this clone's .dvc/config.local (never committed, 0600):
@@ -141,11 +145,11 @@ REMOTE   ?=
 ENDPOINT ?=
 remote: export REMOTE := $(REMOTE)
 remote: export ENDPOINT := $(ENDPOINT)
-remote:
+remote:  ## A shared DVC remote in .dvc/config.local: make remote REMOTE=s3://bucket/path [ENDPOINT=...]
 	@python -m stages.tools.remote
 
 # Regenerate requirements.lock from pyproject.toml (Linux x86-64, CPython 3.11).
-lock:
+lock:  ## Regenerate requirements.lock from pyproject.toml
 	$(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/pip install --quiet uv==0.13.8
 	.venv-lock/bin/uv pip compile pyproject.toml --extra dev --extra server --extra demo --python-version 3.11 \
@@ -153,5 +157,5 @@ lock:
 	  --index-url https://pypi.org/simple -o requirements.lock
 	rm -rf .venv-lock
 
-clean:
+clean:  ## Remove .venv
 	rm -rf $(VENV)

@@ -95,3 +95,11 @@ def test_tools_shown_answer_help(module):
         [sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0 and "usage:" in result.stdout, result.stderr
+
+
+def test_make_help_lists_every_target():
+    result = subprocess.run(["make", "--no-print-directory", "help"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    listed = {name for line in result.stdout.splitlines() for name in line.strip().split("  ")[0].split()}
+    missing = makefile_targets() - {"$(STAMP)"} - listed
+    assert not missing, f"give these targets a '## what it does' comment: {sorted(missing)}"
