@@ -136,6 +136,7 @@ SCHEMA: dict[str, Schema] = {
             "kernel_size": integer(1),
             "batch_norm": boolean(),
             "pooling": choice("max", "average"),
+            "pool_first": boolean(),
         },
     },
     "train": {
