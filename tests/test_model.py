@@ -126,8 +126,8 @@ def test_multiply_adds_count_the_convolutions_and_dense_layers():
     cnn = nn.build([128], "relu", 0.25, "softmax", kind="cnn", cnn=recipe)
     conv = 28 * 28 * 16 * 5 * 5 * 1 + 14 * 14 * 32 * 5 * 5 * 16
     assert nn.multiply_adds(cnn) == conv + 7 * 7 * 32 * 128 + 128 * 10 == 3_024_384
-    fast = nn.build([128], "relu", 0.25, "softmax", kind="cnn", cnn={**recipe, "kernel_size": 3, "pool_first": True})
-    assert nn.multiply_adds(fast) == 28 * 28 * 16 * 9 + 14 * 14 * 32 * 9 * 16 + 7 * 7 * 32 * 128 + 128 * 10
+    k3 = nn.build([128], "relu", 0.25, "softmax", kind="cnn", cnn={**recipe, "kernel_size": 3, "pool_first": True})
+    assert nn.multiply_adds(k3) == 28 * 28 * 16 * 9 + 14 * 14 * 32 * 9 * 16 + 7 * 7 * 32 * 128 + 128 * 10
 
 
 def test_label_smoothing_spreads_the_targets():
