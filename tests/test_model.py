@@ -101,6 +101,35 @@ def test_cnn_blocks_then_the_dense_head(batch_norm, pooling):
     assert model(np.zeros((3, 28, 28), np.float32)).shape == (3, 10)
 
 
+def test_pool_first_pools_before_batch_norm_and_activation():
+    cnn = {"filters": [4, 8], "kernel_size": 3, "batch_norm": True, "pooling": "max", "pool_first": True}
+    model = nn.build([16], "relu", 0.25, "softmax", kind="cnn", cnn=cnn)
+    block = ["Conv2D", "MaxPooling2D", "BatchNormalization", "Activation"]
+    assert [type(layer).__name__ for layer in model.layers] == (
+        ["Reshape"] + block * 2 + ["Flatten", "Dense", "Dropout", "Dense"]
+    )
+    assert model.get_layer("batch_norm_1").output.shape[1:] == (14, 14, 4), "normalizes the pooled values"
+    assert model.get_layer("flatten").output.shape[-1] == 7 * 7 * 8
+    # Without batch norm, max pooling and ReLU commute: the same network, the same outputs.
+    plain = {**cnn, "batch_norm": False}
+    first, last = (
+        nn.build([16], "relu", 0.0, "softmax", kind="cnn", cnn={**plain, "pool_first": p}) for p in (True, False)
+    )
+    last.set_weights(first.get_weights())
+    x = np.random.default_rng(0).random((3, 28, 28), dtype=np.float32)
+    np.testing.assert_allclose(first(x).numpy(), last(x).numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_multiply_adds_count_the_convolutions_and_dense_layers():
+    assert nn.multiply_adds(nn.build([128], "relu", 0.0, "softmax")) == 784 * 128 + 128 * 10
+    recipe = {"filters": [16, 32], "kernel_size": 5, "batch_norm": True, "pooling": "max"}
+    cnn = nn.build([128], "relu", 0.25, "softmax", kind="cnn", cnn=recipe)
+    conv = 28 * 28 * 16 * 5 * 5 * 1 + 14 * 14 * 32 * 5 * 5 * 16
+    assert nn.multiply_adds(cnn) == conv + 7 * 7 * 32 * 128 + 128 * 10 == 3_024_384
+    k3 = nn.build([128], "relu", 0.25, "softmax", kind="cnn", cnn={**recipe, "kernel_size": 3, "pool_first": True})
+    assert nn.multiply_adds(k3) == 28 * 28 * 16 * 9 + 14 * 14 * 32 * 9 * 16 + 7 * 7 * 32 * 128 + 128 * 10
+
+
 def test_label_smoothing_spreads_the_targets():
     probs = np.array([[0.7, 0.3] + [0.0] * 8], np.float32)
     smooth = nn.loss_function("sparse", "softmax", 0.2)

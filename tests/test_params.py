@@ -51,6 +51,7 @@ def test_committed_params_are_valid(raw):
         ("model.cnn", "kernel_size", 0, "model.cnn.kernel_size must be an integer >= 1"),
         ("model.cnn", "batch_norm", "yes", "model.cnn.batch_norm must be true or false, got 'yes'"),
         ("model.cnn", "pooling", "min", "model.cnn.pooling must be one of max, average"),
+        ("model.cnn", "pool_first", "no", "model.cnn.pool_first must be true or false, got 'no'"),
         ("train", "optimizer", "sgd", "train.optimizer must be one of adam, adamw"),
         ("train", "weight_decay", -1e-4, r"train.weight_decay must be a number in \[0, inf\)"),
         ("train", "schedule", "step", "train.schedule must be one of constant, cosine, onecycle"),
@@ -164,7 +165,7 @@ def test_only_the_params_that_take_effect_count(raw):
     assert model.effective(cleaned["model"])["cnn"] == cleaned["model"]["cnn"]
 
 
-@pytest.mark.parametrize("recipe", ["cnn", "dense-best"])
+@pytest.mark.parametrize("recipe", ["cnn", "cnn-fast", "dense-best"])
 def test_makefile_recipes_are_valid_params(raw, recipe):
     """Each recipe target is one `dvc exp run` whose -S flags give valid params."""
     import shlex

@@ -92,6 +92,7 @@ def test_variants_train(prepared, model_cfg, train_cfg):
         (CNN, {}),
         ({**CNN, "cnn": {"filters": [4], "kernel_size": 5, "batch_norm": False, "pooling": "average"}}, {}),
         ({**CNN, "dropout": 0.2, "hidden_units": [16]}, {"augment": True, "schedule": "onecycle", "epochs": 10}),
+        ({**CNN, "cnn": {**CNN["cnn"], "pool_first": True}}, {}),
         ({}, {"augment": True}),
         ({}, {"schedule": "cosine"}),
         ({}, {"schedule": "onecycle", "warmup": 0.5}),
@@ -103,6 +104,7 @@ def test_variants_train(prepared, model_cfg, train_cfg):
         "cnn",
         "cnn-avgpool-nobn",
         "cnn-augment-onecycle",
+        "cnn-pool-first",
         "augment",
         "cosine",
         "onecycle",
@@ -276,8 +278,9 @@ def run_train_stage(prepared, root, model=None, train=None, python_flags=()):
     return run_in([sys.executable, *python_flags, "-m", "stages.train"], root, PYTHONPATH=str(code), DVC_ROOT=str(root))
 
 
-def test_train_stage_smoke_cnn_with_augmentation_byte_reproducible(prepared, tmp_path):
-    model = {"kind": "cnn", "hidden_units": [16], "dropout": 0.1, "cnn": {**CNN["cnn"]}}
+@pytest.mark.parametrize("pool_first", [False, True], ids=["cnn", "cnn-pool-first"])
+def test_train_stage_smoke_cnn_with_augmentation_byte_reproducible(prepared, tmp_path, pool_first):
+    model = {"kind": "cnn", "hidden_units": [16], "dropout": 0.1, "cnn": {**CNN["cnn"], "pool_first": pool_first}}
     train_cfg = {"augment": True, "schedule": "onecycle", "epochs": 2, "batch_size": 16, "learning_rate": 0.005}
     files = []
     for run in ("a", "b"):
@@ -291,6 +294,7 @@ def test_train_stage_smoke_cnn_with_augmentation_byte_reproducible(prepared, tmp
     assert files[0] == files[1], "same params, same machine: the same model file"
     loaded = nn.load_model(tmp_path / "a" / "data" / "model" / "model.keras")
     assert loaded.name == "mnist_cnn" and loaded.get_layer("conv_2").filters == 8
+    assert loaded.get_layer("batch_norm_1").output.shape[1] == (14 if pool_first else 28)
     assert len(pd.read_csv(tmp_path / "a" / "reports" / "train" / "history.csv")) == 2
 
 

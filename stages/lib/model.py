@@ -76,6 +76,10 @@ def build(
     dense: Flatten -> [Dense(units, activation) -> Dropout]* -> Dense(10, softmax | linear).
     cnn: one block per ``cnn["filters"]`` entry (Conv2D, "same" padding ->
     [BatchNormalization] -> activation -> 2x2 pooling), then the same head.
+    With ``cnn["pool_first"]`` the pooling comes right after the convolution,
+    so batch norm and the activation handle a quarter of the values (max
+    pooling commutes with ReLU; batch norm's statistics are then the pooled
+    values').
     """
     layers: list[keras.layers.Layer] = [keras.Input(shape=IMAGE_SHAPE, name="image")]
     if kind == "cnn":
@@ -90,18 +94,45 @@ def build(
 
 
 def _conv_blocks(
-    activation: str, filters: list[int], kernel_size: int, batch_norm: bool, pooling: str
+    activation: str,
+    filters: list[int],
+    kernel_size: int,
+    batch_norm: bool,
+    pooling: str,
+    pool_first: bool = False,
 ) -> list[keras.layers.Layer]:
     pool = keras.layers.MaxPooling2D if pooling == "max" else keras.layers.AveragePooling2D
     layers: list[keras.layers.Layer] = [keras.layers.Reshape((*IMAGE_SHAPE, 1), name="channel")]
     for i, n in enumerate(filters, start=1):
         # A bias before batch normalization is cancelled by it: leave it out.
         layers.append(keras.layers.Conv2D(n, kernel_size, padding="same", use_bias=not batch_norm, name=f"conv_{i}"))
+        if pool_first:
+            layers.append(pool(2, name=f"pool_{i}"))
         if batch_norm:
             layers.append(keras.layers.BatchNormalization(name=f"batch_norm_{i}"))
         layers.append(keras.layers.Activation(activation, name=f"{activation}_{i}"))
-        layers.append(pool(2, name=f"pool_{i}"))
+        if not pool_first:
+            layers.append(pool(2, name=f"pool_{i}"))
     return layers
+
+
+def multiply_adds(model: keras.Model) -> int:
+    """Multiply-adds of one image's forward pass through the convolutions and Dense layers.
+
+    What the network costs, whatever the machine: training one image costs
+    about three times this (the forward pass, then the gradients of the
+    inputs and of the weights), i.e. ~6 floating-point operations per
+    multiply-add. Batch norm, activations, pooling and the optimizer are
+    left out (a few per value, not per weight).
+    """
+    total = 0
+    for layer in model.layers:
+        out = layer.output.shape
+        if isinstance(layer, keras.layers.Conv2D):
+            total += math.prod(out[1:]) * math.prod(layer.kernel_size) * layer.input.shape[-1]
+        elif isinstance(layer, keras.layers.Dense):
+            total += layer.input.shape[-1] * layer.units
+    return total
 
 
 def loss_function(labels: str, output: str, label_smoothing: float = 0.0) -> Callable[[Any, Any], tf.Tensor]:

@@ -20,6 +20,7 @@ SCHEMA: Schema = {
         "kernel_size": integer(1),
         "batch_norm": boolean(),
         "pooling": choice("max", "average"),
+        "pool_first": boolean(),
     },
 }
 

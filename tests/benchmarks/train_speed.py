@@ -49,9 +49,9 @@ CNN_DROPOUT = 0.25
 
 def params(network: str, epochs: int) -> tuple[dict, dict]:
     """The ``model`` and ``train`` params the pipeline side trains with."""
-    from stages import params as p
+    from stages.params import model, schema, train
 
-    cfg = p.load("model", "train", path=ROOT / "params.yaml")
+    cfg = schema.load(model, train, path=ROOT / "params.yaml")
     model = {**cfg["model"], "kind": network, "hidden_units": [128], "activation": "relu", "output": "softmax"}
     model["dropout"] = CNN_DROPOUT if network == "cnn" else 0.0
     train = {**cfg["train"], "labels": "sparse", "optimizer": "adam", "schedule": "constant", "augment": False}
@@ -128,7 +128,7 @@ def baseline(network: str, epochs: int) -> dict:
 
 def pipeline(network: str, epochs: int) -> dict:
     """The train stage's own code and settings."""
-    from stages.train import backend_settings, fit
+    from stages.lib.training import backend_settings, fit
 
     model_cfg, train_cfg = params(network, epochs)
     backend = backend_settings(model_cfg)  # before TensorFlow is imported
