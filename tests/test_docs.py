@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
-MAKE = re.compile(r"(?<![\w/.-])make (?:-\w+ )*([a-z][\w-]*)")
+MAKE = re.compile(r"(?:^|&&|;)[ \t]*make (?:-\w+ )*([a-z][\w-]*)", re.M)  # make as a command, not a word
 MODULE = re.compile(r"python -m (stages(?:\.\w+)+)")
 
 
@@ -20,7 +20,8 @@ def code(text: str) -> str:
     """The commands a page shows: its fenced blocks and inline code spans, one per line."""
     blocks = re.findall(r"^```[^\n]*\n(.*?)^```", text, flags=re.M | re.S)
     spans = re.findall(r"`([^`\n]+)`", re.sub(r"^```.*?^```", "", text, flags=re.M | re.S))
-    return "\n".join(blocks + spans)
+    commands = "\n".join(blocks + spans)
+    return re.sub(r"(^|\s)#.*$", "", commands, flags=re.M)  # shell comments say things, they run nothing
 
 
 def page_ids():
