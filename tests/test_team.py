@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from stages.tools import server
-from tests.conftest import commit_all, mlflow_runs, queue_seeds, run_in, tiny_clone
+from tests.conftest import commit_all, mlflow_runs, postgres_workdir, queue_seeds, run_in, tiny_clone
 
 pytestmark = pytest.mark.slow
 
@@ -36,14 +36,8 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 def workdir():
-    try:
-        server.pg_bin("initdb")
-    except server.ServerError as exc:
-        pytest.skip(f"PostgreSQL's server programs are missing ({exc}); .ci/run installs them")
-    path = Path(tempfile.mkdtemp(prefix="mnist-team-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with postgres_workdir("mnist-team-") as path:
+        yield path
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import pytest
 import yaml
 
 from stages.tools import server
-from tests.conftest import commit_all, run_in, tiny_clone
+from tests.conftest import commit_all, postgres_workdir, run_in, tiny_clone
 
 pytestmark = pytest.mark.slow
 
@@ -54,14 +52,8 @@ TOLERANCE = 5e-5 + 1e-9
 
 @pytest.fixture(scope="module")
 def workdir():
-    try:
-        server.pg_bin("initdb")
-    except server.ServerError as exc:
-        pytest.skip(f"PostgreSQL's server programs are missing ({exc}); .ci/run installs them")
-    path = Path(tempfile.mkdtemp(prefix="mnist-tune-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with postgres_workdir("mnist-tune-") as path:
+        yield path
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import copy
 import datetime
-import fcntl
 import itertools
 import json
 import math
@@ -390,13 +389,8 @@ def study_lock(url: str | None, study_name: str) -> Iterator[None]:
     else:
         yield  # another database: no lock (a study may end one trial over N)
         return
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with tracking.file_lock(lock_path):
+        yield
 
 
 def base_params() -> dict[str, Any]:
