@@ -240,9 +240,12 @@ def publish(
                 )
             model_uri, model_id = logged["model"].model_uri, logged["model"].model_id
             head = f"publish: logged run {run_id} to {shown}"
-        else:  # logged and FINISHED, but its registration did not happen (the store failed right after)
+        else:  # logged and FINISHED, but not registered: being registered right now, or the store failed then
             run_id = found.run_id
-            model_id = client.get_run(run_id).outputs.model_outputs[0].model_id
+            run = client.get_run(run_id)
+            if tracking.publisher_busy(run):
+                return f"publish: run {run_id} holds this result already; its publisher is registering the model"
+            model_id = run.outputs.model_outputs[0].model_id
             model_uri = f"models:/{model_id}"
             head = f"publish: run {run_id} holds this result but its model was not registered"
         try:

@@ -1,6 +1,7 @@
 """The rules of logging a result, without a server: who keeps a claimed result, dirty checkouts, run names."""
 
 import subprocess
+import sys
 import types
 
 from stages.lib import tracking
@@ -75,3 +76,32 @@ def test_the_git_remote_is_tagged_without_credentials(tmp_path):
         ["git", "-C", str(repo), "remote", "add", "origin", "https://bob:s3cret@git.example/x.git"], check=True
     )
     assert tracking.git_facts(repo)["mlflow.source.git.repoURL"] == "https://***@git.example/x.git"
+
+
+def test_a_publisher_still_registering_is_left_to_it():
+    import os
+    import socket
+
+    def finished(host, pid, end_s):
+        tags = {tracking.HOST_TAG: host, tracking.PID_TAG: str(pid)}
+        return types.SimpleNamespace(
+            info=types.SimpleNamespace(end_time=int(end_s * 1000)), data=types.SimpleNamespace(tags=tags)
+        )
+
+    here, now = socket.gethostname(), 1_000_000.0
+    alive = subprocess.Popen(["sleep", "30"])  # not a publish process: a reused pid does not count
+    try:
+        assert not tracking.publisher_busy(finished(here, alive.pid, now), now)
+    finally:
+        alive.kill()
+        alive.wait()
+    assert not tracking.publisher_busy(finished(here, os.getpid(), now), now)  # that is this very process
+    publishing = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "stages.publish"])
+    try:
+        assert tracking.publisher_busy(finished(here, publishing.pid, now), now)
+    finally:
+        publishing.kill()
+        publishing.wait()
+    assert not tracking.publisher_busy(finished(here, publishing.pid, now), now)
+    assert tracking.publisher_busy(finished("elsewhere", 1, now - 10), now)  # another host, just finished
+    assert not tracking.publisher_busy(finished("elsewhere", 1, now - 600), now)  # long ago: gone

@@ -244,6 +244,17 @@ def process_alive(pid: int) -> bool:
     return b"stages.publish" in cmdline
 
 
+def publisher_busy(run: Any, now_s: float | None = None, grace_s: float = 120.0) -> bool:
+    """Whether the process that logged ``run`` may still be registering its model: it is alive (this host),
+    or it finished less than ``grace_s`` ago (another host, whose processes cannot be seen from here)."""
+    now_s = time.time() if now_s is None else now_s
+    tags = run.data.tags
+    if tags.get(HOST_TAG) == socket.gethostname():
+        pid = tags.get(PID_TAG, "")
+        return pid.isdigit() and int(pid) != os.getpid() and process_alive(int(pid))
+    return now_s - (run.info.end_time or 0) / 1000 < grace_s
+
+
 def mend_stale_runs(client: Any, experiment_id: str, host: str | None = None) -> list[str]:
     """Mark FAILED this host's RUNNING runs whose publishing process has gone; their ids."""
     host = host or socket.gethostname()
