@@ -178,7 +178,9 @@ def http_server():
 def run_in(args: list[str], cwd: Path, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
     """Run a command as a user would in ``cwd``: the project's environment on PATH, no inherited
     MLflow or DVC variables (``env`` sets the ones a test wants)."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    # Nor make's own variables: under `make test` a `make ...` would print "Entering directory" lines.
+    skip = ("MLFLOW_", "DVC_", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
     environ.update({"PATH": f"{Path(sys.executable).parent}:{environ['PATH']}", **env})
     return subprocess.run(args, cwd=cwd, env=environ, capture_output=True, text=True, timeout=timeout)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -58,7 +59,7 @@ def workdir():
 
 @pytest.fixture(scope="module")
 def storage(workdir):
-    pg = server.Postgres(workdir / "postgres", server.free_port())
+    pg = server.Postgres(workdir / "postgres", server.free_port(), password=secrets.token_hex(16))
     pg.init()
     try:
         yield pg.uri

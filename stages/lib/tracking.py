@@ -228,10 +228,17 @@ def _git(args: list[str], cwd: Path | None = None, strip: bool = True) -> str | 
 
 def ensure_experiment(client: Any, artifact_location: str | None) -> str:
     """The ``mnist`` experiment's id, created as a model-training experiment when missing."""
+    from mlflow.exceptions import MlflowException  # noqa: PLC0415
+
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is not None:
         return experiment.experiment_id
-    return client.create_experiment(EXPERIMENT, artifact_location=artifact_location, tags=EXPERIMENT_TAGS)
+    try:
+        return client.create_experiment(EXPERIMENT, artifact_location=artifact_location, tags=EXPERIMENT_TAGS)
+    except MlflowException as exc:  # another publisher created it a moment ago
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(EXPERIMENT).experiment_id
 
 
 def process_alive(pid: int) -> bool:
