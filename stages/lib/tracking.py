@@ -241,14 +241,31 @@ def ensure_experiment(client: Any, artifact_location: str | None) -> str:
         return client.get_experiment_by_name(EXPERIMENT).experiment_id
 
 
-def process_alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process that could still be publishing (a reused number running something
-    else does not count)."""
+def process_alive(pid: int, proc: Path = Path("/proc")) -> bool:
+    """Whether ``pid`` is a live process that could still be publishing. Where ``proc`` shows this process's
+    own PID namespace, a reused number running something else does not count; where it does not (a sandbox
+    that kept the host's ``/proc``), only ``kill(pid, 0)`` can tell, and a live pid counts."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    if not own_proc(proc):
+        return True
+    try:
+        cmdline = (proc / str(pid) / "cmdline").read_bytes()
     except OSError:
         return False
     return b"stages.publish" in cmdline
+
+
+def own_proc(proc: Path = Path("/proc")) -> bool:
+    """Whether ``proc`` is a procfs of this process's PID namespace."""
+    try:
+        return (proc / "self").resolve().name == str(os.getpid())
+    except OSError:
+        return False
 
 
 def publisher_busy(run: Any, now_s: float | None = None, grace_s: float = 120.0) -> bool:
