@@ -5,7 +5,7 @@ import subprocess
 import sys
 import types
 
-from stages.lib import tracking
+from stages.lib import processes, tracking
 from stages.publish import run_name
 from tests.conftest import commit_all
 
@@ -49,29 +49,6 @@ def test_a_dead_process_is_not_alive():
     assert not tracking.process_alive(proc.pid)
 
 
-def test_a_proc_of_another_pid_namespace_is_not_trusted(tmp_path):
-    """A sandbox may keep the host's /proc, where our pids name other processes (CI's did): liveness then
-    comes from kill(pid, 0) alone, and a live pid counts as a publisher rather than as gone."""
-    sleeper = subprocess.Popen(["sleep", "30"])
-    ours, foreign = tmp_path / "ours", tmp_path / "foreign"
-    (ours / str(sleeper.pid)).mkdir(parents=True)
-    (ours / str(sleeper.pid) / "cmdline").write_bytes(b"sleep\x0030\x00")
-    (ours / "self").symlink_to(str(os.getpid()))
-    (foreign / "1").mkdir(parents=True)
-    (foreign / "self").symlink_to("1")
-    try:
-        assert tracking.own_proc(ours) and not tracking.own_proc(foreign)
-        assert not tracking.process_alive(sleeper.pid, ours)  # our namespace: not a publish process
-        assert tracking.process_alive(sleeper.pid, foreign)  # a foreign /proc: alive is all we know
-        (ours / str(sleeper.pid) / "cmdline").write_bytes(b"python\x00-m\x00stages.publish\x00")
-        assert tracking.process_alive(sleeper.pid, ours)
-    finally:
-        sleeper.kill()
-        sleeper.wait()
-    assert not tracking.process_alive(sleeper.pid, ours)
-    assert not tracking.process_alive(sleeper.pid, foreign)
-
-
 def test_dirty_means_changes_a_commit_does_not_hold(tmp_path):
     repo = tmp_path / "repo"
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
@@ -103,7 +80,6 @@ def test_the_git_remote_is_tagged_without_credentials(tmp_path):
 
 
 def test_a_publisher_still_registering_is_left_to_it():
-    import os
     import socket
 
     def finished(host, pid, end_s):
@@ -115,7 +91,7 @@ def test_a_publisher_still_registering_is_left_to_it():
     here, now = socket.gethostname(), 1_000_000.0
     alive = subprocess.Popen(["sleep", "30"])  # not a publish process: a reused pid does not count
     try:  # where /proc is not our namespace's (CI's sandbox), a live pid is all that can be known
-        assert tracking.publisher_busy(finished(here, alive.pid, now), now) is not tracking.own_proc()
+        assert tracking.publisher_busy(finished(here, alive.pid, now), now) is not processes.own_proc()
     finally:
         alive.kill()
         alive.wait()

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stages.lib import redact
+from stages.lib import processes, redact
 from stages.lib.store import EXPERIMENT, TrackingError, describe, is_server, rest
 
 RESULT_TAG = "pipeline.result"  # the result key: one FINISHED run per key
@@ -241,31 +241,10 @@ def ensure_experiment(client: Any, artifact_location: str | None) -> str:
         return client.get_experiment_by_name(EXPERIMENT).experiment_id
 
 
-def process_alive(pid: int, proc: Path = Path("/proc")) -> bool:
-    """Whether ``pid`` is a live process that could still be publishing. Where ``proc`` shows this process's
-    own PID namespace, a reused number running something else does not count; where it does not (a sandbox
-    that kept the host's ``/proc``), only ``kill(pid, 0)`` can tell, and a live pid counts."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # alive, another user's
-    if not own_proc(proc):
-        return True
-    try:
-        cmdline = (proc / str(pid) / "cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"stages.publish" in cmdline
-
-
-def own_proc(proc: Path = Path("/proc")) -> bool:
-    """Whether ``proc`` is a procfs of this process's PID namespace."""
-    try:
-        return (proc / "self").resolve().name == str(os.getpid())
-    except OSError:
-        return False
+def process_alive(pid: int, proc: Path = processes.PROC) -> bool:
+    """Whether ``pid`` is a live process that could still be publishing: a reused number running something
+    else does not count, and where ``proc`` cannot tell (another PID namespace's) a live pid does."""
+    return processes.runs(pid, b"stages.publish", proc) is not False
 
 
 def publisher_busy(run: Any, now_s: float | None = None, grace_s: float = 120.0) -> bool:

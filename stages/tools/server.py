@@ -47,7 +47,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from stages.lib import redact
+from stages.lib import processes, redact
 from stages.lib.files import write_json
 from stages.lib.paths import SERVER_DIR
 
@@ -342,16 +342,21 @@ def start_mlflow(
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
-def is_mlflow(pid: int) -> bool:
-    """Whether ``pid`` still runs mlflow (after a reboot the number may belong to another program)."""
+def is_mlflow(pid: int, url: str | None = None) -> bool:
+    """Whether ``pid`` still runs mlflow (after a reboot the number may belong to another program). Where
+    ``/proc`` cannot say (another PID namespace's), a live pid counts when ``url`` answers as MLflow does."""
+    known = processes.runs(pid, b"mlflow")
+    if known is not None:
+        return known
     try:
-        return b"mlflow" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+            return bool(url) and answer.read().strip() == b"OK"
+    except (OSError, ValueError):
         return False
 
 
-def stop_process_group(pid: int, timeout_s: float = 20.0) -> None:
-    if not is_mlflow(pid):
+def stop_process_group(pid: int, url: str | None = None, timeout_s: float = 20.0) -> None:
+    if not is_mlflow(pid, url):
         return
     try:
         os.killpg(pid, signal.SIGTERM)
@@ -423,7 +428,7 @@ def stop(directory: Path = SERVER_DIR) -> list[str]:
     state = json.loads(state_path.read_text())
     stopped = []
     if state.get("mlflow_pid"):
-        stop_process_group(state["mlflow_pid"])
+        stop_process_group(state["mlflow_pid"], state.get("url"))
         stopped.append(f"mlflow server (pid {state['mlflow_pid']})")
     if state.get("postgres"):
         pg = Postgres(Path(state["postgres"]["directory"]), state["postgres"]["port"])

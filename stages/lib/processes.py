@@ -1,0 +1,41 @@
+"""Whether a process id still names the program that wrote it down.
+
+A pid recorded in a run's tags or a server's state file may have ended, or
+been reused by another program (after a reboot, or a busy machine). ``/proc``
+tells which program runs under a number, but only when it is this process's
+own PID namespace: a sandbox may keep the host's ``/proc``, where our numbers
+name other processes. There, only ``kill(pid, 0)`` can tell, and the answer is
+"alive, program unknown".
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROC = Path("/proc")
+
+
+def own_proc(proc: Path = PROC) -> bool:
+    """Whether ``proc`` is a procfs of this process's PID namespace."""
+    try:
+        return (proc / "self").resolve().name == str(os.getpid())
+    except OSError:
+        return False
+
+
+def runs(pid: int, marker: bytes, proc: Path = PROC) -> bool | None:
+    """Whether ``pid`` is alive and its command line holds ``marker``; None when it is alive but ``proc``
+    cannot say what it runs."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    if not own_proc(proc):
+        return None
+    try:
+        return marker in (proc / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return False

@@ -1,0 +1,60 @@
+"""Pids written down by a publisher or the team server: alive, reused, or behind a foreign /proc."""
+
+import http.server
+import os
+import subprocess
+import threading
+
+from stages.lib import processes, tracking
+from stages.tools import server
+
+
+def test_a_proc_of_another_pid_namespace_is_not_trusted(tmp_path):
+    """A sandbox may keep the host's /proc, where our pids name other processes (CI's did): liveness then
+    comes from kill(pid, 0) alone, and a live pid counts as a publisher rather than as gone."""
+    sleeper = subprocess.Popen(["sleep", "30"])
+    ours, foreign = tmp_path / "ours", tmp_path / "foreign"
+    (ours / str(sleeper.pid)).mkdir(parents=True)
+    (ours / str(sleeper.pid) / "cmdline").write_bytes(b"sleep\x0030\x00")
+    (ours / "self").symlink_to(str(os.getpid()))
+    (foreign / "1").mkdir(parents=True)
+    (foreign / "self").symlink_to("1")
+    try:
+        assert processes.own_proc(ours) and not processes.own_proc(foreign)
+        assert not tracking.process_alive(sleeper.pid, ours)  # our namespace: not a publish process
+        assert tracking.process_alive(sleeper.pid, foreign)  # a foreign /proc: alive is all we know
+        (ours / str(sleeper.pid) / "cmdline").write_bytes(b"python\x00-m\x00stages.publish\x00")
+        assert tracking.process_alive(sleeper.pid, ours)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert not tracking.process_alive(sleeper.pid, ours)
+    assert not tracking.process_alive(sleeper.pid, foreign)
+
+
+def test_the_server_s_pid_behind_a_foreign_proc_counts_when_its_url_answers_as_mlflow(monkeypatch):
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *args):
+            pass
+
+    sleeper = subprocess.Popen(["sleep", "30"])
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        assert not server.is_mlflow(sleeper.pid, url)  # our /proc: sleep is not mlflow, whatever answers
+        monkeypatch.setattr(processes, "own_proc", lambda proc=processes.PROC: False)
+        assert server.is_mlflow(sleeper.pid, url)
+        assert not server.is_mlflow(sleeper.pid, None)  # nothing to ask: not stopped
+        httpd.shutdown()
+        httpd.server_close()
+        assert not server.is_mlflow(sleeper.pid, url)  # nothing answers there: a reused pid
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert not server.is_mlflow(sleeper.pid, url)
