@@ -10,7 +10,7 @@ from stages.tools import server
 
 
 def test_a_proc_of_another_pid_namespace_is_not_trusted(tmp_path):
-    """A sandbox may keep the host's /proc, where our pids name other processes (CI's did): liveness then
+    """A sandbox may keep the host's /proc, where our pids name other processes: liveness then
     comes from kill(pid, 0) alone, and a live pid counts as a publisher rather than as gone."""
     sleeper = subprocess.Popen(["sleep", "30"])
     ours, foreign = tmp_path / "ours", tmp_path / "foreign"
@@ -24,6 +24,10 @@ def test_a_proc_of_another_pid_namespace_is_not_trusted(tmp_path):
         assert not tracking.process_alive(sleeper.pid, ours)  # our namespace: not a publish process
         assert tracking.process_alive(sleeper.pid, foreign)  # a foreign /proc: alive is all we know
         (ours / str(sleeper.pid) / "cmdline").write_bytes(b"python\x00-m\x00stages.publish\x00")
+        assert tracking.process_alive(sleeper.pid, ours)
+        # Being exec'd (CI caught one right after Popen returned): the command line is empty for a moment.
+        (ours / str(sleeper.pid) / "cmdline").write_bytes(b"")
+        assert processes.runs(sleeper.pid, b"stages.publish", ours) is None
         assert tracking.process_alive(sleeper.pid, ours)
     finally:
         sleeper.kill()

@@ -89,15 +89,24 @@ def test_a_publisher_still_registering_is_left_to_it():
         )
 
     here, now = socket.gethostname(), 1_000_000.0
-    alive = subprocess.Popen(["sleep", "30"])  # not a publish process: a reused pid does not count
-    try:  # where /proc is not our namespace's (CI's sandbox), a live pid is all that can be known
+    # Not a publish process: a reused pid does not count.
+    alive = subprocess.Popen(
+        [sys.executable, "-c", "import time; print(flush=True); time.sleep(30)"], stdout=subprocess.PIPE
+    )
+    try:
+        alive.stdout.readline()  # running: its exec is over (until then its command line is empty: "can't tell")
+        # Where /proc is not our PID namespace's, a live pid is all that can be known.
         assert tracking.publisher_busy(finished(here, alive.pid, now), now) is not processes.own_proc()
     finally:
         alive.kill()
         alive.wait()
     assert not tracking.publisher_busy(finished(here, os.getpid(), now), now)  # that is this very process
-    publishing = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "stages.publish"])
+    publishing = subprocess.Popen(
+        [sys.executable, "-c", "import time; print(flush=True); time.sleep(30)", "stages.publish"],
+        stdout=subprocess.PIPE,
+    )
     try:
+        publishing.stdout.readline()
         assert tracking.publisher_busy(finished(here, publishing.pid, now), now)
     finally:
         publishing.kill()

@@ -26,7 +26,7 @@ def own_proc(proc: Path = PROC) -> bool:
 
 def runs(pid: int, marker: bytes, proc: Path = PROC) -> bool | None:
     """Whether ``pid`` is alive and its command line holds ``marker``; None when it is alive but ``proc``
-    cannot say what it runs."""
+    cannot say (yet) what it runs."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -36,6 +36,9 @@ def runs(pid: int, marker: bytes, proc: Path = PROC) -> bool | None:
     if not own_proc(proc):
         return None
     try:
-        return marker in (proc / str(pid) / "cmdline").read_bytes()
+        cmdline = (proc / str(pid) / "cmdline").read_bytes()
     except OSError:
         return False
+    # Empty while the process is still being exec'd (seen right after a fork) or already a zombie: either
+    # way it cannot say yet what it runs.
+    return (marker in cmdline) if cmdline else None
