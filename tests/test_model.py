@@ -120,6 +120,25 @@ def test_pool_first_pools_before_batch_norm_and_activation():
     np.testing.assert_allclose(first(x).numpy(), last(x).numpy(), rtol=1e-5, atol=1e-7)
 
 
+def test_a_stride_block_halves_the_side_with_its_convolution():
+    cnn = {"filters": [4, 8], "kernel_size": 5, "batch_norm": True, "pooling": ["max", "stride"], "pool_first": True}
+    model = nn.build([16], "relu", 0.25, "softmax", kind="cnn", cnn=cnn)
+    assert [type(layer).__name__ for layer in model.layers] == (
+        ["Reshape", "Conv2D", "MaxPooling2D", "BatchNormalization", "Activation"]
+        + ["Conv2D", "BatchNormalization", "Activation", "Flatten", "Dense", "Dropout", "Dense"]
+    )
+    assert model.get_layer("conv_1").strides == (1, 1) and model.get_layer("conv_2").strides == (2, 2)
+    assert model.get_layer("conv_2").output.shape[1:] == (7, 7, 8)
+    assert model.get_layer("flatten").output.shape[-1] == 7 * 7 * 8
+    # One value for every block: both convolutions stride, no pooling layer at all.
+    strided = nn.build([16], "relu", 0.0, "softmax", kind="cnn", cnn={**cnn, "pooling": "stride"})
+    assert not [layer for layer in strided.layers if "Pooling" in type(layer).__name__]
+    assert strided.get_layer("flatten").output.shape[-1] == 7 * 7 * 8
+    # A quarter of the multiply-adds of the same block followed by pooling.
+    pooled = nn.build([16], "relu", 0.25, "softmax", kind="cnn", cnn={**cnn, "pooling": "max"})
+    assert nn.multiply_adds(pooled) - nn.multiply_adds(model) == 14 * 14 * 8 * 25 * 4 * 3 // 4
+
+
 def test_multiply_adds_count_the_convolutions_and_dense_layers():
     assert nn.multiply_adds(nn.build([128], "relu", 0.0, "softmax")) == 784 * 128 + 128 * 10
     recipe = {"filters": [16, 32], "kernel_size": 5, "batch_norm": True, "pooling": "max"}

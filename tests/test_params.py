@@ -50,7 +50,8 @@ def test_committed_params_are_valid(raw):
         ("model.cnn", "filters", [32, 0], "model.cnn.filters must be a list of 1\\+ items, each an integer >= 1"),
         ("model.cnn", "kernel_size", 0, "model.cnn.kernel_size must be an integer >= 1"),
         ("model.cnn", "batch_norm", "yes", "model.cnn.batch_norm must be true or false, got 'yes'"),
-        ("model.cnn", "pooling", "min", "model.cnn.pooling must be one of max, average"),
+        ("model.cnn", "pooling", "min", "model.cnn.pooling must be one of max, average, stride, or a list of them"),
+        ("model.cnn", "pooling", ["max", "min"], "model.cnn.pooling must be one of max, average, stride, or a list"),
         ("model.cnn", "pool_first", "no", "model.cnn.pool_first must be true or false, got 'no'"),
         ("train", "optimizer", "sgd", "train.optimizer must be one of adam, adamw"),
         ("train", "weight_decay", -1e-4, r"train.weight_decay must be a number in \[0, inf\)"),
@@ -134,6 +135,11 @@ def test_flatten():
         ("fetch", {"kaggle_url": "kaggle.com"}, r"fetch.kaggle_url must be an https:// URL"),
         ("fetch", {"keras_url": "ftp://x/mnist.npz"}, r"fetch.keras_url must be an http\(s\) URL"),
         ("model", {"kind": "cnn", "cnn": {"filters": [4] * 5}}, r"model.cnn.filters has 5 blocks.*only 4 times"),
+        (
+            "model",
+            {"kind": "cnn", "cnn": {"filters": [4, 8], "pooling": ["max"]}},
+            r"model.cnn.pooling lists 1 entries for 2 blocks.*one of max, average, stride for every block",
+        ),
     ],
 )
 def test_cross_field_checks_name_the_key_and_why(raw, section, edit, message):

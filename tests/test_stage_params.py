@@ -72,7 +72,7 @@ def test_bad_params_fail_before_tensorflow(stage, edit, message, tmp_path):
         (set_value("model.cnn", "filters", 32), "model.cnn.filters must be a list"),
         (set_value("model.cnn", "kernel_size", 2.5), "model.cnn.kernel_size must be an integer >= 1"),
         (set_value("model.cnn", "batch_norm", "on"), "model.cnn.batch_norm must be true or false"),
-        (set_value("model.cnn", "pooling", "global"), "model.cnn.pooling must be one of max, average"),
+        (set_value("model.cnn", "pooling", "global"), "model.cnn.pooling must be one of max, average, stride"),
         (set_value("train", "optimizer", "sgd"), "train.optimizer must be one of adam, adamw"),
         (set_value("train", "weight_decay", "1e-4"), "train.weight_decay must be a number"),
         (set_value("train", "schedule", "linear"), "train.schedule must be one of constant, cosine, onecycle"),

@@ -85,7 +85,9 @@ def build(
     With ``cnn["pool_first"]`` the pooling comes right after the convolution,
     so batch norm and the activation handle a quarter of the values (max
     pooling commutes with ReLU; batch norm's statistics are then the pooled
-    values').
+    values'). ``cnn["pooling"]`` (one value, or one per block) ``"stride"``
+    halves the side with the convolution itself, moving 2 pixels at a time:
+    no pooling layer, and a quarter of the convolution's multiply-adds.
     """
     layers: list[keras.layers.Layer] = [keras.Input(shape=IMAGE_SHAPE, name="image")]
     if kind == "cnn":
@@ -104,20 +106,31 @@ def _conv_blocks(
     filters: list[int],
     kernel_size: int,
     batch_norm: bool,
-    pooling: str,
+    pooling: str | list[str],
     pool_first: bool = False,
 ) -> list[keras.layers.Layer]:
-    pool = keras.layers.MaxPooling2D if pooling == "max" else keras.layers.AveragePooling2D
+    poolings = pooling if isinstance(pooling, list) else [pooling] * len(filters)
     layers: list[keras.layers.Layer] = [keras.layers.Reshape((*IMAGE_SHAPE, 1), name="channel")]
-    for i, n in enumerate(filters, start=1):
+    for i, (n, how) in enumerate(zip(filters, poolings, strict=True), start=1):
         # A bias before batch normalization is cancelled by it: leave it out.
-        layers.append(keras.layers.Conv2D(n, kernel_size, padding="same", use_bias=not batch_norm, name=f"conv_{i}"))
-        if pool_first:
+        conv = keras.layers.Conv2D(
+            n,
+            kernel_size,
+            strides=2 if how == "stride" else 1,
+            padding="same",
+            use_bias=not batch_norm,
+            name=f"conv_{i}",
+        )
+        pool = (
+            None if how == "stride" else (keras.layers.MaxPooling2D if how == "max" else keras.layers.AveragePooling2D)
+        )
+        layers.append(conv)
+        if pool and pool_first:
             layers.append(pool(2, name=f"pool_{i}"))
         if batch_norm:
             layers.append(keras.layers.BatchNormalization(name=f"batch_norm_{i}"))
         layers.append(keras.layers.Activation(activation, name=f"{activation}_{i}"))
-        if not pool_first:
+        if pool and not pool_first:
             layers.append(pool(2, name=f"pool_{i}"))
     return layers
 

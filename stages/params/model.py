@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from stages.params.schema import ParamsError, Schema, boolean, choice, integer, list_of, number
+from stages.params.schema import ParamsError, Schema, boolean, choice, integer, list_of, number, one_or_list
 
 NAME = "model"
-IMAGE_SIDE = 28  # each conv block halves the side (2x2 pooling, rounding down)
+IMAGE_SIDE = 28  # each conv block halves the side (2x2 pooling or a stride-2 convolution, rounding down)
+POOLING = ("max", "average", "stride")
 
 SCHEMA: Schema = {
     "kind": choice("dense", "cnn"),
@@ -19,7 +20,7 @@ SCHEMA: Schema = {
         "filters": list_of(integer(1)),
         "kernel_size": integer(1),
         "batch_norm": boolean(),
-        "pooling": choice("max", "average"),
+        "pooling": one_or_list(choice(*POOLING)),
         "pool_first": boolean(),
     },
 }
@@ -35,10 +36,18 @@ def max_blocks(side: int = IMAGE_SIDE) -> int:
 
 
 def check(cfg: dict[str, Any]) -> None:
-    if cfg["kind"] == "cnn" and len(cfg["cnn"]["filters"]) > max_blocks():
+    if cfg["kind"] != "cnn":
+        return
+    blocks, pooling = len(cfg["cnn"]["filters"]), cfg["cnn"]["pooling"]
+    if isinstance(pooling, list) and len(pooling) != blocks:
         raise ParamsError(
-            f"params: model.cnn.filters has {len(cfg['cnn']['filters'])} blocks, but {IMAGE_SIDE}x{IMAGE_SIDE} images "
-            f"can be pooled 2x2 only {max_blocks()} times (use at most {max_blocks()} entries)"
+            f"params: model.cnn.pooling lists {len(pooling)} entries for {blocks} blocks (model.cnn.filters): "
+            f"give one of {', '.join(POOLING)} for every block, or one per block"
+        )
+    if blocks > max_blocks():
+        raise ParamsError(
+            f"params: model.cnn.filters has {blocks} blocks, but {IMAGE_SIDE}x{IMAGE_SIDE} images "
+            f"can be halved only {max_blocks()} times (use at most {max_blocks()} entries)"
         )
 
 

@@ -108,6 +108,16 @@ def list_of(item: Spec, *, min_len: int = 1, unique: bool = False) -> Spec:
     return Spec(describe, check)
 
 
+def one_or_list(item: Spec) -> Spec:
+    """One value for every entry, or a list of them (one per entry: the section's ``check`` matches lengths)."""
+    many = list_of(item)
+
+    def check(v: Any) -> Any:
+        return many.check(v) if isinstance(v, list) else item.check(v)
+
+    return Spec(f"{item.describe}, or a list of them", check)
+
+
 # A section maps keys to a Spec, or to a nested mapping of the same kind
 # (``model.cnn``): ``dvc exp run -S model.cnn.filters=[16,32]`` reaches it.
 Schema = dict[str, "Spec | Schema"]
