@@ -57,3 +57,19 @@ def test_the_background_stays_background_after_zscore():
     x = np.full((2, 28, 28), background, np.float32)
     out = augment.random_affine(tf.constant(x), tf.constant([0, 0], tf.int64), 4, 30, 0.2, background=background)
     np.testing.assert_allclose(out.numpy(), x, atol=1e-6)
+
+
+@pytest.mark.parametrize("background", [0.0, -0.42])
+def test_the_fused_kernel_moves_the_same_pixels(background):
+    """``augment_kernel: fused`` (TensorFlow's resampling op) and ``gather`` draw the same transformations
+    and produce the same images up to float rounding; only their bits may differ."""
+    x = tf.constant(images(16, seed=3) + background)
+    seed = tf.constant([7, 11], tf.int64)
+    gather = augment.random_affine(x, seed, 3, 25, 0.2, background=background).numpy()
+    fused = augment.random_affine(x, seed, 3, 25, 0.2, background=background, kernel="fused").numpy()
+    assert not np.allclose(gather, x.numpy(), atol=1e-3), "something moved"
+    np.testing.assert_allclose(fused, gather, atol=2e-5)
+    n = 4
+    full = lambda v: tf.fill([n], float(v))  # noqa: E731
+    shifted = augment.affine_fused(tf.constant(images(n)), full(3), full(-2), full(0), full(1)).numpy()
+    np.testing.assert_allclose(shifted, np.roll(images(n), (-2, 3), axis=(1, 2)), atol=1e-6)

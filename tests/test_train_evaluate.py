@@ -33,6 +33,7 @@ TRAIN = {
     "shift": 2,
     "rotation": 10,
     "zoom": 0.1,
+    "augment_kernel": "gather",
 }
 CNN = {"kind": "cnn", "cnn": {"filters": [4, 8], "kernel_size": 3, "batch_norm": True, "pooling": "max"}}
 EVAL = {"batch_size": 128, "top_confusions": 5, "gallery_size": 6, "sample_size": 8}
@@ -93,7 +94,10 @@ def test_variants_train(prepared, model_cfg, train_cfg):
         ({**CNN, "cnn": {"filters": [4], "kernel_size": 5, "batch_norm": False, "pooling": "average"}}, {}),
         ({**CNN, "dropout": 0.2, "hidden_units": [16]}, {"augment": True, "schedule": "onecycle", "epochs": 10}),
         ({**CNN, "cnn": {**CNN["cnn"], "pool_first": True}}, {}),
+        ({**CNN, "cnn": {**CNN["cnn"], "pooling": ["max", "stride"]}}, {}),
+        ({**CNN, "dropout": 0.2}, {"augment": True, "augment_kernel": "fused"}),
         ({}, {"augment": True}),
+        ({}, {"augment": True, "augment_kernel": "fused"}),
         ({}, {"schedule": "cosine"}),
         ({}, {"schedule": "onecycle", "warmup": 0.5}),
         ({}, {"optimizer": "adamw", "weight_decay": 0.01}),
@@ -105,7 +109,10 @@ def test_variants_train(prepared, model_cfg, train_cfg):
         "cnn-avgpool-nobn",
         "cnn-augment-onecycle",
         "cnn-pool-first",
+        "cnn-stride",
+        "cnn-augment-fused",
         "augment",
+        "augment-fused-xla-off",
         "cosine",
         "onecycle",
         "adamw",
@@ -129,6 +136,11 @@ def test_cnn_with_augmentation_is_byte_reproducible(prepared, tmp_path):
     assert [r["loss"] for r in history_a] == [r["loss"] for r in history_b]
     c, _, _ = train_once(prepared, {**CNN, "dropout": 0.2}, {**cfg, "seed": 8})
     assert not np.array_equal(a.get_weights()[0], c.get_weights()[0]), "another seed, other augmentations"
+    fused = {**cfg, "augment_kernel": "fused"}
+    (d, _, _), (e, _, _) = (train_once(prepared, {**CNN, "dropout": 0.2}, fused) for _ in range(2))
+    nn.save_model(d, tmp_path / "d.keras")
+    nn.save_model(e, tmp_path / "e.keras")
+    assert (tmp_path / "d.keras").read_bytes() == (tmp_path / "e.keras").read_bytes(), "the fused kernel too"
 
 
 def test_augmentation_that_changes_nothing_changes_no_weight(prepared):

@@ -2,7 +2,12 @@
 
 Keras' preprocessing layers (``RandomTranslation``, ``RandomRotation``,
 ``RandomZoom``) resample with an op that XLA cannot compile, so the pipeline's
-loop does the same affine resampling with plain gathers, which it can. Random
+loop does the same affine resampling with plain gathers, which it can
+(``train.augment_kernel: gather``). A loop that is not XLA-compiled (CNNs,
+dropout) can use TensorFlow's own resampling kernel instead
+(``augment_kernel: fused``): the same images to within float rounding,
+computed several times faster, but not the same bits, so a model trained
+with one is not byte-identical to one trained with the other. Random
 draws are stateless: they depend only on ``train.seed`` and the optimizer step,
 so every step gets fresh transformations and the same seed gives the same ones.
 Nothing is written to disk; validation and test images are never transformed.
@@ -46,18 +51,50 @@ def affine(images: tf.Tensor, dx: tf.Tensor, dy: tf.Tensor, angle: tf.Tensor, sc
     return out
 
 
+def affine_fused(images: tf.Tensor, dx: tf.Tensor, dy: tf.Tensor, angle: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
+    """``affine`` computed by TensorFlow's ``ImageProjectiveTransformV3`` kernel (bilinear, 0 outside):
+    one op instead of four gathers, but one XLA cannot compile."""
+    height, width = images.shape[1], images.shape[2]
+    centre_y, centre_x = (height - 1) / 2, (width - 1) / 2
+    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
+    # The kernel's transform maps each output pixel (x, y) to its source point, as ``affine`` computes it:
+    # src_x = cos*x + sin*y + a2, src_y = -sin*x + cos*y + b2.
+    a2 = centre_x - cos * (centre_x + dx) - sin * (centre_y + dy)
+    b2 = centre_y + sin * (centre_x + dx) - cos * (centre_y + dy)
+    zero = tf.zeros_like(cos)
+    transforms = tf.stack([cos, sin, a2, -sin, cos, b2, zero, zero], axis=1)
+    moved = tf.raw_ops.ImageProjectiveTransformV3(
+        images=images[..., None],
+        transforms=transforms,
+        output_shape=[height, width],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
+    )
+    return moved[..., 0]
+
+
+KERNELS = {"gather": affine, "fused": affine_fused}
+
+
 def random_affine(
-    images: tf.Tensor, seed: tf.Tensor, shift: float, rotation: float, zoom: float, background: float = 0.0
+    images: tf.Tensor,
+    seed: tf.Tensor,
+    shift: float,
+    rotation: float,
+    zoom: float,
+    background: float = 0.0,
+    kernel: str = "gather",
 ) -> tf.Tensor:
     """``images`` each moved by up to ``shift`` pixels per axis, rotated by up to
     ``rotation`` degrees either way and scaled by 1 +/- up to ``zoom``, uniformly at random.
 
     ``seed`` is a shape-[2] integer tensor: the same seed gives the same
     transformations. ``background`` is the value of an empty pixel after
-    normalization (0 for minmax; negative for zscore).
+    normalization (0 for minmax; negative for zscore). ``kernel``: ``KERNELS``' key.
     """
     draws = tf.random.stateless_uniform([tf.shape(images)[0], 4], seed=seed, minval=-1.0, maxval=1.0)
-    moved = affine(
+    moved = KERNELS[kernel](
         images - background,
         dx=draws[:, 0] * shift,
         dy=draws[:, 1] * shift,

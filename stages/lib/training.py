@@ -69,7 +69,8 @@ def fit(
     be identical from run to run). ``loss`` is the loss being minimized (label
     smoothing included); ``val_loss`` is the plain cross-entropy, as evaluated.
     ``background`` is an empty pixel's normalized value (what augmentation
-    moves in from outside the image). ``jit_compile``: see ``model.Steps``.
+    moves in from outside the image). ``jit_compile``: see ``model.Steps`` (off with
+    ``augment_kernel: fused``, which XLA cannot compile).
     ``on_epoch(row)``, if given, sees each epoch's row as soon as it is logged
     (a tuning trial reports it); an exception it raises stops training there.
     """
@@ -78,6 +79,8 @@ def fit(
     tf = nn.tf
 
     loss_fn = nn.loss_function(cfg["labels"], output, cfg["label_smoothing"])
+    if cfg["augment"] and cfg["augment_kernel"] == "fused":
+        jit_compile = False  # TensorFlow's resampling kernel runs in a graph only, not in an XLA program
     steps = nn.Steps(
         model,
         nn.optimizer(cfg, steps_per_epoch(len(train[0]), cfg["batch_size"])),
@@ -148,7 +151,13 @@ def augmentation(cfg: dict[str, Any], background: float = 0.0) -> Callable[[Any,
 
     def apply(x: Any, step: Any) -> Any:
         return augment.random_affine(
-            x, tf.stack([seed, step]), cfg["shift"], cfg["rotation"], cfg["zoom"], background=background
+            x,
+            tf.stack([seed, step]),
+            cfg["shift"],
+            cfg["rotation"],
+            cfg["zoom"],
+            background=background,
+            kernel=cfg["augment_kernel"],
         )
 
     return apply

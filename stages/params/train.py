@@ -7,7 +7,7 @@ from typing import Any
 from stages.params.schema import Schema, boolean, choice, integer, number
 
 NAME = "train"
-AUGMENT_KEYS = ("shift", "rotation", "zoom")
+AUGMENT_KEYS = ("shift", "rotation", "zoom", "augment_kernel")
 
 SCHEMA: Schema = {
     "labels": choice("sparse", "onehot"),
@@ -25,6 +25,7 @@ SCHEMA: Schema = {
     "shift": number(0, 14),
     "rotation": number(0, 180, high_open=False),
     "zoom": number(0, 1),
+    "augment_kernel": choice("gather", "fused"),
 }
 
 
