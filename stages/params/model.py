@@ -7,7 +7,7 @@ from typing import Any
 from stages.params.schema import ParamsError, Schema, boolean, choice, integer, list_of, number, one_or_list
 
 NAME = "model"
-IMAGE_SIDE = 28  # each conv block halves the side (2x2 pooling or a stride-2 convolution, rounding down)
+IMAGE_SIDE = 28  # each conv block halves the side: 2x2 pooling rounds down, a stride-2 convolution up
 POOLING = ("max", "average", "stride")
 
 SCHEMA: Schema = {
