@@ -110,6 +110,7 @@ def _conv_blocks(
     pool_first: bool = False,
 ) -> list[keras.layers.Layer]:
     poolings = pooling if isinstance(pooling, list) else [pooling] * len(filters)
+    pools = {"max": keras.layers.MaxPooling2D, "average": keras.layers.AveragePooling2D, "stride": None}
     layers: list[keras.layers.Layer] = [keras.layers.Reshape((*IMAGE_SHAPE, 1), name="channel")]
     for i, (n, how) in enumerate(zip(filters, poolings, strict=True), start=1):
         # A bias before batch normalization is cancelled by it: leave it out.
@@ -121,9 +122,7 @@ def _conv_blocks(
             use_bias=not batch_norm,
             name=f"conv_{i}",
         )
-        pool = (
-            None if how == "stride" else (keras.layers.MaxPooling2D if how == "max" else keras.layers.AveragePooling2D)
-        )
+        pool = pools[how]  # None: the stride-2 convolution halves the side itself
         layers.append(conv)
         if pool and pool_first:
             layers.append(pool(2, name=f"pool_{i}"))

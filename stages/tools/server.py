@@ -346,11 +346,11 @@ def is_mlflow(pid: int, url: str | None = None) -> bool:
     """Whether ``pid`` still runs mlflow (after a reboot the number may belong to another program). Where
     ``/proc`` cannot say (another PID namespace's), a live pid counts when ``url`` answers as MLflow does."""
     known = processes.runs(pid, b"mlflow")
-    if known is not None:
-        return known
+    if known is not None or not url:
+        return bool(known)
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
-            return bool(url) and answer.read().strip() == b"OK"
+            return answer.read().strip() == b"OK"
     except (OSError, ValueError):
         return False
 
