@@ -97,11 +97,11 @@ def test_report_shows_the_changed_metric_and_param_with_images(two_commits):
 
 @pytest.mark.slow
 def test_lock_check_fails_on_a_changed_param(two_commits):
-    def check():
+    def check(path=None):
         return subprocess.run(
             [sys.executable, "-m", "stages.tools.lock_check"],
             cwd=two_commits,
-            env={**env(), "PYTHONPATH": str(ROOT)},
+            env={**env(), "PYTHONPATH": str(ROOT), **({"PATH": path} if path else {})},
             capture_output=True,
             text=True,
             timeout=120,
@@ -110,6 +110,8 @@ def test_lock_check_fails_on_a_changed_param(two_commits):
     restore = ["git", "-C", str(two_commits), "checkout", "-q", "HEAD~1", "--", "params.yaml", "reports/metrics.json"]
     subprocess.run(restore, check=True)
     assert check().returncode == 0
+    plain = check(path="/usr/bin:/bin")
+    assert plain.returncode == 0, plain.stderr
     (two_commits / "params.yaml").write_text((two_commits / "params.yaml").read_text().replace("seed: 1", "seed: 2"))
     failed = check()
     assert failed.returncode == 1 and "param train modified" in failed.stderr

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -38,7 +39,16 @@ def stale_entries(status: dict[str, Any]) -> list[str]:
 
 
 def main() -> int:
-    result = subprocess.run(["dvc", "status", "--json"], capture_output=True, text=True)
+    beside = Path(sys.executable).with_name("dvc")  # this environment's dvc, whatever PATH says
+    try:
+        result = subprocess.run(
+            [str(beside if beside.exists() else "dvc"), "status", "--json"], capture_output=True, text=True
+        )
+    except FileNotFoundError:
+        print(
+            "lock-check: error: no dvc here: run it in the project's environment (`make lock-check`)", file=sys.stderr
+        )
+        return 2
     if result.returncode != 0:
         print(f"lock-check: error: dvc status failed: {result.stderr.strip()}", file=sys.stderr)
         return 2
