@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -398,3 +399,56 @@ def test_a_trust_cluster_is_refused(tmp_path):
         pg.check_hba()
     (pg.data / "pg_hba.conf").write_text(server.PG_HBA)
     pg.check_hba()
+
+
+# An endpoint botocore refuses before any request (an underscore in the host; an unclosed IPv6 bracket),
+# each with a password in its user-info: the error is one line, the URL redacted, no key printed.
+BAD_ENDPOINTS = ["http://alice:s3cret@bad_host:9000", "http://alice:s3cret@[bad_host:9000"]
+SECRET_KEY = "k3y-that-must-not-show"
+
+
+@pytest.mark.parametrize("endpoint", BAD_ENDPOINTS)
+def test_make_remote_an_invalid_endpoint_is_one_line(tmp_path, monkeypatch, capsys, endpoint):
+    (tmp_path / ".dvc").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for name, value in {**NO_AWS, "AWS_ACCESS_KEY_ID": "AKIA-test", "AWS_SECRET_ACCESS_KEY": SECRET_KEY}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("REMOTE", f"s3://{BUCKET}/dvc")
+    monkeypatch.setenv("ENDPOINT", endpoint)
+    assert remote.main([]) != 0
+    out = capsys.readouterr()
+    errors = out.err.splitlines()
+    assert len(errors) == 1 and errors[0].startswith("remote: error:"), out.err
+    assert "bad_host" in errors[0] and "***@" in errors[0], errors[0]
+    assert "s3cret" not in out.out + out.err and SECRET_KEY not in out.out + out.err
+
+
+@pytest.mark.parametrize("endpoint", BAD_ENDPOINTS)
+def test_make_server_an_invalid_s3_endpoint_is_one_line(tmp_path, monkeypatch, capsys, endpoint):
+    for name, value in {**NO_AWS, "AWS_ACCESS_KEY_ID": "AKIA-test", "AWS_SECRET_ACCESS_KEY": SECRET_KEY}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", endpoint)
+    monkeypatch.delenv("MLFLOW_BACKEND_URI", raising=False)
+    start = ["start", "--port", str(server.free_port()), "--dir", str(tmp_path / "server")]
+    assert server.main([*start, "--artifacts", f"s3://{BUCKET}/mlflow"]) == 1
+    out = capsys.readouterr()
+    errors = out.err.splitlines()
+    assert len(errors) == 1 and errors[0].startswith("server: error:"), out.err
+    assert "bad_host" in errors[0] and "***@" in errors[0], errors[0]
+    assert "s3cret" not in out.out + out.err and SECRET_KEY not in out.out + out.err
+    assert not (tmp_path / "server").exists()  # refused before anything was created
+
+
+def test_make_server_on_a_port_in_use_says_so_first(tmp_path, monkeypatch, capsys):
+    """Refused in one line naming the port, before a cluster, a state file or mlflow (a SQLite backend here,
+    so that without the check the test would not make a PostgreSQL cluster either)."""
+    monkeypatch.setenv("MLFLOW_BACKEND_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        code = server.main(["start", "--port", str(port), "--dir", str(tmp_path / "server")])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"server: error: port {port} on 127.0.0.1 is in use"), err
+    assert not (tmp_path / "server").exists() and not (tmp_path / "mlflow.db").exists()

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -200,6 +201,60 @@ def test_secrets_stay_out_of_output_logs_and_ps(workdir, tracking):
     seen += [p.read_text(errors="replace") for p in directory.rglob("*") if p.is_file()]
     leaks = [line[:300] for text in seen for line in text.splitlines() if "s3cret" in line]
     assert not leaks, leaks
+
+
+def postmaster_pid(pg: server.Postgres) -> int | None:
+    pid_file = pg.data / "postmaster.pid"
+    return int(pid_file.read_text().split()[0]) if pid_file.exists() else None
+
+
+def alive(pid: int | None, settle_s: float = 10.0) -> bool:
+    """Whether ``pid`` still runs after up to ``settle_s`` (a process exits a moment after PostgreSQL removes its
+    pid file; a zombie waiting for its parent counts as ended)."""
+    deadline = time.monotonic() + settle_s
+    while pid is not None:
+        try:
+            os.kill(pid, 0)
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except (ProcessLookupError, FileNotFoundError):
+            return False
+        if state == "Z":
+            return False
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_failed_start_stops_its_cluster_and_remove_stops_a_running_one(workdir, monkeypatch):
+    """`make server` failing after PostgreSQL started (here mlflow is not installed: neither beside this Python
+    nor on PATH) leaves no cluster running; `remove` stops a running cluster no state file records before
+    deleting its files."""
+    directory = workdir / "failing"
+    monkeypatch.setattr(sys, "executable", str(workdir / "no-venv" / "python"))
+    monkeypatch.setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")  # PostgreSQL's `runuser`, no mlflow
+    pids = []
+    try:
+        with pytest.raises(Exception) as failed:  # its type is checked below, after the cluster
+            server.start("127.0.0.1", server.free_port(), directory)
+        saved = json.loads((directory / "pg.json").read_text())
+        pg = server.Postgres(Path(saved["directory"]), saved["port"])
+        pids.append(postmaster_pid(pg))
+        assert (pg.data / "PG_VERSION").exists()  # the cluster was made and started, then:
+        assert not pg.running(), "the cluster was left running after the failed start"
+        assert not (directory / "state.json").exists()
+        assert isinstance(failed.value, server.ServerError) and "mlflow" in str(failed.value), failed.value
+
+        pg.start()  # a cluster running with no state file to say so (left by a crash or an earlier version)
+        pids.append(postmaster_pid(pg))
+        assert alive(pids[-1], settle_s=0)
+        server.remove(directory)
+        assert not alive(pids[-1]), "remove deleted the files of a running cluster"
+        assert not directory.exists() and not pg.directory.exists()
+    finally:
+        for pid in pids:  # whatever the outcome, nothing is left running
+            if alive(pid, settle_s=0):
+                os.kill(pid, signal.SIGTERM)
 
 
 def test_a_non_loopback_host_needs_auth(workdir):

@@ -37,6 +37,21 @@ class RemoteError(ValueError):
     pass
 
 
+INVALID_ENDPOINT = "not a valid endpoint URL (a host name has letters, digits, dots and hyphens only; IPv6 in [])"
+
+
+def valid_endpoint(endpoint: str) -> bool:
+    """Whether botocore accepts ``endpoint`` (it raises a bare ValueError, URL and all, on one it refuses: an
+    underscore in the host, an unclosed bracket), checked before the remote is written so that neither this
+    command nor a later ``dvc push`` meets it."""
+    from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url  # noqa: PLC0415 - with dvc-s3
+
+    try:
+        return bool(is_valid_endpoint_url(endpoint) or is_valid_ipv6_endpoint_url(endpoint))
+    except ValueError:  # urllib cannot even split it
+        return False
+
+
 def remote_config(url: str, endpoint: str | None = None) -> dict:
     """The ``[remote "shared"]`` section for ``url``."""
     if not url:
@@ -48,6 +63,8 @@ def remote_config(url: str, endpoint: str | None = None) -> dict:
         if endpoint:
             if not endpoint.startswith(("http://", "https://")):
                 raise RemoteError(f"ENDPOINT={redact.uri(endpoint)}: expected http://host:port or https://host")
+            if not valid_endpoint(endpoint):
+                raise RemoteError(f"ENDPOINT={redact.uri(endpoint)}: {INVALID_ENDPOINT}")
             config["endpointurl"] = endpoint
         return config
     if endpoint:
@@ -110,6 +127,8 @@ def check_s3(section: dict, timeout_s: float = 5) -> None:
             config=config,
         )
         client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+    except ValueError:  # botocore refuses the endpoint before any request; its message holds the raw URL
+        raise RemoteError(f"{where}: {INVALID_ENDPOINT}") from None
     except botocore.exceptions.NoCredentialsError:
         raise RemoteError(
             f"{where}: no credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile)"

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import glob
 import hashlib
 import ipaddress
@@ -251,6 +252,11 @@ def check_s3(uri: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
     try:
         s3 = boto3.client("s3", endpoint_url=endpoint, config=config)
         s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+    except ValueError:  # botocore refuses the endpoint before any request (an underscore in the host, an
+        # unclosed bracket); its message holds the raw URL, user-info and all
+        raise ServerError(
+            f"{where}: not a valid endpoint URL (a host name has letters, digits, dots and hyphens only; IPv6 in [])"
+        ) from None
     except botocore.exceptions.NoCredentialsError:
         raise ServerError(f"{where}: no S3 credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)") from None
     except botocore.exceptions.ClientError as exc:
@@ -339,7 +345,10 @@ def start_mlflow(
     # use to this project and slows the start on a small machine; set the variable to true to have it.
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     with open(log, "ab") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        except OSError as exc:  # not installed, not executable
+            raise ServerError(f"cannot start mlflow server ({command[0]}): {exc.strerror}") from None
 
 
 def is_mlflow(pid: int, url: str | None = None) -> bool:
@@ -372,6 +381,32 @@ def stop_process_group(pid: int, url: str | None = None, timeout_s: float = 20.0
     os.killpg(pid, signal.SIGKILL)
 
 
+def check_port(host: str, port: int) -> None:
+    """Fail in one line when ``host:port`` cannot be listened on (another server holds it, or the address is
+    not this machine's), before anything is started: ``mlflow server`` would start, fail to bind and exit
+    with status 0. Bound as uvicorn binds (``SO_REUSEADDR``), so a port left in TIME_WAIT counts as free;
+    a name with several addresses (``localhost``: 127.0.0.1 and ::1) needs one of them."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ServerError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    failures = []
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise ServerError(
+                        f"port {port} on {host} is in use (another server?): stop it, or choose another port "
+                        "with SERVER_PORT=..."
+                    ) from None
+                failures.append(exc.strerror)
+    if len(failures) == len(addresses):
+        raise ServerError(f"cannot listen on {host}:{port}: {failures[0] if failures else 'no address'}")
+
+
 def start(
     host: str,
     port: int,
@@ -381,41 +416,55 @@ def start(
     artifacts: str | None = None,
 ) -> dict:
     """Start PostgreSQL (unless ``backend_uri`` is given) and the tracking server; return the state
-    (plus ``admin_password`` when one was generated: show it once, it is stored nowhere)."""
+    (plus ``admin_password`` when one was generated: show it once, it is stored nowhere).
+
+    The state file is written before PostgreSQL starts, so that whatever happens next (``mlflow server``
+    failing, the health check timing out, Ctrl-C, a kill) leaves a record ``stop`` works from; a failure
+    that reaches this function stops everything again itself."""
     if not is_loopback(host) and not auth:
         raise ServerError(
             f"refusing to serve MLflow on {host} without authentication: "
             "add AUTH=1 (MLflow's basic-auth app) or keep 127.0.0.1 behind an authenticating proxy"
         )
-    if artifacts and artifacts.startswith("s3://"):
-        check_s3(artifacts)
     state_path = directory / "state.json"
     if state_path.exists():
         raise ServerError(f"a server started from {directory} is already running: `make server-stop` first")
+    check_port(host, port)
+    if artifacts and artifacts.startswith("s3://"):
+        check_s3(artifacts)
     directory.mkdir(parents=True, exist_ok=True)
     state: dict = {"url": f"http://{host if host not in ('0.0.0.0', '::') else '127.0.0.1'}:{port}", "auth": auth}
-    if backend_uri is None:
-        pg = cluster(directory)
-        if (pg.data / "PG_VERSION").exists():
-            pg.start()
-        else:
-            pg.init()
-        state["postgres"] = {"directory": str(pg.directory), "port": pg.port}
-        backend_uri = pg.uri
-    else:
-        check_backend(backend_uri)
-    env, generated = auth_environ(directory) if auth else ({}, None)
-    artifacts = artifacts or str((directory / "artifacts").resolve())
-    log = directory / "mlflow.log"
-    proc = start_mlflow(backend_uri, artifacts, host, port, log, env, auth)
-    state.update({"mlflow_pid": proc.pid, "artifacts": artifacts})
-    write_json(state_path, state)
+    generated = None
     try:
+        if backend_uri is None:
+            pg = cluster(directory)
+            state["postgres"] = {"directory": str(pg.directory), "port": pg.port}
+            write_json(state_path, state)  # before it starts: a failure from here on can be stopped
+            if (pg.data / "PG_VERSION").exists():
+                pg.start()
+            else:
+                pg.init()
+            backend_uri = pg.uri
+        else:
+            check_backend(backend_uri)
+        env, generated = auth_environ(directory) if auth else ({}, None)
+        artifacts = artifacts or str((directory / "artifacts").resolve())
+        log = directory / "mlflow.log"
+        proc = start_mlflow(backend_uri, artifacts, host, port, log, env, auth)
+        state.update({"mlflow_pid": proc.pid, "artifacts": artifacts})
+        write_json(state_path, state)
         wait_healthy(state["url"], proc, log)
-    except ServerError:
-        stop(directory)
+    except BaseException as exc:  # Ctrl-C included: what started is stopped again
+        note = ""
+        if state_path.exists():
+            try:
+                stop(directory)
+            except ServerError:  # the state file stays, for `make server-stop`
+                note = " (and stopping what had started failed: `make server-stop`)"
         if generated:  # the password was never shown: let the next start create the admin again
             (directory / "auth" / "users.db").unlink(missing_ok=True)
+        if note and isinstance(exc, ServerError):
+            raise ServerError(f"{exc}{note}") from None
         raise
     return {**state, "admin_password": generated} if generated else state
 
@@ -440,12 +489,24 @@ def stop(directory: Path = SERVER_DIR) -> list[str]:
 
 
 def remove(directory: Path = SERVER_DIR) -> list[str]:
-    """Stop, then delete the throw-away cluster (wherever it lives) and ``directory``: every run and artifact."""
+    """Stop, then delete the throw-away cluster (wherever it lives) and ``directory``: every run and artifact.
+
+    A cluster still running when ``stop`` is done (one no state file records: left by a crash or an earlier
+    version) is stopped first; one that cannot be stopped is refused, never deleted under a live server."""
     stop(directory)
     removed = []
     pg_json = directory / "pg.json"
     if pg_json.exists():
-        cluster_dir = Path(json.loads(pg_json.read_text())["directory"])
+        saved = json.loads(pg_json.read_text())
+        pg = Postgres(Path(saved["directory"]), saved.get("port") or 0)
+        if (pg.data / "postmaster.pid").exists() and pg.running():  # no pid file: not running, no pg_ctl asked
+            try:
+                pg.stop()
+            except ServerError as exc:
+                raise ServerError(
+                    f"the PostgreSQL cluster in {pg.directory} is running and would not stop ({exc}): nothing removed"
+                ) from None
+        cluster_dir = pg.directory
         if cluster_dir.exists() and not cluster_dir.is_relative_to(directory.resolve()):
             shutil.rmtree(cluster_dir)
             removed.append(str(cluster_dir))
@@ -501,6 +562,9 @@ def main(argv: list[str] | None = None) -> int:
     except ServerError as exc:
         print(f"server: error: {redact.text(str(exc))}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # during a start: what had started was stopped again
+        print("server: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
