@@ -116,14 +116,17 @@ serve: install  ## Serve models:/mnist-classifier@champion on 127.0.0.1:5001 (PO
 	  mlflow models serve -m "models:/mnist-classifier@champion" --env-manager local -h 127.0.0.1 -p $(PORT)
 
 # The draw-a-digit page (Gradio) on http://127.0.0.1:7860: `make demo PORT=8000`,
-# `HOST=0.0.0.0` to listen beyond this machine (warned), `MODEL=<URI or .keras file>`
-# (default: the registry's champion). See docs/demo.md. PORT and HOST are read from
-# the command line only, so that `serve`'s default port stays its own.
+# `HOST=0.0.0.0` to listen beyond this machine (behind a login: user demo, a password
+# printed once or DEMO_PASSWORD; AUTH=1 asks for it on loopback too, AUTH=0 beyond it is
+# refused), `MODEL=<URI or .keras file>` (default: the registry's champion). See
+# docs/demo.md. PORT and HOST are read from the command line only, so that `serve`'s
+# default port stays its own.
 DEMO_PORT ?= $(if $(filter command line,$(origin PORT)),$(PORT),7860)
 DEMO_HOST ?= $(if $(filter command line,$(origin HOST)),$(HOST),127.0.0.1)
 MODEL ?=
 demo: install  ## The draw-a-digit page on http://127.0.0.1:7860 (docs/demo.md)
-	python -m stages.tools.demo --host $(DEMO_HOST) --port $(DEMO_PORT) $(if $(MODEL),--model "$(MODEL)")
+	python -m stages.tools.demo --host $(DEMO_HOST) --port $(DEMO_PORT) $(if $(MODEL),--model "$(MODEL)") \
+	  $(if $(filter 1 yes true,$(AUTH)),--auth)$(if $(filter 0 no false,$(AUTH)),--no-auth)
 
 # A team-style tracking server on 127.0.0.1:$(SERVER_PORT) (docs/team.md): PostgreSQL
 # backend (MLFLOW_BACKEND_URI, or a throw-away password-protected cluster), proxied

@@ -146,15 +146,77 @@ def test_a_good_upload_is_answered(tmp_path):
     assert answer.digit == 7 and answer.seen.shape == (28, 28)
 
 
-def test_listening_beyond_this_machine_is_warned_and_a_bad_model_is_one_line(tmp_path, capsys):
+def test_a_bad_model_is_one_line_and_no_password_is_shown_for_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DEMO_AUTH", raising=False)
     assert demo.main(["--model", str(tmp_path / "none.keras"), "--host", "0.0.0.0"]) == 2
-    err = capsys.readouterr().err
-    assert "demo: warning: listening on 0.0.0.0" in err
-    assert err.strip().splitlines()[-1].startswith("demo: error: cannot load the model: ")
+    out = capsys.readouterr()
+    assert out.err.strip().splitlines()[-1].startswith("demo: error: cannot load the model: ")
+    assert "password" not in out.out + out.err  # the page never started: no login to give
     assert demo.main(["--model", str(tmp_path / "none.keras")]) == 2
-    assert "warning" not in capsys.readouterr().err
     assert all(demo.is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "127.0.1.1"))
     assert not any(demo.is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.10", "example.org"))
+
+
+@pytest.mark.parametrize("how", ["DEMO_AUTH=0", "--no-auth"])
+def test_a_non_loopback_host_without_auth_is_refused_in_one_line(tmp_path, capsys, monkeypatch, how):
+    monkeypatch.delenv("DEMO_AUTH", raising=False)
+    args = ["--model", str(tmp_path / "none.keras"), "--host", "0.0.0.0"]
+    if how == "--no-auth":
+        args.append(how)
+    else:
+        monkeypatch.setenv("DEMO_AUTH", "0")
+    assert demo.main(args) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and len(out.err.splitlines()) == 1, out.err
+    assert out.err.startswith("demo: error: refusing to serve the page on 0.0.0.0 without authentication"), out.err
+
+
+class Served:
+    """Stands in for the model, the app and ``serve``: records how the page would be launched."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.calls: list[dict] = []
+        monkeypatch.setattr(demo, "load", lambda uri: (StandIn(), "a stand-in"))
+        monkeypatch.setattr(demo, "build_app", lambda model, description: self)
+        monkeypatch.setattr(
+            demo, "serve", lambda app, host, port, auth=None: self.calls.append(demo.launch_options(host, port, auth))
+        )
+
+    def block_thread(self) -> None:
+        pass
+
+
+def test_off_loopback_the_page_asks_for_a_password_shown_once(capsys, monkeypatch):
+    for name in ("DEMO_AUTH", "DEMO_USER", "DEMO_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    served = Served(monkeypatch)
+    assert demo.main(["--host", "0.0.0.0", "--port", "7861"]) == 0
+    options = served.calls[-1]
+    assert options["server_name"] == "0.0.0.0" and options["server_port"] == 7861
+    user, password = options["auth"]
+    out = capsys.readouterr()
+    assert user == "demo" and len(password) >= 20
+    assert (out.out + out.err).count(password) == 1  # shown this once
+    assert "shown this once" in out.out and out.out.strip().splitlines()[-1].startswith("demo: ready")
+
+    monkeypatch.setenv("DEMO_PASSWORD", "a-password-from-the-environment")
+    assert demo.main(["--host", "0.0.0.0"]) == 0
+    assert served.calls[-1]["auth"] == ("demo", "a-password-from-the-environment")
+    out = capsys.readouterr()
+    assert "a-password-from-the-environment" not in out.out + out.err and "DEMO_PASSWORD" in out.out
+
+    # On loopback: no login unless asked for (--auth or DEMO_AUTH=1).
+    assert demo.main([]) == 0 and served.calls[-1]["auth"] is None and served.calls[-1]["server_name"] == "127.0.0.1"
+    assert demo.main(["--auth"]) == 0 and served.calls[-1]["auth"] == ("demo", "a-password-from-the-environment")
+    monkeypatch.setenv("DEMO_AUTH", "1")
+    assert demo.main([]) == 0 and served.calls[-1]["auth"] is not None
+    capsys.readouterr()
+
+
+def test_the_launch_options_carry_the_login():
+    options = demo.launch_options("0.0.0.0", 7860, ("demo", "pw-1234"))
+    assert options["auth"] == ("demo", "pw-1234") and options["share"] is False
+    assert demo.launch_options("127.0.0.1", 7860, None)["auth"] is None
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """The draw-a-digit page: a Gradio app that shows what a trained model says about your own handwriting.
 
-    python -m stages.tools.demo [--model URI] [--host 127.0.0.1] [--port 7860]      (make demo)
+    python -m stages.tools.demo [--model URI] [--host 127.0.0.1] [--port 7860] [--auth | --no-auth]   (make demo)
 
 Draw a digit with the mouse or a finger, or upload a photo or scan: the page
 shows the answer, the ten class probabilities and the 28x28 image the model
@@ -14,6 +14,12 @@ Gradio's analytics off, nothing fetched from outside (fonts and scripts are
 Gradio's own, served by the app). The app also answers Gradio's API: the
 ``/predict`` endpoint takes an image file and returns the digit and the top 3
 (``gradio_client``; see docs/demo.md).
+
+The server rule of ``stages.tools.server``: on a host other than loopback the
+page asks for a login (Gradio's ``auth``), user ``demo`` (``DEMO_USER``) and a
+password from ``DEMO_PASSWORD`` or generated and shown once on the terminal;
+with authentication turned off there (``--no-auth``, ``DEMO_AUTH=0``) it
+refuses to start. ``--auth`` (``DEMO_AUTH=1``) asks for the login on loopback too.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import contextlib
 import html
 import ipaddress
 import os
+import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -45,6 +52,7 @@ BRUSH = 14  # the pen's radius, in pixels: MNIST's strokes are about a tenth of 
 MAX_UPLOAD = "10mb"  # larger uploads are refused by Gradio before they reach the model
 SEEN_ZOOM = 8  # the 28x28 image, shown with each pixel as a square of this side
 TOP = 3
+DEMO_USER = "demo"  # the login's user name unless DEMO_USER says otherwise
 
 # Before Gradio is imported: no usage statistics, no version check, no Hugging Face telemetry.
 PRIVATE_ENVIRONMENT = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1"}
@@ -304,24 +312,62 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(app, host: str, port: int) -> None:
+def wants_auth(host: str, flag: bool | None, environ=os.environ) -> bool:
+    """Whether the page asks for a login: ``--auth``/``--no-auth``, else ``DEMO_AUTH`` (1/0), else only off
+    loopback. Off loopback it must: anyone who can reach the address could use the page (the server rule)."""
+    if flag is None:
+        value = environ.get("DEMO_AUTH", "").strip().lower()
+        if value in ("1", "yes", "true", "on"):
+            flag = True
+        elif value in ("0", "no", "false", "off"):
+            flag = False
+        elif value:
+            raise ValueError(f"DEMO_AUTH={value!r}: expected 1 or 0")
+    if flag is False and not is_loopback(host):
+        raise ValueError(
+            f"refusing to serve the page on {host} without authentication (AUTH=0, --no-auth or DEMO_AUTH=0): "
+            "drop it for a login with a generated password, or keep 127.0.0.1 behind an authenticating proxy"
+        )
+    return not is_loopback(host) if flag is None else flag
+
+
+def login(environ=os.environ) -> tuple[tuple[str, str], str | None]:
+    """The page's login (user, password) and the password to show once: ``DEMO_PASSWORD`` when set (then
+    shown nowhere, None), else a new random one (shown on the terminal once, kept nowhere)."""
+    user = environ.get("DEMO_USER") or DEMO_USER
+    password = environ.get("DEMO_PASSWORD") or ""
+    if password:
+        return (user, password), None
+    generated = secrets.token_urlsafe(18)
+    return (user, generated), generated
+
+
+def launch_options(host: str, port: int, auth: tuple[str, str] | None = None) -> dict:
+    """Gradio's ``launch`` arguments (but the theme and the CSS): this host and port only, no share link,
+    and the login when there is one."""
+    return {
+        "server_name": host,
+        "server_port": port,
+        "auth": auth,
+        "auth_message": "The draw-a-digit page: log in with the user and password `make demo` printed."
+        if auth
+        else None,
+        "share": False,
+        "inbrowser": False,
+        "show_error": False,
+        "quiet": True,
+        "ssr_mode": False,
+        "max_file_size": MAX_UPLOAD,
+        "prevent_thread_lock": True,
+    }
+
+
+def serve(app, host: str, port: int, auth: tuple[str, str] | None = None) -> None:
     """Start the page; return once it answers (the server runs on in Gradio's threads)."""
     import gradio as gr  # noqa: PLC0415
 
     app.queue(default_concurrency_limit=1)
-    app.launch(
-        server_name=host,
-        server_port=port,
-        share=False,
-        inbrowser=False,
-        show_error=False,
-        quiet=True,
-        ssr_mode=False,
-        max_file_size=MAX_UPLOAD,
-        prevent_thread_lock=True,
-        theme=gr.themes.Default(),
-        css=CSS,
-    )
+    app.launch(**launch_options(host, port, auth), theme=gr.themes.Default(), css=CSS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -334,16 +380,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
+    parser.add_argument(
+        "--auth",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ask for a login (default: off loopback only, where --no-auth is refused; or DEMO_AUTH=1/0)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.port <= 65535:
         parser.error("--port must be between 1 and 65535")
+    try:
+        credentials, generated = login() if wants_auth(args.host, args.auth) else (None, None)
+    except ValueError as exc:
+        print(f"demo: error: {exc}", file=sys.stderr)
+        return 2
 
-    if not is_loopback(args.host):
-        print(
-            f"demo: warning: listening on {args.host}: anyone who can reach it can use the page "
-            "(no authentication, no TLS); keep 127.0.0.1 behind a reverse proxy to share it",
-            file=sys.stderr,
-        )
     started = time.monotonic()
     print(f"demo: loading {redact_uri(args.model)} ...", file=sys.stderr)
     try:
@@ -353,15 +404,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     app = build_app(model, description)
     try:
-        serve(app, args.host, args.port)
+        serve(app, args.host, args.port, credentials)
     except OSError as exc:  # the port is taken, the address is not this machine's
-        print(
-            f"demo: error: cannot listen on {args.host}:{args.port}: {redact_text(str(exc).splitlines()[0])}",
-            file=sys.stderr,
-        )
+        reason = redact_text(str(exc).splitlines()[0])
+        if credentials:  # DEMO_PASSWORD is none of redact's variables: masked here
+            reason = reason.replace(credentials[1], "***")
+        print(f"demo: error: cannot listen on {args.host}:{args.port}: {reason}", file=sys.stderr)
         return 1
     url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
     print(f"demo: {description}", file=sys.stderr)
+    if credentials and generated:
+        print(f"demo: login: user {credentials[0]!r}, password {generated} (generated, shown this once)")
+    elif credentials:
+        print(f"demo: login: user {credentials[0]!r}, the password in DEMO_PASSWORD")
     print(f"demo: ready in {time.monotonic() - started:.1f}s - open {url} (Ctrl-C stops it)", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         app.block_thread()
