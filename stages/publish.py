@@ -14,6 +14,7 @@ same served model) and applies the ``champion`` rule (``stages.lib.registry``).
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -23,7 +24,7 @@ import types
 from typing import Any
 
 from stages import finish
-from stages.lib import identity, redact, registry, runtime, store, tracking
+from stages.lib import claims, identity, redact, registry, runtime, store, tracking
 from stages.lib.data import read_stats
 from stages.lib.files import dir_digest, sha256_file
 from stages.lib.paths import (
@@ -146,15 +147,79 @@ def log_model(run_id: str, input_example: Any) -> Any:
 def publish(
     uri: str, artifact_location: str | None, cfg: dict[str, Any], model_key: str, key: str, started: float, log=print
 ) -> str:
-    """Claim, log and register the result; apply the champion rule; return the closing lines."""
+    """Claim the result (waiting while another live publisher holds it), log it, register and judge its model;
+    return the closing lines."""
     tracking.quiet_mlflow()
     import mlflow  # noqa: PLC0415
-    import pandas as pd  # noqa: PLC0415
     from mlflow import MlflowClient  # noqa: PLC0415
+
+    with tracking.store_lock(uri):
+        mlflow.set_tracking_uri(uri)  # models:/ URIs resolve through it
+        client = MlflowClient(uri)  # inside the lock: the first client of a new SQLite store creates its schema
+        experiment_id = tracking.ensure_experiment(client, artifact_location)
+        mended = tracking.mend_stale_runs(client, experiment_id)
+        if mended:
+            log(
+                f"publish: marked {len(mended)} stale run(s) FAILED (their publishing process has gone): "
+                + ", ".join(mended)
+            )
+        claims.sweep_dead(client, registry.MODEL_NAME)
+        claim = claims.acquire(
+            client,
+            registry.MODEL_NAME,
+            "result",
+            key,
+            done=lambda: done(uri, key),
+            on_wait=lambda holder: log(f"publish: waiting for {holder.describe()}, which is publishing this result"),
+        )
+        if claim is None:
+            found = tracking.find_run(uri, key)
+            return (
+                f"publish: run {found.run_id} ({found.run_name}) holds this result already "
+                f"(another publish got there first); nothing logged"
+            )
+        try:
+            with claim.beating():
+                return publish_claimed(client, claim, uri, experiment_id, cfg, model_key, key, started, log)
+        finally:
+            claim.release()
+
+
+def done(uri: str, key: str) -> bool:
+    """Whether a FINISHED run holds the result, its model registered and judged."""
+    found = tracking.find_run(uri, key)
+    return found is not None and found.registered
+
+
+def take_over(client: Any, holder: claims.Holder) -> str:
+    """Fail the RUNNING run of a publisher whose claim went stale; the line that says so."""
+    failed = ""
+    if holder.run_id:
+        with contextlib.suppress(Exception):  # deleted meanwhile
+            if client.get_run(holder.run_id).info.status == "RUNNING":
+                client.set_terminated(holder.run_id, "FAILED")
+                failed = f"; marked its run {holder.run_id} FAILED"
+    return f"publish: took over from {holder.describe()}, whose heartbeat had stopped{failed}"
+
+
+def publish_claimed(
+    client: Any,
+    claim: claims.Claim,
+    uri: str,
+    experiment_id: str,
+    cfg: dict[str, Any],
+    model_key: str,
+    key: str,
+    started: float,
+    log=print,
+) -> str:
+    """Log (unless a FINISHED run holds it already), register and judge the claimed result."""
+    import mlflow  # noqa: PLC0415
+    import pandas as pd  # noqa: PLC0415
     from mlflow.utils import mlflow_tags  # noqa: PLC0415
 
-    mlflow.set_tracking_uri(uri)  # models:/ URIs resolve through it
-    client = MlflowClient(uri)
+    if claim.took_over is not None:
+        log(take_over(client, claim.took_over))
     shown = redact.uri(uri)
     stats = read_stats()
     model_sha = sha256_file(MODEL_PATH)
@@ -205,61 +270,59 @@ def publish(
         client.log_artifact(run_id, str(HISTORY_PATH), "reports/train")
         client.log_artifacts(run_id, str(EVALUATE_DIR), "reports/evaluate")
         logged["model"] = log_model(run_id, raw_test_pixels(2))
+        if claim.lost():  # fenced: whoever took over logs the result; this run must not finish too
+            raise RuntimeError("another publish took this result over (this one had stopped beating)")
 
-    with tracking.store_lock(uri):
-        experiment_id = tracking.ensure_experiment(client, artifact_location)
-        mended = tracking.mend_stale_runs(client, experiment_id)
-        if mended:
-            log(
-                f"publish: marked {len(mended)} stale run(s) FAILED (their publishing process has gone): "
-                + ", ".join(mended)
-            )
-        found = tracking.find_run(uri, key)  # another process may have logged it meanwhile
-        if found is not None and found.registered:
-            return f"publish: this result was logged to {shown} meanwhile, as run {found.run_id}; nothing to log"
-        if found is None:
-            # MLflow files the logged model under the *active* experiment (else 'Default', in ./mlruns).
-            mlflow.set_experiment(experiment_id=experiment_id)
-            history = pd.read_csv(HISTORY_PATH).to_dict(orient="records")
-            run_id, holder = tracking.log_run(
-                client,
-                experiment_id,
-                run_name=run_name(git),
-                tags=tags,
-                params=flat,
-                history=history,
-                metrics=metrics,
-                start_ms=start_ms,
-                end_ms=end_ms,
-                log_rest=rest,
-            )
-            if holder is not None:
-                return (
-                    f"publish: run {holder.info.run_id} ({holder.info.run_name}) holds this result already "
-                    f"(another publish got there first); nothing logged"
-                )
-            model_uri, model_id = logged["model"].model_uri, logged["model"].model_id
-            head = f"publish: logged run {run_id} to {shown}"
-        else:  # logged and FINISHED, but not registered: being registered right now, or the store failed then
-            run_id = found.run_id
-            run = client.get_run(run_id)
-            if tracking.publisher_busy(run):
-                return f"publish: run {run_id} holds this result already; its publisher is registering the model"
-            model_id = run.outputs.model_outputs[0].model_id
-            model_uri = f"models:/{model_id}"
-            head = f"publish: run {run_id} holds this result but its model was not registered"
-        try:
-            version, new = registry.register(client, model_uri, model_id, run_id, model_key, version_tags)
-            client.set_tag(run_id, tracking.REGISTERED_TAG, f"{registry.MODEL_NAME}/{version}")
-            decision = registry.update_champion(client, version)
-        except tracking.Terminated as exc:
-            raise tracking.Terminated(exc.args[0], run_id) from None
+    found = tracking.find_run(uri, key)  # logged meanwhile (registered or not)
+    if found is not None and found.registered:
+        return f"publish: this result was logged to {shown} meanwhile, as run {found.run_id}; nothing to log"
+    if found is None:
+        # MLflow files the logged model under the *active* experiment (else 'Default', in ./mlruns).
+        mlflow.set_experiment(experiment_id=experiment_id)
+        history = pd.read_csv(HISTORY_PATH).to_dict(orient="records")
+        run_id = tracking.log_run(
+            client,
+            experiment_id,
+            run_name=run_name(git),
+            tags=tags,
+            params=flat,
+            history=history,
+            metrics=metrics,
+            start_ms=start_ms,
+            end_ms=end_ms,
+            attempt=claim.token,
+            log_rest=rest,
+            created=lambda run_id: claim.tag(claims.RUN_TAG, run_id),
+        )
+        model_uri, model_id = logged["model"].model_uri, logged["model"].model_id
+        head = f"publish: logged run {run_id} to {shown}"
+    else:  # logged and FINISHED, but its publisher stopped before registering or judging it
+        run_id = found.run_id
+        model_id = client.get_run(run_id).outputs.model_outputs[0].model_id
+        model_uri = f"models:/{model_id}"
+        head = f"publish: run {run_id} holds this result but its model was not registered and judged"
+    try:
+        version, new = registry.register(client, model_uri, model_id, run_id, model_key, version_tags)
+        decision = registry.update_champion(client, version)
+        client.set_tag(run_id, tracking.REGISTERED_TAG, f"{registry.MODEL_NAME}/{version}")
+    except tracking.Terminated as exc:
+        raise tracking.Terminated(exc.args[0], run_id) from None
     what = (
         f"registered {registry.MODEL_NAME} version {version}"
         if new
         else (f"the same served model is already {registry.MODEL_NAME} version {version}: no new version")
     )
     return f"{head}; {what}\nregistry: {decision.message}"
+
+
+def judge(uri: str) -> str:
+    """Apply the champion rule to what the registry holds (nothing new logged); the registry's line."""
+    tracking.quiet_mlflow()
+    from mlflow import MlflowClient  # noqa: PLC0415
+
+    with tracking.store_lock(uri):
+        decision = registry.update_champion(MlflowClient(uri), None)
+    return f"registry: {decision.message}"
 
 
 def raw_test_pixels(n: int) -> Any:
@@ -286,12 +349,15 @@ def main() -> int:
         print(f"publish: error: {exc.filename} is missing: run the pipeline first (dvc repro)", file=sys.stderr)
         return 2
     shown = redact.uri(uri)
-    if found and found.registered:
-        print(f"publish: this result is already in {shown} as run {found.run_id} ({found.run_name}); nothing to log")
-        return 0
     try:
         with tracking.terminate_on_signals():
-            summary = publish(uri, artifact_location, cfg, model_key, key, started)
+            if found and found.registered:
+                summary = f"publish: this result is already in {shown} as run {found.run_id} ({found.run_name}); "
+                summary += "nothing to log"
+                if registry.needs_judging(uri):  # a version nobody judged, a lost alias, a deleted champion
+                    summary += "\n" + judge(uri)
+            else:
+                summary = publish(uri, artifact_location, cfg, model_key, key, started)
     except tracking.Terminated as exc:
         signal_name, finished = exc.args[0], exc.args[1] if len(exc.args) > 1 else None
         if finished:
@@ -306,10 +372,18 @@ def main() -> int:
                 file=sys.stderr,
             )
         return 143 if signal_name == "SIGTERM" else 130
+    except claims.ClaimTimeout as exc:
+        print(
+            f"publish: error: another publish is logging this result: {exc}; nothing logged here, "
+            "run it again once that one is done",
+            file=sys.stderr,
+        )
+        return 1
     except Exception as exc:  # the store failed mid-way: one line, not a traceback; the run is marked FAILED
         print(f"publish: error: logging to {shown} failed: {redact.first_line(exc)}", file=sys.stderr)
         return 1
-    print(summary + f" ({time.time() - started:.1f}s)")
+    timed = not (found and found.registered) or "\n" in summary  # the fast path's line has no time
+    print(summary + (f" ({time.time() - started:.1f}s)" if timed else ""))
     return 0
 
 

@@ -379,8 +379,10 @@ def test_served_model_answers_raw_pixels_like_the_local_model(project, served):
     assert status == 200  # still serving
 
 
-@pytest.fixture
-def tracking_server(tmp_path):
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    """One SQLite-backed `mlflow server` on 127.0.0.1 for the module's tests (started once: ~10 s)."""
+    directory = tmp_path_factory.mktemp("server")
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -391,9 +393,9 @@ def tracking_server(tmp_path):
             "--port",
             str(port),
             "--backend-store-uri",
-            f"sqlite:///{tmp_path}/server.db",
+            f"sqlite:///{directory}/server.db",
             "--artifacts-destination",
-            str(tmp_path / "server-artifacts"),
+            str(directory / "server-artifacts"),
             "--workers",
             "1",
         ],
@@ -402,7 +404,19 @@ def tracking_server(tmp_path):
         start_new_session=True,
     )
     with running(proc, f"http://127.0.0.1:{port}", "/health", 180) as url:
-        yield url, tmp_path
+        yield url, directory
+
+
+@pytest.fixture
+def tracking_server(shared_server):
+    """The shared server, emptied for each test: no registered model (versions count from 1), no active run."""
+    url, directory = shared_server
+    c = client(url)
+    for model in c.search_registered_models():
+        c.delete_registered_model(model.name)
+    for run in mlflow_runs(url):
+        c.delete_run(run.info.run_id)
+    yield url, directory
 
 
 def test_publish_to_a_real_tracking_server(project, tracking_server):
@@ -466,3 +480,286 @@ def test_predict_with_a_logged_model_uri(project, tmp_path):
         assert result.returncode == 0, result.stderr[-2000:]
         records = [json.loads(line) for line in result.stdout.splitlines()]
         assert len(records) == 3 and all(len(r["probabilities"]) == 10 for r in records)
+
+
+# --- faults: the champion rule, claims across hosts, retries, a fresh SQLite store ----------------------
+
+
+def publish_in_process(copy: Path, monkeypatch, capsys, **env: str) -> tuple[int, str, str]:
+    """``stages.publish.main()`` in this process (so a test can break one of its steps), in ``copy``."""
+    from stages import publish
+
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("DVC_ROOT", str(copy))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code = publish.main()
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def registry_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, result.stdout + result.stderr
+    return next(line for line in result.stdout.splitlines() if line.startswith("registry:"))
+
+
+def with_score(copy: Path, variant: int, val_accuracy: float) -> None:
+    """A distinct served model with this validation score (nothing trained)."""
+    distinct_model(copy, variant)
+    path = copy / "reports" / "metrics.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "val_accuracy": val_accuracy}))
+
+
+def champion(url: str) -> int:
+    return int(client(url).get_model_version_by_alias("mnist-classifier", "champion").version)
+
+
+def test_a_version_left_unjudged_is_judged_by_the_next_publish_whatever_its_path(
+    project, tracking_server, tmp_path, monkeypatch, capsys
+):
+    url, _ = tracking_server
+    first, second = tmp_path / "first", tmp_path / "second"
+    for copy in (first, second):
+        shutil.copytree(project, copy, ignore=shutil.ignore_patterns("*.db", "mlartifacts"))
+    with_score(first, 1, 0.5)
+    assert "is the first champion" in registry_line(run_stage("publish", first, MLFLOW_TRACKING_URI=url))
+    # Version 2 registers, then the alias update fails (a store error, SIGTERM, "did not settle").
+    with_score(second, 2, 0.9)
+    from stages.lib import registry
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("the store went away")
+
+    monkeypatch.setattr(registry, "update_champion", fails)
+    code, _, err = publish_in_process(second, monkeypatch, capsys, MLFLOW_TRACKING_URI=url)
+    assert code == 1 and "the store went away" in err
+    monkeypatch.undo()
+    assert champion(url) == 1
+    # The next publish logs nothing new (version 1's result, on the fast path), and still judges version 2.
+    line = registry_line(run_stage("publish", first, MLFLOW_TRACKING_URI=url))
+    assert line.startswith("registry: version 2 (val_accuracy 0.9000) is the new champion, was version 1 (0.5000)")
+    assert champion(url) == 2
+    # Version 2's own result, published again, records that it is registered and judged; then nothing is left.
+    again = run_stage("publish", second, MLFLOW_TRACKING_URI=url)
+    assert "holds this result but its model was not registered and judged" in again.stdout, again.stdout
+    assert "registry: version 2 (val_accuracy 0.9000) is the champion already" in again.stdout
+    last = run_stage("publish", second, MLFLOW_TRACKING_URI=url)
+    assert "this result is already in" in last.stdout and "registry:" not in last.stdout, last.stdout
+
+
+def test_without_an_alias_every_finished_version_is_a_candidate(
+    project, tracking_server, tmp_path, monkeypatch, capsys
+):
+    url, _ = tracking_server
+    first, second = tmp_path / "first", tmp_path / "second"
+    for copy in (first, second):
+        shutil.copytree(project, copy, ignore=shutil.ignore_patterns("*.db", "mlartifacts"))
+    from stages.lib import registry
+
+    # A first registration whose alias was never set.
+    with_score(first, 1, 0.99)
+    monkeypatch.setattr(registry, "update_champion", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("lost")))
+    assert publish_in_process(first, monkeypatch, capsys, MLFLOW_TRACKING_URI=url)[0] == 1
+    monkeypatch.undo()
+    # A worse version arrives: it must not become "the first champion".
+    with_score(second, 2, 0.90)
+    line = registry_line(run_stage("publish", second, MLFLOW_TRACKING_URI=url))
+    assert line.startswith("registry: no version held the champion alias: version 1 (val_accuracy 0.9900)"), line
+    assert champion(url) == 1
+
+
+def test_a_deleted_champion_is_replaced_by_the_best_remaining_version(project, tracking_server, tmp_path):
+    url, _ = tracking_server
+    copy = tmp_path / "deleted"
+    shutil.copytree(project, copy, ignore=shutil.ignore_patterns("*.db", "mlartifacts"))
+    for variant, score in [(1, 0.9772), (2, 0.99)]:
+        with_score(copy, variant, score)
+        registry_line(run_stage("publish", copy, MLFLOW_TRACKING_URI=url))
+    assert champion(url) == 2
+    client(url).delete_model_version("mnist-classifier", "2")
+    with_score(copy, 3, 0.9635)
+    line = registry_line(run_stage("publish", copy, MLFLOW_TRACKING_URI=url))
+    assert line.startswith(
+        "registry: version 2, the champion, is gone: version 1 (val_accuracy 0.9772) is the best remaining"
+    )
+    assert champion(url) == 1
+    # A hand-set alias still stays until a later version beats it.
+    client(url).set_registered_model_alias("mnist-classifier", "champion", "3")
+    with_score(copy, 4, 0.95)
+    assert "version 3 keeps it" in registry_line(run_stage("publish", copy, MLFLOW_TRACKING_URI=url))
+    assert champion(url) == 3
+
+
+class Proxy:
+    """An HTTP proxy on 127.0.0.1 in front of a tracking server that can hold back answers: ``slow`` maps a
+    path fragment to seconds slept before forwarding (a slow write), ``lost`` to seconds slept after the
+    server answered (the answer of a committed request arrives too late: the client retries)."""
+
+    def __init__(self, target: str, slow: dict[str, float] | None = None, lost: dict[str, float] | None = None):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        proxy = self
+        self.slow, self.lost, self.seen = slow or {}, dict(lost or {}), []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def forward(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                proxy.seen.append(self.path)
+                for fragment, seconds in proxy.slow.items():
+                    if fragment in self.path:
+                        time.sleep(seconds)
+                request = urllib.request.Request(
+                    target + self.path, data=body if self.command != "GET" else None, method=self.command
+                )
+                for name in ("Content-Type", "Authorization"):
+                    if self.headers.get(name):
+                        request.add_header(name, self.headers[name])
+                try:
+                    with urllib.request.urlopen(request, timeout=60) as response:
+                        status, payload = response.status, response.read()
+                except urllib.error.HTTPError as exc:
+                    status, payload = exc.code, exc.read()
+                for fragment in list(proxy.lost):
+                    if fragment in self.path:
+                        time.sleep(proxy.lost.pop(fragment))  # once: the retry gets its answer
+                with contextlib.suppress(OSError):
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+
+            do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = forward  # noqa: N815 - http.server's names
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+# Runs publish as another host whose clock is off: socket.gethostname and the wall clock replaced.
+AS_HOST = (
+    "import os, socket, time, runpy; offset = float(os.environ['TEST_CLOCK_OFFSET_S']); "
+    "wall, wall_ns = time.time, time.time_ns; time.time = lambda: wall() + offset; "
+    "time.time_ns = lambda: wall_ns() + int(offset * 1e9); socket.gethostname = lambda: os.environ['TEST_HOST']; "
+    "runpy.run_module('stages.publish', run_name='__main__', alter_sys=True)"
+)
+
+
+def publish_as(copy: Path, url: str, host: str, clock_offset_s: float = 0.0, **env: str) -> subprocess.Popen:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "PUBLISH_"))}
+    environ.update(PYTHONPATH=str(ROOT), DVC_ROOT=str(copy), MLFLOW_TRACKING_URI=url, TEST_HOST=host)
+    environ.update(TEST_CLOCK_OFFSET_S=str(clock_offset_s), **env)
+    return subprocess.Popen(
+        [sys.executable, "-c", AS_HOST],
+        cwd=copy,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_two_hosts_never_both_win_a_claim_with_a_slow_tag_and_skewed_clocks(project, tracking_server, tmp_path):
+    url, _ = tracking_server
+    copies = []
+    for name in ("a", "b"):
+        copies.append(tmp_path / name)
+        shutil.copytree(project, copies[-1], ignore=shutil.ignore_patterns("*.db", "mlartifacts", ".runtime"))
+    # Host b's clock is an hour behind, and its tag writes reach the server slowly.
+    with Proxy(url, slow={"runs/set-tag": 3.0}) as slow_url:
+        b = publish_as(copies[1], slow_url, "runner-b", clock_offset_s=-3600)
+        time.sleep(1.5)
+        a = publish_as(copies[0], url, "runner-a")
+        outputs = [p.communicate(timeout=300) for p in (a, b)]
+    assert [p.returncode for p in (a, b)] == [0, 0], outputs
+    assert len(mlflow_runs(url, "FINISHED")) == 1 and mlflow_runs(url, "RUNNING") == [], outputs
+    assert len(client(url).search_model_versions("name = 'mnist-classifier'")) == 1, outputs
+    assert client(url).search_registered_models("name LIKE 'mnist-classifier.claim.%'") == []
+
+
+def test_a_dead_publishers_claim_on_another_host_is_taken_over(project, tracking_server, tmp_path):
+    url, _ = tracking_server
+    copies = []
+    for name in ("killed", "retry"):
+        copies.append(tmp_path / name)
+        shutil.copytree(project, copies[-1], ignore=shutil.ignore_patterns("*.db", "mlartifacts", ".runtime"))
+    killed = publish_as(copies[0], url, "ci-runner-1")
+    deadline = time.monotonic() + 120
+    while not mlflow_runs(url, "RUNNING"):
+        assert killed.poll() is None and time.monotonic() < deadline, killed.communicate()
+        time.sleep(0.05)
+    [dead] = mlflow_runs(url, "RUNNING")
+    killed.kill()  # SIGKILL: nothing marks the run, nothing releases the claim
+    killed.communicate(timeout=30)
+    retry = publish_as(copies[1], url, "ci-runner-2", PUBLISH_CLAIM_STALE_S="3")
+    out, err = retry.communicate(timeout=300)
+    assert retry.returncode == 0, out + err
+    assert "another publish got there first" not in out, out
+    assert f"took over from run {dead.info.run_id} (host ci-runner-1, pid {killed.pid})" in out, out
+    assert f"marked its run {dead.info.run_id} FAILED" in out and "registered mnist-classifier version" in out, out
+    assert client(url).get_run(dead.info.run_id).info.status == "FAILED"
+    assert len(mlflow_runs(url, "FINISHED")) == 1 and mlflow_runs(url, "RUNNING") == []
+    assert client(url).search_registered_models("name LIKE 'mnist-classifier.claim.%'") == []
+
+
+def test_requests_retried_after_a_lost_answer_leave_one_run_and_one_version(project, tracking_server, tmp_path):
+    url, _ = tracking_server
+    copy = tmp_path / "retried"
+    shutil.copytree(project, copy, ignore=shutil.ignore_patterns("*.db", "mlartifacts", ".runtime"))
+    # The server commits each creation, but its first answer arrives after the client gave up: it retries.
+    lost = {"runs/create": 4.0, "model-versions/create": 4.0, "registered-models/create": 4.0}
+    with Proxy(url, lost=lost) as proxy_url:
+        result = run_stage(
+            "publish",
+            copy,
+            MLFLOW_TRACKING_URI=proxy_url,
+            MLFLOW_HTTP_REQUEST_TIMEOUT="2",
+            MLFLOW_HTTP_REQUEST_MAX_RETRIES="1",
+        )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(mlflow_runs(url)) == 1 and mlflow_runs(url, "FINISHED"), mlflow_runs(url)
+    [version] = client(url).search_model_versions("name = 'mnist-classifier'")
+    assert champion(url) == int(version.version)
+
+
+def test_two_publishers_on_a_fresh_sqlite_store_both_succeed(project, tmp_path):
+    """MLflow creates a new SQLite store's schema with its first client: two at once must not race."""
+    copies = []
+    for i in range(2):
+        copies.append(tmp_path / f"c{i}")
+        shutil.copytree(project, copies[-1], ignore=shutil.ignore_patterns("*.db", "mlartifacts", ".runtime"))
+        distinct_model(copies[-1], i)
+    db = tmp_path / "shared.db"
+    for _ in range(2):
+        db.unlink(missing_ok=True)
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "stages.publish"],
+                cwd=copy,
+                env={
+                    **os.environ,
+                    "PYTHONPATH": str(ROOT),
+                    "DVC_ROOT": str(copy),
+                    "MLFLOW_TRACKING_URI": f"sqlite:///{db}",
+                },
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for copy in copies
+        ]
+        outputs = [p.communicate(timeout=300) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outputs
+        assert len(mlflow_runs(f"sqlite:///{db}", "FINISHED")) == 2

@@ -39,3 +39,24 @@ def test_concurrent_registrations_settle_on_the_best():
 
 def test_a_dangling_alias_counts_as_none():
     assert decide(2, {2: 0.9}, 9).champion == 2
+
+
+def test_without_an_alias_every_finished_version_is_a_candidate():
+    # The alias update failed after version 1 registered, or a first registration failed: version 2,
+    # the worse one, must not become "the first champion".
+    d = decide(2, {1: 0.99, 2: 0.90}, None)
+    assert d.champion == 1
+    assert d.message == "no version held the champion alias: version 1 (val_accuracy 0.9900) is the best of 2"
+
+
+def test_a_deleted_champion_is_replaced_by_the_best_remaining_version():
+    # Version 3 was champion (recorded as last) and was deleted: version 1 beats the newer, worse version 4.
+    d = decide(4, {1: 0.9772, 2: 0.95, 4: 0.9635}, None, last=3)
+    assert d.champion == 1
+    assert d.message == "version 3, the champion, is gone: version 1 (val_accuracy 0.9772) is the best remaining"
+
+
+def test_judging_without_a_new_version():
+    assert decide(None, {1: 0.97, 2: 0.98}, 1).champion == 2  # registered, never judged: judged now
+    assert decide(None, {1: 0.97, 2: 0.96}, 1).message == "version 1 (val_accuracy 0.9700) stays the champion"
+    assert decide(None, {}, None).champion is None

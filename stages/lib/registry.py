@@ -14,10 +14,17 @@ never two versions.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sqlite3
 import time
+import urllib.error
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from stages.lib import claims, store
 
 MODEL_NAME = "mnist-classifier"
 CHAMPION = "champion"
@@ -26,47 +33,67 @@ SCORE_TAG = "val_accuracy"
 
 @dataclass(frozen=True)
 class Decision:
-    champion: int  # the version that holds the alias afterwards
+    champion: int | None  # the version that holds the alias afterwards (None: no finished version)
     previous: int | None  # the version that held it before, if any
     message: str
 
 
-def decide(new: int, scores: Mapping[int, float], current: int | None) -> Decision:
-    """Who is champion after version ``new`` arrives, given every version's score and the current champion.
+def _at(version: int, scores: Mapping[int, float]) -> str:
+    return f"version {version} ({SCORE_TAG} {scores[version]:.4f})"
 
-    The candidates are the current champion and every version registered after
-    it (normally just ``new``; more when several experiments registered at
-    once): the highest score wins, the oldest on a tie. Versions older than the
-    champion are not reconsidered, so an alias a person set by hand stays
-    until a later version beats it.
+
+def decide(new: int | None, scores: Mapping[int, float], current: int | None, last: int | None = None) -> Decision:
+    """Who is champion once version ``new`` (None: nothing new, only a check) is there, given every FINISHED
+    version's score, the version the alias points at, and ``last``, the version this rule last made champion.
+
+    With an alias in place, the candidates are the champion and every version
+    registered after it (normally just ``new``; more when several experiments
+    registered at once, or a version was never judged): the highest score
+    wins, the oldest on a tie. Versions older than the champion are not
+    reconsidered, so an alias a person set by hand stays until a later version
+    beats it. Without an alias (never set, lost to a failure, or its version
+    deleted), every FINISHED version is a candidate.
     """
-    score = scores[new]
     if current not in scores:
         current = None
-    floor = new if current is None else current
+    if not scores:
+        return Decision(None, None, f"no version whose run is FINISHED: no {CHAMPION}")
+    floor = min(scores) if current is None else current
     best = max(sorted(v for v in scores if v >= floor), key=lambda v: scores[v])  # max keeps the oldest of equals
     if current is None:
-        return Decision(best, None, f"version {best} ({SCORE_TAG} {scores[best]:.4f}) is the first champion")
-    if best == new:
-        message = (
-            f"version {new} ({SCORE_TAG} {score:.4f}) is the new champion, "
-            f"was version {current} ({scores[current]:.4f})"
+        if last is not None and last not in scores:
+            message = f"version {last}, the {CHAMPION}, is gone: {_at(best, scores)} is the best remaining"
+        elif len(scores) == 1 and last is None:
+            message = f"{_at(best, scores)} is the first {CHAMPION}"
+        else:
+            message = f"no version held the {CHAMPION} alias: {_at(best, scores)} is the best of {len(scores)}"
+        return Decision(best, None, message)
+    if new is None or new not in scores:
+        if best == current:
+            return Decision(best, current, f"{_at(current, scores)} stays the {CHAMPION}")
+        return Decision(
+            best, current, f"{_at(best, scores)} is the new {CHAMPION}, was version {current} ({scores[current]:.4f})"
         )
+    score = scores[new]
+    if best == new == current:  # judged again: its publisher stopped before it could record that
+        message = f"{_at(new, scores)} is the {CHAMPION} already"
+    elif best == new:
+        message = f"{_at(new, scores)} is the new {CHAMPION}, was version {current} ({scores[current]:.4f})"
     elif best == current:
         rule = "a tie keeps the champion" if score == scores[current] else "it must be higher to take over"
         message = (
-            f"version {new} ({SCORE_TAG} {score:.4f}) is not the champion: version {current} keeps it "
-            f"with {scores[current]:.4f} ({rule})"
+            f"{_at(new, scores)} is not the {CHAMPION}: version {current} keeps it with {scores[current]:.4f} ({rule})"
         )
     else:
-        message = (
-            f"version {new} ({SCORE_TAG} {score:.4f}) is not the champion: version {best} "
-            f"({scores[best]:.4f}), registered at the same time, is"
-        )
+        message = f"{_at(new, scores)} is not the {CHAMPION}: {_at(best, scores)}, registered at the same time, is"
     return Decision(best, current, message)
 
 
 MODEL_KEY_TAG = "pipeline.model"  # the served model's identity (stages.lib.identity.model_key)
+ATTEMPT_TAG = "pipeline.attempt"  # the registering process's claim token: finds a retried request's duplicate
+# On the registered model: the version this rule last made champion, and the newest version it has judged.
+CHAMPION_TAG = "pipeline.champion"
+JUDGED_TAG = "pipeline.judged"
 
 
 def _run_status(client: Any, run_ids: set[str]) -> dict[str, str]:
@@ -81,43 +108,72 @@ def _run_status(client: Any, run_ids: set[str]) -> dict[str, str]:
     return status
 
 
-def finished_versions(client: Any) -> list[Any]:
+def versions(client: Any) -> list[Any]:
+    """Every version of ``mnist-classifier``, whatever its run's state."""
+    return list(client.search_model_versions(f"name = '{MODEL_NAME}'"))
+
+
+def finished_versions(client: Any, every: list[Any] | None = None) -> list[Any]:
     """Every version of ``mnist-classifier`` whose run is FINISHED: the only ones that may be champion."""
-    versions = list(client.search_model_versions(f"name = '{MODEL_NAME}'"))
-    status = _run_status(client, {v.run_id for v in versions if v.run_id})
-    return [v for v in versions if v.run_id and status.get(v.run_id) == "FINISHED"]
+    every = versions(client) if every is None else every
+    status = _run_status(client, {v.run_id for v in every if v.run_id})
+    return [v for v in every if v.run_id and status.get(v.run_id) == "FINISHED"]
+
+
+def _version_of(client: Any, model_key: str) -> int | None:
+    for version in finished_versions(client):
+        if version.tags.get(MODEL_KEY_TAG) == model_key:
+            return int(version.version)
+    return None
 
 
 def register(client: Any, model_uri: str, model_id: str | None, run_id: str, model_key: str, tags: Mapping[str, str]):
     """The version of ``mnist-classifier`` for the logged model: an existing one with the same model key
     (same weights, serving config, code and requirements) whose run is FINISHED, or a new one.
 
-    Call only once the run is FINISHED. Returns (version number, whether it is new).
+    Creating a version holds the model key's claim (``stages.lib.claims``), so
+    two publishers of one served model, on any hosts, make one version; a
+    creation request that MLflow's client retried after the store had already
+    committed it leaves one version too. Call only once the run is FINISHED.
+    Returns (version number, whether it is new).
     """
     from mlflow.exceptions import MlflowException  # noqa: PLC0415
 
-    for version in finished_versions(client):
-        if version.tags.get(MODEL_KEY_TAG) == model_key:
-            return int(version.version), False
+    existing = _version_of(client, model_key)
+    if existing is not None:
+        return existing, False
     try:
         client.create_registered_model(MODEL_NAME)
     except MlflowException as exc:
         if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise
-    created = client.create_model_version(
-        MODEL_NAME,
-        model_uri,
-        run_id=run_id,
-        tags={**tags, MODEL_KEY_TAG: model_key},
-        await_creation_for=0,
-        model_id=model_id,
-    )
-    return int(created.version), True
+    claim = claims.acquire(client, MODEL_NAME, "version", model_key, done=lambda: _version_of(client, model_key))
+    if claim is None:  # registered by another publisher meanwhile
+        return _version_of(client, model_key), False
+    try:
+        with claim.beating():
+            existing = _version_of(client, model_key)
+            if existing is not None:
+                return existing, False
+            created = client.create_model_version(
+                MODEL_NAME,
+                model_uri,
+                run_id=run_id,
+                tags={**tags, MODEL_KEY_TAG: model_key, ATTEMPT_TAG: claim.token},
+                await_creation_for=0,
+                model_id=model_id,
+            )
+            for version in versions(client):  # a retried request's first, committed creation
+                if version.tags.get(ATTEMPT_TAG) == claim.token and str(version.version) != str(created.version):
+                    client.delete_model_version(MODEL_NAME, version.version)
+            return int(created.version), True
+    finally:
+        claim.release()
 
 
-def scores(client: Any) -> dict[int, float]:
+def scores(client: Any, every: list[Any] | None = None) -> dict[int, float]:
     """``val_accuracy`` of every version whose run is FINISHED."""
-    return {int(v.version): float(v.tags[SCORE_TAG]) for v in finished_versions(client) if SCORE_TAG in v.tags}
+    return {int(v.version): float(v.tags[SCORE_TAG]) for v in finished_versions(client, every) if SCORE_TAG in v.tags}
 
 
 def current_champion(client: Any) -> int | None:
@@ -131,20 +187,94 @@ def current_champion(client: Any) -> int | None:
         raise
 
 
-def update_champion(client: Any, new: int, attempts: int = 10) -> Decision:
+def _model_tag(client: Any, key: str) -> str | None:
+    from mlflow.exceptions import MlflowException  # noqa: PLC0415
+
+    try:
+        return client.get_registered_model(MODEL_NAME).tags.get(key)
+    except MlflowException:
+        return None
+
+
+def update_champion(client: Any, new: int | None, attempts: int = 10) -> Decision:
     """Apply ``decide`` to the registry, then re-read: another publisher may have registered or moved the
     alias meanwhile (a stale write included), so decide again until the alias holds the best FINISHED version
-    and nothing changed in between."""
+    and nothing changed in between. ``new``: the version just registered, or None to judge what is there
+    (a version whose publisher stopped before judging it, a lost alias, a deleted champion).
+
+    Records on the registered model which version it made champion and the newest version it has judged,
+    so that a later publish can tell, without MLflow, whether anything waits to be judged (``needs_judging``).
+    """
+    last = _model_tag(client, CHAMPION_TAG)
+    last_version = int(last) if last and last.isdigit() else None
     decision = None
     for _ in range(attempts):
         current = current_champion(client)
-        before = scores(client)
-        decision = decide(new, before, current)
-        if decision.champion != current:
+        every = versions(client)
+        before = scores(client, every)
+        decision = decide(new, before, current, last_version)
+        if decision.champion is not None and decision.champion != current:
             client.set_registered_model_alias(MODEL_NAME, CHAMPION, str(decision.champion))
         if scores(client) == before and current_champion(client) == decision.champion:
+            if decision.champion is not None:
+                client.set_registered_model_tag(MODEL_NAME, CHAMPION_TAG, str(decision.champion))
+            newest = max((int(v.version) for v in every), default=0)
+            client.set_registered_model_tag(MODEL_NAME, JUDGED_TAG, str(newest))
             return decision
         time.sleep(0.2)
     raise RuntimeError(
         f"the {CHAMPION} alias did not settle after {attempts} attempts (other publishers kept moving it)"
     )
+
+
+# --- is there anything to judge? (no MLflow import: the fast path of a publish that logs nothing) -----
+
+
+def needs_judging(uri: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the registry holds a version no publish has judged, or lacks its ``champion`` alias
+    (lost to a failure, or its version deleted). True when it cannot tell: the slow path then checks."""
+    try:
+        if uri.startswith("sqlite:///"):
+            state = _state_sqlite(Path(uri.removeprefix("sqlite:///")))
+        elif store.is_server(uri):
+            state = _state_rest(uri, os.environ if environ is None else environ)
+        else:
+            return True
+    except (sqlite3.Error, urllib.error.URLError, OSError, ValueError, KeyError):
+        return True
+    if state is None:  # no registered model: nothing to judge
+        return False
+    newest, judged, alias = state
+    return alias is None or not judged.isdigit() or newest > int(judged)
+
+
+def _state_sqlite(db: Path) -> tuple[int, str, str | None] | None:
+    if not db.exists():
+        return None
+    query = """
+        SELECT (SELECT MAX(version) FROM model_versions WHERE name = :m AND current_stage != 'Deleted_Internal'),
+               (SELECT value FROM registered_model_tags WHERE name = :m AND key = :judged),
+               (SELECT version FROM registered_model_aliases WHERE name = :m AND alias = :alias)
+    """
+    with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as con:
+        newest, judged, alias = con.execute(
+            query, {"m": MODEL_NAME, "judged": JUDGED_TAG, "alias": CHAMPION}
+        ).fetchone()
+    if newest is None:
+        return None
+    return int(newest), judged or "", alias
+
+
+def _state_rest(uri: str, environ: Mapping[str, str]) -> tuple[int, str, str | None] | None:
+    try:
+        model = store.rest(uri, "registered-models/get", environ, query={"name": MODEL_NAME})["registered_model"]
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+    newest = max((int(v["version"]) for v in model.get("latest_versions", [])), default=None)
+    if newest is None:
+        return None
+    tags = {t["key"]: t.get("value", "") for t in model.get("tags", [])}
+    aliases = {a["alias"]: a["version"] for a in model.get("aliases", [])}
+    return newest, tags.get(JUDGED_TAG, ""), aliases.get(CHAMPION)

@@ -6,13 +6,16 @@ identified by its key (``stages.lib.identity``), stored on its run as the tag
 model registered?" without importing MLflow (a plain SQLite query, or one REST
 call to a server), so a ``dvc repro`` that changed nothing stays fast.
 
-Logging is a claim first: the run is created RUNNING with the key, a claim
-stamp, this host and process id; then every other run with the key is read.
-A FINISHED one, or a live RUNNING one with an older claim, wins: this run is
-deleted and nothing is logged (two clones publishing the same result at once
-end with one run). A run whose process has gone (killed, or the store went away
-mid-way) is found by the next publish on the same host and marked FAILED.
-SIGTERM or SIGINT while logging marks the run FAILED, keeping the original error.
+Logging starts with a claim (``stages.lib.claims``): an entity the store
+refuses to create twice, so two publishers of one result, on any hosts and
+whatever their clocks say, never both log it; a waiter takes over a claim
+whose heartbeat has stopped. The run is then created RUNNING with the key,
+this host and process id, and the claim's token (a request MLflow's client
+retried after the store had committed it leaves a second run with the same
+token: it is deleted). A run whose process has gone (killed, or the store
+went away mid-way) is found by the next publish on the same host, or by the
+publish that takes its claim over, and marked FAILED. SIGTERM or SIGINT while
+logging marks the run FAILED, keeping the original error.
 
 The functions that log import MLflow when called, with its INFO logs,
 progress bars and URL banners turned off (``quiet_mlflow``).
@@ -26,7 +29,6 @@ import os
 import socket
 import sqlite3
 import subprocess
-import time
 import urllib.error
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -37,17 +39,15 @@ from stages.lib import processes, redact
 from stages.lib.store import EXPERIMENT, TrackingError, describe, is_server, rest
 
 RESULT_TAG = "pipeline.result"  # the result key: one FINISHED run per key
-CLAIM_TAG = "pipeline.claim"  # "<ns since epoch, 20 digits>-<run id>": the smallest live claim wins
 HOST_TAG = "pipeline.host"
 PID_TAG = "pipeline.pid"
-REGISTERED_TAG = "pipeline.registered"  # "<model name>/<version>": set once the run's model is registered
+ATTEMPT_TAG = "pipeline.attempt"  # the publisher's claim token: finds a retried create_run's duplicate
+# "<model name>/<version>": set once the run's model is registered and judged by the champion rule.
+REGISTERED_TAG = "pipeline.registered"
 DIRTY_TAG = "git.dirty"
 # Opens the experiment in the UI as a model-training one (runs, metrics,
 # models), not on the GenAI traces overview.
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
-# A RUNNING claim older than this is not waited for, whatever its host (its
-# publisher is taken to be gone or hung; publishing takes seconds).
-STALE_AFTER_S = 15 * 60
 # Paths that `dvc repro` itself rewrites: changes there do not make a checkout dirty.
 PIPELINE_OUTPUTS = ("dvc.lock", "reports/", "data/")
 
@@ -68,8 +68,12 @@ class Found:
 
 def quiet_mlflow(environ: dict[str, str] | None = None) -> None:
     """No MLflow INFO lines, URL banners or (off a terminal) progress bars: call before importing MLflow."""
+    import logging  # noqa: PLC0415
     import sys  # noqa: PLC0415
 
+    # Its database errors come with a traceback (from the claim's heartbeat thread too, or after SIGTERM
+    # interrupted a write): publish reports a failure in one line, and a heartbeat simply tries again.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     environ = os.environ if environ is None else environ
     environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -110,8 +114,9 @@ def find_run(uri: str, key: str, environ: Mapping[str, str] | None = None) -> Fo
     if uri.startswith("sqlite:///"):
         try:
             return _find_run_sqlite(Path(uri.removeprefix("sqlite:///")), key)
-        except sqlite3.Error:
-            pass  # not a schema this query knows: ask MLflow itself (slower)
+        except sqlite3.Error:  # not a schema this query knows (or not yet): ask MLflow itself (slower)
+            with store_lock(uri):  # MLflow creates or migrates the schema: one process at a time
+                return _find_run_client(uri, key)
     elif is_server(uri):
         return _find_run_rest(uri, key, os.environ if environ is None else environ)
     return _find_run_client(uri, key)
@@ -247,17 +252,6 @@ def process_alive(pid: int, proc: Path = processes.PROC) -> bool:
     return processes.runs(pid, b"stages.publish", proc) is not False
 
 
-def publisher_busy(run: Any, now_s: float | None = None, grace_s: float = 120.0) -> bool:
-    """Whether the process that logged ``run`` may still be registering its model: it is alive (this host),
-    or it finished less than ``grace_s`` ago (another host, whose processes cannot be seen from here)."""
-    now_s = time.time() if now_s is None else now_s
-    tags = run.data.tags
-    if tags.get(HOST_TAG) == socket.gethostname():
-        pid = tags.get(PID_TAG, "")
-        return pid.isdigit() and int(pid) != os.getpid() and process_alive(int(pid))
-    return now_s - (run.info.end_time or 0) / 1000 < grace_s
-
-
 def mend_stale_runs(client: Any, experiment_id: str, host: str | None = None) -> list[str]:
     """Mark FAILED this host's RUNNING runs whose publishing process has gone; their ids."""
     host = host or socket.gethostname()
@@ -268,29 +262,6 @@ def mend_stale_runs(client: Any, experiment_id: str, host: str | None = None) ->
             client.set_terminated(run.info.run_id, "FAILED")
             stale.append(run.info.run_id)
     return stale
-
-
-def claim_stamp(run_id: str, now_ns: int | None = None) -> str:
-    return f"{time.time_ns() if now_ns is None else now_ns:020d}-{run_id}"
-
-
-def winner(runs: list[Any], mine: str, now_s: float | None = None) -> Any | None:
-    """Among the active runs holding one key, the one that keeps it, if not ``mine``: a FINISHED run,
-    else the live RUNNING run with the smallest claim (claims older than ``STALE_AFTER_S`` do not count)."""
-    now_s = time.time() if now_s is None else now_s
-    finished = [r for r in runs if r.info.status == "FINISHED" and r.info.run_id != mine]
-    if finished:
-        return min(finished, key=lambda r: r.info.start_time)
-    claims = []
-    for run in runs:
-        stamp = run.data.tags.get(CLAIM_TAG, "")
-        if run.info.status != "RUNNING" or not stamp[:20].isdigit():
-            continue
-        if run.info.run_id != mine and now_s - int(stamp[:20]) / 1e9 > STALE_AFTER_S:
-            continue
-        claims.append((stamp, run))
-    first = min(claims, key=lambda c: c[0])[1] if claims else None
-    return None if first is None or first.info.run_id == mine else first
 
 
 def log_run(
@@ -304,35 +275,35 @@ def log_run(
     metrics: Mapping[str, float],
     start_ms: int,
     end_ms: int | None,
+    attempt: str,
     log_rest: Callable[[str], None],
-) -> tuple[str, Any | None]:
-    """Claim the result, then log one complete run; ``log_rest(run_id)`` adds inputs, artifacts and the model.
+    created: Callable[[str], None] = lambda run_id: None,
+) -> str:
+    """Log one complete run of a claimed result; ``log_rest(run_id)`` adds inputs, artifacts and the model.
 
-    Returns (run id, None) when this run was logged and is FINISHED, or
-    (deleted run id, the run that holds the result instead) when another
-    publisher got there first. Any failure on the way, SIGTERM and SIGINT
-    included, marks the run FAILED (never left RUNNING) and re-raises the
-    original error, even when marking it fails too (the store has gone: the
-    next publish on this host mends it).
+    Call while holding the result's claim, whose token is ``attempt``;
+    ``created(run_id)`` is called as soon as the run exists. Returns
+    the run's id once it is FINISHED. Any failure on the way, SIGTERM and
+    SIGINT included, marks the run FAILED (never left RUNNING) and re-raises
+    the original error, even when marking it fails too (the store has gone:
+    the next publish on this host, or the one that takes the claim over,
+    mends it).
     """
     from mlflow.entities import Metric, Param  # noqa: PLC0415
 
-    key = tags[RESULT_TAG]
     run = client.create_run(
         experiment_id,
         start_time=start_ms,
         run_name=run_name,
-        tags={**tags, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())},
+        tags={**tags, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), ATTEMPT_TAG: attempt},
     )
     run_id = run.info.run_id
     try:
-        client.set_tag(run_id, CLAIM_TAG, claim_stamp(run_id))
-        holders = client.search_runs([experiment_id], f"tags.`{RESULT_TAG}` = '{key}'")
-        other = winner(holders, run_id)
-        if other is not None:
-            client.set_terminated(run_id, "KILLED")
-            client.delete_run(run_id)
-            return run_id, other
+        created(run_id)
+        for twin in client.search_runs([experiment_id], f"tags.`{ATTEMPT_TAG}` = '{attempt}'"):
+            if twin.info.run_id != run_id:  # the first try of a create_run that MLflow's client retried
+                client.set_terminated(twin.info.run_id, "KILLED")
+                client.delete_run(twin.info.run_id)
         epoch_metrics = [
             Metric(name, float(row[name]), start_ms, int(row["epoch"]))
             for row in history
@@ -355,7 +326,7 @@ def log_run(
         with contextlib.suppress(Exception):  # keep the original error
             client.set_terminated(run_id, "FAILED")
         raise
-    return run_id, None
+    return run_id
 
 
 @contextlib.contextmanager

@@ -1,0 +1,138 @@
+"""Claims against a real MLflow store: the store refuses a second claim, heartbeats and not clocks decide
+staleness, one waiter takes a stale claim over, and nothing is left behind."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from stages.lib import claims
+
+pytestmark = pytest.mark.slow
+MODEL = "mnist-classifier"
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    import mlflow
+
+    return mlflow.MlflowClient(f"sqlite:///{tmp_path_factory.mktemp('claims')}/mlflow.db")
+
+
+def names(client) -> list[str]:
+    return sorted(m.name for m in client.search_registered_models(f"name LIKE '{MODEL}.claim.%'"))
+
+
+def test_the_store_refuses_a_second_claim(client):
+    first = claims.acquire(client, MODEL, "result", "k1")
+    assert first is not None and first.generation == 1
+    with pytest.raises(claims.ClaimTimeout, match=r"host .*, pid \d+\) still holds it"):
+        claims.acquire(client, MODEL, "result", "k1", wait_s=0.5, poll_s=0.1)
+    first.release()
+    second = claims.acquire(client, MODEL, "result", "k1", wait_s=0.5)
+    assert second is not None and second.generation == 1
+    second.release()
+    assert names(client) == []
+
+
+def test_a_retried_creation_is_recognised_as_the_owners(client):
+    name = claims.prefix(MODEL, "result", "k2") + "1"
+    assert claims._create(client, name, "token-a", "h", 1)
+    assert claims._create(client, name, "token-a", "h", 1)  # the retry: "already exists", but ours
+    assert not claims._create(client, name, "token-b", "h", 1)
+    client.delete_registered_model(name)
+
+
+def test_a_beating_claim_is_never_stale_whatever_the_clocks(client, monkeypatch):
+    holder = claims.acquire(client, MODEL, "result", "k3", host="runner-1")
+    with holder.beating(beat_s=0.1):
+        # This waiter's wall clock is a day ahead: only the heartbeat counts.
+        monkeypatch.setattr(time, "time", lambda: 1e10)
+        with pytest.raises(claims.ClaimTimeout):
+            claims.acquire(client, MODEL, "result", "k3", host="runner-2", stale_s=0.8, wait_s=2, poll_s=0.05)
+    assert not holder.lost()
+    holder.release()
+
+
+def test_one_waiter_takes_a_stale_claim_over(client):
+    dead = claims.acquire(client, MODEL, "result", "k4", host="runner-1")  # never beats: its host died
+    dead.tag(claims.RUN_TAG, "run-of-the-dead")
+    won, errors, over = [], [], threading.Event()
+
+    def wait(host: str) -> None:
+        try:
+            claim = claims.acquire(client, MODEL, "result", "k4", host=host, stale_s=0.5, wait_s=3, poll_s=0.05)
+        except claims.ClaimTimeout as exc:
+            errors.append(exc)
+            over.set()
+            return
+        won.append(claim)
+        with claim.beating(beat_s=0.1):  # as publish does: the winner beats while it works
+            over.wait(timeout=10)
+
+    threads = [threading.Thread(target=wait, args=(f"runner-{i}",)) for i in (2, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and len(errors) == 1, (won, errors)
+    assert won[0].generation == 2 and won[0].took_over.run_id == "run-of-the-dead"
+    assert dead.lost()  # the old holder, should it wake up, knows it must stop
+    won[0].release()
+    assert names(client) == []
+
+
+def test_a_dead_publisher_on_this_host_is_taken_over_at_once(client):
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    name = claims.prefix(MODEL, "result", "k5") + "1"
+    client.create_registered_model(
+        name, tags={claims.HOST_TAG: socket.gethostname(), claims.PID_TAG: str(proc.pid), claims.BEAT_TAG: "0"}
+    )
+    started = time.monotonic()
+    claim = claims.acquire(client, MODEL, "result", "k5", stale_s=60)
+    assert claim.took_over is not None and time.monotonic() - started < 5
+    claim.release()
+    # A claim left by a dead publisher of another result is swept; a live one (this process) is not.
+    client.create_registered_model(name, tags={claims.HOST_TAG: socket.gethostname(), claims.PID_TAG: str(proc.pid)})
+    live = claims.acquire(client, MODEL, "result", "k6")
+    assert claims.sweep_dead(client, MODEL) == [name]
+    assert names(client) == [live.name]
+    live.release()
+
+
+def test_done_ends_the_wait(client):
+    holder = claims.acquire(client, MODEL, "result", "k7")
+    calls = []
+    assert claims.acquire(client, MODEL, "result", "k7", done=lambda: calls.append(1) or len(calls) > 2) is None
+    holder.release()
+
+
+def test_only_a_publish_process_counts_as_alive_here():
+    here = socket.gethostname()
+    publishing = subprocess.Popen(
+        [sys.executable, "-c", "import time; print(flush=True); time.sleep(30)", "stages.publish"],
+        stdout=subprocess.PIPE,
+    )
+    other = subprocess.Popen([sys.executable, "-c", "import time; print(flush=True); time.sleep(30)"], stdout=-1)
+    try:
+        publishing.stdout.readline()  # running: its exec is over (until then its command line is empty)
+        other.stdout.readline()
+        assert not claims.dead_here({claims.HOST_TAG: here, claims.PID_TAG: str(publishing.pid)}, here)
+        # A reused pid running something else: dead, where /proc can tell (this PID namespace's).
+        from stages.lib import processes
+
+        assert claims.dead_here({claims.HOST_TAG: here, claims.PID_TAG: str(other.pid)}, here) is processes.own_proc()
+    finally:
+        for proc in (publishing, other):
+            proc.kill()
+            proc.wait()
+    assert claims.dead_here({claims.HOST_TAG: here, claims.PID_TAG: str(publishing.pid)}, here)
+    assert not claims.dead_here({claims.HOST_TAG: here, claims.PID_TAG: str(os.getpid())}, here)  # this process
+    assert not claims.dead_here({claims.HOST_TAG: "elsewhere", claims.PID_TAG: "1"}, here)  # cannot be seen
