@@ -111,6 +111,7 @@ class Route:
     auth: str | None = None  # required "Authorization" header value
     truncate_to: int | None = None  # send only this many bytes, with the full Content-Length
     status: int = 200
+    redirect: str | None = None  # answer 302 to this URL
     hits: int = 0
     headers_seen: list = field(default_factory=list)
 
@@ -133,6 +134,12 @@ class Server:
                 route.headers_seen.append(dict(self.headers))
                 if route.hang_s:
                     time.sleep(route.hang_s)
+                if route.redirect:
+                    self.send_response(302)
+                    self.send_header("Location", route.redirect)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if route.auth is not None and self.headers.get("Authorization") != route.auth:
                     self.send_error(401)
                     return

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from stages.lib import store
-from tests.conftest import Route
+from tests.conftest import Route, Server
 
 API = "/api/2.0/mlflow/experiments/get-by-name?experiment_name=mnist"
 
@@ -126,3 +126,32 @@ def test_a_server_whose_database_is_down_says_so(http_server):
     http_server.add(API, Route(b"{}", status=500))
     with pytest.raises(store.TrackingError, match=r"failed \(HTTP 500\): is its database up\?"):
         store.preflight(http_server.url, {})
+
+
+def test_credentials_never_follow_a_redirect_to_another_host_or_port(http_server):
+    other = Server()  # another port, reached under another host name
+    other.thread.start()
+    try:
+        target = other.add(API, Route(b'{"experiment": {}}')).replace("127.0.0.1", "localhost")
+        http_server.add(API, Route(b"", redirect=target))
+        store.preflight(http_server.url.replace("http://", "http://alice:s3cret@"), {})
+        assert http_server.routes[API].headers_seen[-1]["Authorization"] == basic("alice", "s3cret")
+        assert other.routes[API].hits == 1 and "Authorization" not in other.routes[API].headers_seen[-1]
+    finally:
+        other.httpd.shutdown()
+        other.httpd.server_close()
+
+
+def test_a_redirect_on_the_same_server_keeps_the_credentials(http_server):
+    http_server.add("/elsewhere", Route(b'{"experiment": {}}', auth=basic("alice", "s3cret")))
+    http_server.add(API, Route(b"", redirect=http_server.url + "/elsewhere"))
+    store.preflight(http_server.url, {"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": "s3cret"})
+
+
+@pytest.mark.parametrize("uri", ["file:///tmp/mlruns", "postgresql://mlflow:pw@db/mlflow", "databricks"])
+def test_a_store_that_is_neither_sqlite_nor_a_server_is_refused_in_one_line(uri):
+    with pytest.raises(store.TrackingError) as err:
+        store.preflight(uri, {})
+    message = str(err.value)
+    assert "is not supported: set MLFLOW_TRACKING_URI to sqlite:///" in message and "\n" not in message
+    assert "pw@" not in message

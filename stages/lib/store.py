@@ -107,6 +107,26 @@ def ssl_context(environ: Mapping[str, str]) -> ssl.SSLContext:
     return context
 
 
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    return (
+        parts.scheme.lower(),
+        (parts.hostname or "").lower(),
+        parts.port or {"http": 80, "https": 443}.get(parts.scheme),
+    )
+
+
+class SameOriginCredentials(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect as urllib does, but never sends ``Authorization`` to another scheme, host or port
+    (urllib forwards every header to any redirect target)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(newurl) != _origin(req.full_url):
+            new.remove_header("Authorization")
+        return new
+
+
 def rest(
     uri: str,
     endpoint: str,
@@ -124,8 +144,10 @@ def rest(
     data = None if body is None else json.dumps(body).encode()
     headers = {"Content-Type": "application/json", **auth_headers(environ, credentials)}
     request = urllib.request.Request(url, data=data, headers=headers, method="GET" if body is None else "POST")
-    context = ssl_context(environ) if url.startswith("https://") else None
-    with urllib.request.urlopen(request, timeout=timeout_s, context=context) as response:
+    handlers: list[Any] = [SameOriginCredentials()]
+    if url.startswith("https://"):
+        handlers.append(urllib.request.HTTPSHandler(context=ssl_context(environ)))
+    with urllib.request.build_opener(*handlers).open(request, timeout=timeout_s) as response:
         return json.loads(response.read() or b"{}")
 
 
@@ -164,3 +186,8 @@ def preflight(uri: str, environ: Mapping[str, str] | None = None, timeout_s: flo
         directory = Path(uri.removeprefix("sqlite:///")).parent
         if not directory.is_dir() or not os.access(directory, os.W_OK):
             raise TrackingError(f"MLflow store {shown}: {directory} is not a writable directory")
+    else:  # a database URI, file:, databricks...: the claims, locks and fast checks are made for these two
+        raise TrackingError(
+            f"MLflow store {shown} is not supported: set MLFLOW_TRACKING_URI to sqlite:///<file> or to an "
+            "http(s):// tracking server (make server runs one over PostgreSQL)"
+        )
