@@ -1,3 +1,4 @@
+import errno
 import os
 
 import pytest
@@ -35,3 +36,87 @@ def test_staged_dir_replaces_whole_directory(tmp_path):
         (staging / "fresh").write_text("y")
     assert [p.name for p in target.iterdir()] == ["fresh"]
     assert [p.name for p in tmp_path.iterdir()] == ["raw"]
+
+
+# --- durability: what a power cut may lose is the new file, never the old one nor half of the new ---------------
+
+
+@pytest.fixture
+def disk_events(monkeypatch):
+    """Every ``os.fsync`` (as the path its descriptor is open on) and ``os.replace``, in order."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(src), str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
+def _replace_index(events, dst):
+    return next(i for i, e in enumerate(events) if e[0] == "replace" and e[2] == str(dst))
+
+
+def test_atomic_write_fsyncs_the_file_before_the_rename_and_the_directory_after(tmp_path, disk_events):
+    target = tmp_path / "m.json"
+    write_json(target, {"a": 1})
+    at = _replace_index(disk_events, target)
+    tmp = disk_events[at][1]
+    assert ("fsync", tmp) in disk_events[:at], disk_events  # the bytes are on disk before the name points at them
+    assert ("fsync", str(tmp_path)) in disk_events[at + 1 :], disk_events  # and the new name itself, after
+    assert target.read_text() == '{\n  "a": 1\n}\n'
+
+
+def test_staged_dir_fsyncs_every_file_before_the_swap_and_the_directories_after(tmp_path, disk_events):
+    target = tmp_path / "raw"
+    target.mkdir()
+    (target / "stale").write_text("x")
+    with staged_dir(target) as staging:
+        (staging / "a").write_text("1")
+        (staging / "sub").mkdir()
+        (staging / "sub" / "b").write_text("2")
+        (staging / "link").symlink_to("a")  # not followed, not fsynced twice
+    at = _replace_index(disk_events, target)
+    assert disk_events[at][1] == str(staging)
+    before, after = disk_events[:at], disk_events[at + 1 :]
+    for path in (staging / "a", staging / "sub" / "b", staging / "sub", staging):  # entries durable before the rename
+        assert ("fsync", str(path)) in before, (path, disk_events)
+    assert ("fsync", str(tmp_path)) in after, disk_events  # the swap itself
+    assert sorted(p.name for p in target.iterdir()) == ["a", "link", "sub"]
+    assert [p.name for p in tmp_path.iterdir()] == ["raw"]
+
+
+def test_staged_dir_failure_fsyncs_and_swaps_nothing(tmp_path, disk_events):
+    target = tmp_path / "raw"
+    target.mkdir()
+    (target / "old").write_text("x")
+    with pytest.raises(RuntimeError), staged_dir(target) as staging:
+        (staging / "half").write_text("y")
+        raise RuntimeError("boom")
+    assert disk_events == []
+    assert [p.name for p in target.iterdir()] == ["old"] and [p.name for p in tmp_path.iterdir()] == ["raw"]
+
+
+def test_a_filesystem_that_cannot_fsync_still_writes_and_a_failing_disk_fails(tmp_path, monkeypatch):
+    def cannot(fd):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "fsync", cannot)
+    write_json(tmp_path / "m.json", {"a": 1})
+    assert (tmp_path / "m.json").exists()
+
+    def broken(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", broken)
+    with pytest.raises(OSError, match="Input/output error"):
+        write_json(tmp_path / "m.json", {"a": 2})
+    assert (tmp_path / "m.json").read_text() == '{\n  "a": 1\n}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]

@@ -1,12 +1,19 @@
-"""Small file helpers: checksums and all-or-nothing writes."""
+"""Small file helpers: checksums and all-or-nothing writes.
+
+All or nothing holds across a power cut too: a new file's bytes are fsynced
+before its name replaces the old one, and the directory after, so a crash
+leaves the old file or the whole new one, never a new name on missing bytes.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +24,33 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a directory's data and metadata to the disk.
+
+    A filesystem that cannot sync (EINVAL, ENOTSUP: some network and FUSE ones, for directories) is let be: the
+    write is then as durable as that filesystem makes it. Any other error (EIO) fails the write.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Fsync every regular file and directory under ``root``, and ``root``, children first (links not followed)."""
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames + dirnames:
+            path = Path(dirpath, name)
+            mode = os.lstat(path).st_mode  # a link is neither: not followed
+            if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+                _fsync(path)
+    _fsync(root)
 
 
 def file_digest(path: Path, algorithm: str = "sha256") -> bytes:
@@ -44,6 +78,7 @@ def atomic_path(target: Path, suffix: str = ".tmp") -> Iterator[Path]:
 
     On any exception the temporary file is removed and ``target`` is untouched.
     ``suffix`` keeps writers that insist on an extension (Keras' ``.keras``) happy.
+    The file is fsynced before the rename and the directory after it.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -53,7 +88,9 @@ def atomic_path(target: Path, suffix: str = ".tmp") -> Iterator[Path]:
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are ordinary files
+        _fsync(tmp_path)  # the bytes on the disk before the name points at them
         os.replace(tmp_path, target)
+        _fsync(target.parent)  # and the new name itself
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -74,6 +111,9 @@ def staged_dir(target: Path) -> Iterator[Path]:
 
     The previous ``target`` (if any) is replaced only after the block completes;
     on failure the staging directory is deleted and ``target`` is left as it was.
+    Every file and directory in the staging directory, and the staging directory
+    itself, are fsynced before the swap (its entries durable before the rename
+    can be), and the parent directory after it.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -81,12 +121,14 @@ def staged_dir(target: Path) -> Iterator[Path]:
     try:
         yield staging
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700
+        _fsync_tree(staging)
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(target, old)
         os.replace(staging, target)
+        _fsync(target.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
