@@ -80,3 +80,13 @@ def test_repro_queue_run_cache_and_stores(clone):
         assert run_in(["dvc", "repro"], clone, MLFLOW_TRACKING_URI=other).returncode == 0
     [new] = mlflow_runs(other, "FINISHED")
     assert "restored by DVC" in new.data.tags["pipeline.timing"]
+
+
+def test_a_queue_on_a_fresh_store_makes_one_run_each(clone):
+    """Two queued experiments publishing at once to a store that does not exist yet: MLflow creates its
+    schema with the first client, inside the store's lock (two at once failed one of them)."""
+    uri = f"sqlite:///{clone}/fresh.db"
+    assert not (clone / "fresh.db").exists()
+    status = queue_seeds(clone, (4, 5), MLFLOW_TRACKING_URI="sqlite:///fresh.db")
+    assert status.count("Success") == 2, status
+    assert len(mlflow_runs(uri, "FINISHED")) == 2
