@@ -227,7 +227,7 @@ def publish_claimed(
     metrics = json.loads(METRICS_PATH.read_text())
     if trained:
         metrics["train_seconds"] = round(trained["train_seconds"], 3)
-    flat = schema.flatten(cfg)
+    flat = redact.params(schema.flatten(cfg))  # a URL param may carry a token: never logged verbatim
     effective = identity.effective(cfg, SECTIONS)
     data_digest = stats["sha256"][:DATA_DIGEST_LEN]
     git = tracking.git_facts()

@@ -763,3 +763,17 @@ def test_two_publishers_on_a_fresh_sqlite_store_both_succeed(project, tmp_path):
         outputs = [p.communicate(timeout=300) for p in procs]
         assert [p.returncode for p in procs] == [0, 0], outputs
         assert len(mlflow_runs(f"sqlite:///{db}", "FINISHED")) == 2
+
+
+def test_a_url_param_with_credentials_is_logged_redacted(project, tmp_path):
+    copy = tmp_path / "secret-url"
+    shutil.copytree(project, copy, ignore=shutil.ignore_patterns("*.db", "mlartifacts"))
+    params = yaml.safe_load((copy / "params.yaml").read_text())
+    params["fetch"]["keras_url"] = "https://alice:s3cr(e)t@data.example/mnist.npz?token=tok-9f8e7d&v=2"
+    (copy / "params.yaml").write_text(yaml.safe_dump(params))
+    result = run_stage("publish", copy)
+    assert result.returncode == 0, result.stderr
+    [run] = mlflow_runs(f"sqlite:///{copy}/mlflow.db")
+    logged = run.data.params["fetch.keras_url"]
+    assert logged == "https://***@data.example/mnist.npz?token=***&v=2", logged
+    assert not any(s in value for value in run.data.params.values() for s in ("s3cr", "tok-9f8e7d"))
