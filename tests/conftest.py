@@ -1,4 +1,7 @@
-"""Shared fixtures: tiny synthetic MNIST-like data and a loopback HTTP server."""
+"""Shared fixtures: tiny synthetic MNIST-like data and a loopback HTTP server; and CI's rule that a skip fails.
+
+Under ``CI=true`` (GitHub Actions sets it; so does ``.ci/run``) a skipped test fails, naming what was missing,
+unless its reason matches a pattern of ``tests/ci-allowed-skips.txt``."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import contextlib
 import hashlib
 import io
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -255,3 +259,53 @@ def tiny_clone(path: Path) -> Path:
     params["train"]["epochs"] = 1
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return path
+
+
+# --- under CI, a skipped test fails ----------------------------------------------------------
+
+ALLOWED_SKIPS = Path(__file__).with_name("ci-allowed-skips.txt")
+
+
+def allowed_skips(path: Path | None = None) -> list[re.Pattern]:
+    """The skip reasons CI accepts: one regular expression a line (searched in the reason), ``#`` comments."""
+    path = path or ALLOWED_SKIPS
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [re.compile(line.strip()) for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+    """What a skipped report says was missing: the reason given to ``pytest.skip``, ``skipif`` or ``importorskip``."""
+    if isinstance(report.longrepr, tuple):  # (path, line, "Skipped: <reason>")
+        return report.longrepr[2].removeprefix("Skipped: ")
+    return str(report.longrepr)
+
+
+def fail_skip_under_ci(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """Turn a skip into a failure that names its reason, when ``CI=true`` and no allowed pattern matches it.
+
+    A skip says a program or package is missing, and a CI run that skipped a test has not shown what it claims."""
+    under_ci = os.environ.get("CI", "").lower() in ("true", "1", "yes")
+    if not under_ci or not report.skipped or hasattr(report, "wasxfail"):  # an xfail is reported as a skip
+        return
+    reason = skip_reason(report)
+    if any(pattern.search(reason) for pattern in allowed_skips()):
+        return
+    report.outcome = "failed"
+    report.longrepr = (
+        f"skipped under CI=true: {reason} "
+        f"(a skip fails under CI: install what is missing, or allow the reason in tests/{ALLOWED_SKIPS.name})"
+    )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test's skip (``pytest.skip``, ``skipif``, a fixture's skip) fails under ``CI=true``."""
+    outcome = yield
+    fail_skip_under_ci(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """A module's skip at import (``pytest.importorskip`` at the top) fails under ``CI=true``."""
+    outcome = yield
+    fail_skip_under_ci(outcome.get_result())

@@ -343,16 +343,28 @@ def test_drawn_digits_are_recognised_by_the_default_model(dense_model):
 # --- a real browser (slow) ------------------------------------------------------------------
 
 
+def browser_programs() -> tuple[str | None, str | None]:
+    """The browser and its driver: Debian's chromium and chromedriver, or else Google Chrome (GitHub's Ubuntu
+    runners) with the chromedriver on PATH or in $CHROMEWEBDRIVER."""
+    chromium = shutil.which("chromium") or shutil.which("google-chrome") or shutil.which("chrome")
+    driver_dir = os.environ.get("CHROMEWEBDRIVER")
+    driver = shutil.which("chromedriver") or (driver_dir and shutil.which("chromedriver", path=driver_dir)) or None
+    return chromium, driver
+
+
 def browser():
-    """Debian's chromium, headless, through its chromedriver, logging every network request."""
+    """Chromium or Chrome, headless, through its chromedriver, logging every network request."""
     import tempfile
 
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
 
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    chromium, driver = browser_programs()
     if not chromium or not driver:
-        pytest.skip("chromium and chromium-driver are not installed (.ci/run installs them)")
+        pytest.skip(
+            "no browser: chromium and chromedriver (.ci/run installs them) or google-chrome and its chromedriver "
+            "(on PATH or in $CHROMEWEBDRIVER) are missing"
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in (
