@@ -17,7 +17,7 @@ import numpy as np
 
 from stages import finish
 from stages.lib import runtime
-from stages.lib.data import load_split
+from stages.lib.data import MNIST, dataset, is_digits, load_split, read_stats
 from stages.lib.files import atomic_path, sha256_file, write_json
 from stages.lib.paths import EVALUATE_DIR, METRICS_PATH, MODEL_PATH, PREPARED_DIR
 from stages.params import evaluate as evaluate_params
@@ -26,21 +26,23 @@ from stages.params import schema
 from stages.params import train as train_params
 
 
-def per_class_table(y_true: np.ndarray, y_pred: np.ndarray):
-    """Precision, recall, F1 and support per digit (scikit-learn's report as a DataFrame)."""
+def per_class_table(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str] = MNIST["classes"]):
+    """Precision, recall, F1 and support per class, indexed by class name ("digit" for MNIST's)."""
     import pandas as pd  # noqa: PLC0415
     from sklearn.metrics import classification_report  # noqa: PLC0415
 
-    report = classification_report(y_true, y_pred, labels=list(range(10)), output_dict=True, zero_division=0)
-    rows = {str(d): report[str(d)] for d in range(10)}
+    labels = list(range(len(classes)))
+    report = classification_report(y_true, y_pred, labels=labels, output_dict=True, zero_division=0)
+    rows = {name: report[str(i)] for i, name in enumerate(classes)}
     frame = pd.DataFrame.from_dict(rows, orient="index")[["precision", "recall", "f1-score", "support"]]
-    frame.index.name = "digit"
+    frame.index.name = "digit" if is_digits(classes) else "class"
     frame["support"] = frame["support"].astype(int)
     return frame.rename(columns={"f1-score": "f1"})
 
 
-def top_confusions(matrix: np.ndarray, k: int):
-    """The ``k`` largest off-diagonal cells: (actual, predicted, count, share of that actual digit)."""
+def top_confusions(matrix: np.ndarray, k: int, classes: list[str] = MNIST["classes"]):
+    """The ``k`` largest off-diagonal cells: (actual, predicted, count, share of that actual class); the
+    classes by name (MNIST's digits stay numbers)."""
     import pandas as pd  # noqa: PLC0415
 
     off = matrix.copy()
@@ -49,6 +51,9 @@ def top_confusions(matrix: np.ndarray, k: int):
     frame = pd.DataFrame({"actual": actual, "predicted": predicted, "count": off[actual, predicted]})
     frame = frame[frame["count"] > 0].reset_index(drop=True)
     frame["share_of_actual"] = (frame["count"] / matrix.sum(axis=1)[frame["actual"]]).round(4)
+    if not is_digits(classes):
+        frame["actual"] = [classes[i] for i in frame["actual"]]
+        frame["predicted"] = [classes[i] for i in frame["predicted"]]
     return frame
 
 
@@ -60,17 +65,20 @@ def write_reports(
     cfg: dict[str, Any],
     report_dir: Path = EVALUATE_DIR,
     metrics_path: Path = METRICS_PATH,
+    classes: list[str] = MNIST["classes"],
 ):
-    """Every test-set report and figure; returns the most confused pairs (a DataFrame) for the log."""
+    """Every test-set report and figure, labelled with the class names; returns the most confused pairs
+    (a DataFrame) for the log."""
     import pandas as pd  # noqa: PLC0415
     from sklearn.metrics import confusion_matrix  # noqa: PLC0415
 
     from stages.lib import plots  # noqa: PLC0415
 
     y_pred = probs.argmax(axis=1)
-    matrix = confusion_matrix(y_test, y_pred, labels=list(range(10)))
-    table = per_class_table(y_test, y_pred)
-    pairs = top_confusions(matrix, cfg["top_confusions"])
+    matrix = confusion_matrix(y_test, y_pred, labels=list(range(len(classes))))
+    table = per_class_table(y_test, y_pred, classes)
+    pairs = top_confusions(matrix, cfg["top_confusions"], classes)
+    name = classes.__getitem__ if not is_digits(classes) else str
 
     report_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(report_dir / "per_class.csv") as tmp:
@@ -79,15 +87,17 @@ def write_reports(
     with atomic_path(report_dir / "confusions.csv") as tmp:
         pairs.to_csv(tmp, index=False)
     with atomic_path(report_dir / "predictions.csv") as tmp:  # for `dvc plots` confusion template
-        pd.DataFrame({"actual": y_test, "predicted": y_pred}).to_csv(tmp, index=False)
-    plots.confusion_heatmap(matrix, report_dir / "confusion_matrix.png")
+        pd.DataFrame({"actual": [name(i) for i in y_test], "predicted": [name(i) for i in y_pred]}).to_csv(
+            tmp, index=False
+        )
+    plots.confusion_heatmap(matrix, report_dir / "confusion_matrix.png", labels=classes)
 
     wrong = np.flatnonzero(y_pred != y_test)
     # Most confident mistakes first: the most instructive ones.
     wrong = wrong[np.argsort(-probs[wrong, y_pred[wrong]], kind="stable")][: cfg["gallery_size"]]
     plots.image_grid(
         x_test[wrong],
-        [f"true {y_test[i]} / pred {y_pred[i]}\n{probs[i, y_pred[i]]:.0%}" for i in wrong],
+        [f"true {name(y_test[i])} / pred {name(y_pred[i])}\n{probs[i, y_pred[i]]:.0%}" for i in wrong],
         report_dir / "misclassified.png",
         title=f"Misclassified test images ({len(wrong)} most confident)",
         highlight=[True] * len(wrong),
@@ -95,7 +105,7 @@ def write_reports(
     sample = np.arange(min(cfg["sample_size"], len(x_test)))
     plots.image_grid(
         x_test[sample],
-        [f"actual {y_test[i]}\npred {y_pred[i]}" for i in sample],
+        [f"actual {name(y_test[i])}\npred {name(y_pred[i])}" for i in sample],
         report_dir / "samples.png",
         title="Sample test predictions",
         highlight=[bool(y_pred[i] != y_test[i]) for i in sample],
@@ -118,11 +128,14 @@ def main() -> int:
     started = time.monotonic()
     model = nn.load_model(MODEL_PATH)
     labels = cfg["train"]["labels"]
-    loss_fn = nn.loss_function(labels, cfg["model"]["output"])
+    classes = model.output_shape[-1]
+    loss_fn = nn.loss_function(labels, cfg["model"]["output"], classes=classes)
     (x_val, y_val), (x_test, y_test) = load_split(PREPARED_DIR, "val"), load_split(PREPARED_DIR, "test")
     batch = cfg["evaluate"]["batch_size"]
-    val_loss, val_accuracy, _ = nn.evaluate(model, x_val, nn.encode_labels(y_val, labels), loss_fn, batch)
-    test_loss, test_accuracy, outputs = nn.evaluate(model, x_test, nn.encode_labels(y_test, labels), loss_fn, batch)
+    val_loss, val_accuracy, _ = nn.evaluate(model, x_val, nn.encode_labels(y_val, labels, classes), loss_fn, batch)
+    test_loss, test_accuracy, outputs = nn.evaluate(
+        model, x_test, nn.encode_labels(y_test, labels, classes), loss_fn, batch
+    )
     metrics = {
         k: round(v, 6)
         for k, v in {
@@ -133,7 +146,7 @@ def main() -> int:
         }.items()
     }
     probs = nn.probabilities(outputs, cfg["model"]["output"])
-    pairs = write_reports(x_test, y_test, probs, metrics, cfg["evaluate"])
+    pairs = write_reports(x_test, y_test, probs, metrics, cfg["evaluate"], classes=dataset(read_stats())["classes"])
     top = ", ".join(
         f"{a}->{p} ({c})" for a, p, c in pairs[["actual", "predicted", "count"]].head(3).itertuples(index=False)
     )

@@ -8,7 +8,7 @@ default) points at, and its model is registered, it says so and stops, without
 importing MLflow. Otherwise it claims the result, logs one complete run
 (params, per-epoch history, metrics, the prepared data as run inputs,
 reports, the served model), and only once that run is FINISHED registers the
-model (a new version of ``mnist-classifier``, or the existing version of the
+model (a new version of ``<data set>-classifier``, ``mnist-classifier`` for MNIST, or the existing version of the
 same served model) and applies the ``champion`` rule (``stages.lib.registry``).
 """
 
@@ -25,18 +25,19 @@ from typing import Any
 
 from stages import finish
 from stages.lib import claims, identity, redact, registry, runtime, store, tracking
-from stages.lib.data import read_stats
+from stages.lib.data import dataset, read_stats
 from stages.lib.files import dir_digest, sha256_file
 from stages.lib.paths import (
     EVALUATE_DIR,
     HISTORY_PATH,
     METRICS_PATH,
     MODEL_PATH,
+    PREPARED_DIR,
     RAW_DIR,
     SERVING_CONFIG_PATH,
 )
 from stages.params import evaluate, fetch, model, preprocess, schema, train
-from stages.serving.classifier import CONFIG_ARTIFACT, KERAS_ARTIFACT
+from stages.serving.classifier import CONFIG_ARTIFACT, IMAGE_SHAPE, KERAS_ARTIFACT, output_columns
 
 SECTIONS = (fetch, preprocess, model, train, evaluate)
 # Key params copied onto each registered model version, next to its scores
@@ -79,6 +80,12 @@ def keys(cfg: dict[str, Any], data_digest: str) -> tuple[str, str]:
     return model_key, identity.result_key(model_key, data_digest, identity.effective(cfg, SECTIONS))
 
 
+def names(cfg: dict[str, Any]) -> tuple[str, str]:
+    """(MLflow experiment, registered model) of the data set ``fetch.name``: one registry line per data set."""
+    name = cfg["fetch"]["name"]
+    return name, registry.model_name(name)
+
+
 def datasets(stats: dict[str, Any], fetched: dict[str, Any] | None) -> list[Any]:
     """The prepared splits as MLflow run inputs: name, digest (= the run's ``data.digest`` tag), source, context."""
     from mlflow.entities import Dataset, DatasetInput, InputTag  # noqa: PLC0415
@@ -89,8 +96,8 @@ def datasets(stats: dict[str, Any], fetched: dict[str, Any] | None) -> list[Any]
     for split, context in [("train", "training"), ("val", "validation"), ("test", "test")]:
         shape = stats["shapes"][f"x_{split}"]
         profile = {"num_rows": shape[0], "image_shape": shape[1:], "class_counts": stats["class_counts"][split]}
-        dataset = Dataset(
-            name=f"mnist-{split}",
+        entry = Dataset(
+            name=f"{dataset(stats)['name']}-{split}",
             digest=digest,
             source_type="http" if source["uri"].startswith("http") else "code",
             source=json.dumps(source),
@@ -99,19 +106,22 @@ def datasets(stats: dict[str, Any], fetched: dict[str, Any] | None) -> list[Any]
             ),
             profile=json.dumps(profile),
         )
-        inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)]))
+        inputs.append(DatasetInput(entry, tags=[InputTag("mlflow.data.context", context)]))
     return inputs
 
 
-def signature() -> Any:
-    """Raw pixels in ((N, 28, 28), 0-255); per image the digit and the ten probabilities out."""
+def signature(config: dict[str, Any]) -> Any:
+    """Raw pixels in ((N, H, W) or (N, H, W, 3), 0-255); per image the class (MNIST: ``digit``; otherwise
+    ``label`` and its ``class`` name) and the probabilities out (``serving.json`` says which)."""
     import numpy as np  # noqa: PLC0415
     from mlflow.models import ModelSignature  # noqa: PLC0415
     from mlflow.types.schema import Array, ColSpec, Schema, TensorSpec  # noqa: PLC0415
 
+    columns = {"digit": "long", "label": "long", "class": "string"}
+    outputs = [ColSpec(columns[name], name) for name in output_columns(config) if name != "probabilities"]
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 28, 28))]),
-        outputs=Schema([ColSpec("long", "digit"), ColSpec(Array("double"), "probabilities")]),
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *config.get("image_shape", IMAGE_SHAPE)))]),
+        outputs=Schema([*outputs, ColSpec(Array("double"), "probabilities")]),
     )
 
 
@@ -138,7 +148,7 @@ def log_model(run_id: str, input_example: Any) -> Any:
         python_model=str(identity.SERVING_CODE),  # models from code: nothing pickled
         code_paths=[str(identity.CLASSIFIER_CODE)],
         artifacts={name: str(path) for name, path in MODEL_FILES.items()},
-        signature=signature(),
+        signature=signature(json.loads(SERVING_CONFIG_PATH.read_text())),
         input_example=input_example,
         pip_requirements=identity.pip_requirements(),
     )
@@ -156,24 +166,25 @@ def publish(
     with tracking.store_lock(uri):
         mlflow.set_tracking_uri(uri)  # models:/ URIs resolve through it
         client = MlflowClient(uri)  # inside the lock: the first client of a new SQLite store creates its schema
-        experiment_id = tracking.ensure_experiment(client, artifact_location)
+        experiment, model = names(cfg)
+        experiment_id = tracking.ensure_experiment(client, artifact_location, experiment)
         mended = tracking.mend_stale_runs(client, experiment_id)
         if mended:
             log(
                 f"publish: marked {len(mended)} stale run(s) FAILED (their publishing process has gone): "
                 + ", ".join(mended)
             )
-        claims.sweep_dead(client, registry.MODEL_NAME)
+        claims.sweep_dead(client, model)
         claim = claims.acquire(
             client,
-            registry.MODEL_NAME,
+            model,
             "result",
             key,
-            done=lambda: done(uri, key),
+            done=lambda: done(uri, key, experiment),
             on_wait=lambda holder: log(f"publish: waiting for {holder.describe()}, which is publishing this result"),
         )
         if claim is None:
-            found = tracking.find_run(uri, key)
+            found = tracking.find_run(uri, key, experiment=experiment)
             return (
                 f"publish: run {found.run_id} ({found.run_name}) holds this result already "
                 f"(another publish got there first); nothing logged"
@@ -185,9 +196,9 @@ def publish(
             claim.release()
 
 
-def done(uri: str, key: str) -> bool:
+def done(uri: str, key: str, experiment: str) -> bool:
     """Whether a FINISHED run holds the result, its model registered and judged."""
-    found = tracking.find_run(uri, key)
+    found = tracking.find_run(uri, key, experiment=experiment)
     return found is not None and found.registered
 
 
@@ -273,7 +284,8 @@ def publish_claimed(
         if claim.lost():  # fenced: whoever took over logs the result; this run must not finish too
             raise RuntimeError("another publish took this result over (this one had stopped beating)")
 
-    found = tracking.find_run(uri, key)  # logged meanwhile (registered or not)
+    experiment, model = names(cfg)
+    found = tracking.find_run(uri, key, experiment=experiment)  # logged meanwhile (registered or not)
     if found is not None and found.registered:
         return f"publish: this result was logged to {shown} meanwhile, as run {found.run_id}; nothing to log"
     if found is None:
@@ -302,35 +314,37 @@ def publish_claimed(
         model_uri = f"models:/{model_id}"
         head = f"publish: run {run_id} holds this result but its model was not registered and judged"
     try:
-        version, new = registry.register(client, model_uri, model_id, run_id, model_key, version_tags)
-        decision = registry.update_champion(client, version)
-        client.set_tag(run_id, tracking.REGISTERED_TAG, f"{registry.MODEL_NAME}/{version}")
+        version, new = registry.register(client, model_uri, model_id, run_id, model_key, version_tags, model)
+        decision = registry.update_champion(client, version, model=model)
+        client.set_tag(run_id, tracking.REGISTERED_TAG, f"{model}/{version}")
     except tracking.Terminated as exc:
         raise tracking.Terminated(exc.args[0], run_id) from None
     what = (
-        f"registered {registry.MODEL_NAME} version {version}"
+        f"registered {model} version {version}"
         if new
-        else (f"the same served model is already {registry.MODEL_NAME} version {version}: no new version")
+        else (f"the same served model is already {model} version {version}: no new version")
     )
     return f"{head}; {what}\nregistry: {decision.message}"
 
 
-def judge(uri: str) -> str:
+def judge(uri: str, model: str) -> str:
     """Apply the champion rule to what the registry holds (nothing new logged); the registry's line."""
     tracking.quiet_mlflow()
     from mlflow import MlflowClient  # noqa: PLC0415
 
     with tracking.store_lock(uri):
-        decision = registry.update_champion(MlflowClient(uri), None)
+        decision = registry.update_champion(MlflowClient(uri), None, model=model)
     return f"registry: {decision.message}"
 
 
 def raw_test_pixels(n: int) -> Any:
-    """The first ``n`` test images as raw 0-255 pixels: the served model's input example."""
-    from stages.lib import idx  # noqa: PLC0415
+    """The first ``n`` test images as raw 0-255 pixels (the prepared ones, normalization undone): the served
+    model's input example."""
+    import numpy as np  # noqa: PLC0415
 
-    images = idx.read(RAW_DIR / "t10k-images-idx3-ubyte")
-    return images[:n].astype("float32")
+    norm = read_stats()["normalization"]
+    prepared = np.load(PREPARED_DIR / "x_test.npy", mmap_mode="r", allow_pickle=False)[:n]
+    return np.clip(np.round(prepared * norm["scale"] + norm["offset"]), 0, 255).astype("float32")
 
 
 def main() -> int:
@@ -341,7 +355,8 @@ def main() -> int:
         uri, artifact_location = store.store()
         store.preflight(uri)
         model_key, key = keys(cfg, read_stats()["sha256"][:DATA_DIGEST_LEN])
-        found = tracking.find_run(uri, key)
+        experiment, model = names(cfg)
+        found = tracking.find_run(uri, key, experiment=experiment)
     except (schema.ParamsError, store.TrackingError) as exc:
         print(f"publish: error: {exc}", file=sys.stderr)
         return 2
@@ -354,8 +369,8 @@ def main() -> int:
             if found and found.registered:
                 summary = f"publish: this result is already in {shown} as run {found.run_id} ({found.run_name}); "
                 summary += "nothing to log"
-                if registry.needs_judging(uri):  # a version nobody judged, a lost alias, a deleted champion
-                    summary += "\n" + judge(uri)
+                if registry.needs_judging(uri, model=model):  # a version nobody judged, a lost alias, a deleted one
+                    summary += "\n" + judge(uri, model)
             else:
                 summary = publish(uri, artifact_location, cfg, model_key, key, started)
     except tracking.Terminated as exc:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from stages import KERAS_EXTRAS, finish, leave_out
-from stages.lib import runtime, store
+from stages.lib import data, runtime, store
 from stages.lib.data import load_split, read_stats
 from stages.lib.files import atomic_path, sha256_file, write_json
 from stages.lib.paths import HISTORY_PATH, MODEL_PATH, PREPARED_DIR, SERVING_CONFIG_PATH, STATS_PATH
@@ -24,13 +24,27 @@ from stages.lib.training import (
     fit,
 )
 from stages.params import model as model_params
+from stages.params import preprocess as preprocess_params
 from stages.params import schema
 from stages.params import train as train_params
 
 
 def write_serving_config(output: str, stats_path: Path = STATS_PATH, path: Path = SERVING_CONFIG_PATH) -> None:
-    """What a client of the model needs besides its weights: the input scaling and the output kind."""
-    write_json(path, {"normalization": read_stats(stats_path)["normalization"], "output": output})
+    """What a client of the model needs besides its weights: the input scaling, the output kind, the data set's
+    name, its class names, the shape of one image (raw pixels) and how a new image is brought into that form."""
+    stats = read_stats(stats_path)
+    dataset = data.dataset(stats)
+    write_json(
+        path,
+        {
+            "normalization": stats["normalization"],
+            "output": output,
+            "dataset": dataset["name"],
+            "classes": dataset["classes"],
+            "image_shape": stats["shapes"]["x_train"][1:],
+            "style": dataset["style"],
+        },
+    )
 
 
 def write_history(history: list[dict[str, float]], path: Path = HISTORY_PATH) -> None:
@@ -45,19 +59,34 @@ def main() -> int:
     sys.stdout.reconfigure(line_buffering=True)  # progress lines reach logs as they happen
     stage_started = time.time()
     try:
-        cfg = schema.load(model_params, train_params)
+        cfg = schema.load(model_params, train_params, preprocess_params)
         uri, _ = store.store()
         store.preflight(uri)  # before minutes of training, not after
     except (schema.ParamsError, store.TrackingError) as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2
 
+    try:
+        model_params.check_image(cfg["model"], *cfg["preprocess"]["image_size"])  # before TensorFlow, not after
+        stats = read_stats(STATS_PATH)
+    except schema.ParamsError as exc:
+        print(f"train: error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"train: error: {exc.filename} is missing: run the preprocess stage first", file=sys.stderr)
+        return 2
+    dataset = data.dataset(stats)
     backend = backend_settings(cfg["model"])
     from stages.lib import model as nn  # noqa: PLC0415 - TensorFlow, after the cheap checks
 
     nn.configure(cfg["train"]["seed"], threads=backend["threads"])
     train, val = load_split(PREPARED_DIR, "train"), load_split(PREPARED_DIR, "val")
-    model = nn.build(**cfg["model"])
+    model = nn.build(
+        **cfg["model"],
+        input_shape=tuple(stats["shapes"]["x_train"][1:]),
+        classes=len(dataset["classes"]),
+        name=dataset["name"],
+    )
     started = time.monotonic()
     try:
         history = fit(

@@ -134,7 +134,6 @@ def test_flatten():
         ("fetch", {"kaggle_url": "http://www.kaggle.com/api/v1"}, r"fetch.kaggle_url must be an https:// URL"),
         ("fetch", {"kaggle_url": "kaggle.com"}, r"fetch.kaggle_url must be an https:// URL"),
         ("fetch", {"keras_url": "ftp://x/mnist.npz"}, r"fetch.keras_url must be an http\(s\) URL"),
-        ("model", {"kind": "cnn", "cnn": {"filters": [4] * 5}}, r"model.cnn.filters has 5 blocks.*only 4 times"),
         (
             "model",
             {"kind": "cnn", "cnn": {"filters": [4, 8], "pooling": ["max"]}},
@@ -195,3 +194,13 @@ def test_makefile_recipes_are_valid_params(raw, recipe):
         target[last] = yaml.safe_load(value)  # as DVC parses -S values
     cleaned = schema.validate(raw, SECTIONS.values())
     assert cleaned["train"]["seed"] == 3 and cleaned["train"]["augment"] is True
+
+
+def test_conv_blocks_are_checked_against_the_image_size():
+    cnn = {"kind": "cnn", "cnn": {"filters": [4] * 5}}
+    with pytest.raises(schema.ParamsError, match=r"model.cnn.filters has 5 blocks, but 28x28 images .*only 4 times"):
+        model.check_image(cnn)
+    model.check_image(cnn, 32, 40)  # 32 -> 16 -> 8 -> 4 -> 2 -> 1
+    with pytest.raises(schema.ParamsError, match=r"but 16x64 images can be halved only 4 times"):
+        model.check_image(cnn, 16, 64)
+    model.check_image({"kind": "dense", "cnn": {"filters": [4] * 9}}, 8, 8)  # a dense network builds no blocks

@@ -24,3 +24,17 @@ def load_split(prepared_dir: Path = PREPARED_DIR, split: str = "train") -> tuple
 def read_stats(path: Path = STATS_PATH) -> dict[str, Any]:
     """``stats.json``: normalization constants, class counts, shapes and the arrays' hash."""
     return json.loads(Path(path).read_text())
+
+
+MNIST = {"name": "mnist", "kind": "mnist", "classes": [str(d) for d in range(10)], "style": "digits"}
+
+
+def dataset(stats: dict[str, Any]) -> dict[str, Any]:
+    """The data set the prepared arrays hold: name, kind, class names, style (``stats.json``; arrays prepared
+    before data sets had names are MNIST's)."""
+    return stats.get("dataset") or dict(MNIST)
+
+
+def is_digits(classes: list[str]) -> bool:
+    """Whether the classes are MNIST's ten digits, named "0" to "9" (reports then say "digit")."""
+    return classes == MNIST["classes"]

@@ -76,6 +76,9 @@ def build(
     output: str,
     kind: str = "dense",
     cnn: dict[str, Any] | None = None,
+    input_shape: tuple[int, ...] = IMAGE_SHAPE,
+    classes: int = NUM_CLASSES,
+    name: str = "mnist",
 ) -> keras.Model:
     """The ``model`` params' network.
 
@@ -89,16 +92,17 @@ def build(
     halves the side with the convolution itself, moving 2 pixels at a time:
     no pooling layer, and a quarter of the convolution's multiply-adds.
     """
-    layers: list[keras.layers.Layer] = [keras.Input(shape=IMAGE_SHAPE, name="image")]
+    input_shape = tuple(input_shape)
+    layers: list[keras.layers.Layer] = [keras.Input(shape=input_shape, name="image")]
     if kind == "cnn":
-        layers += _conv_blocks(activation, **cnn)
+        layers += _conv_blocks(activation, input_shape=input_shape, **cnn)
     layers.append(keras.layers.Flatten(name="flatten"))
     for i, units in enumerate(hidden_units, start=1):
         layers.append(keras.layers.Dense(units, activation=activation, name=f"hidden_{i}"))
         if dropout > 0:
             layers.append(keras.layers.Dropout(dropout, name=f"dropout_{i}"))
-    layers.append(keras.layers.Dense(NUM_CLASSES, activation="softmax" if output == "softmax" else None, name="output"))
-    return keras.Sequential(layers, name=f"mnist_{kind}")
+    layers.append(keras.layers.Dense(classes, activation="softmax" if output == "softmax" else None, name="output"))
+    return keras.Sequential(layers, name=f"{name}_{kind}")
 
 
 def _conv_blocks(
@@ -108,10 +112,14 @@ def _conv_blocks(
     batch_norm: bool,
     pooling: str | list[str],
     pool_first: bool = False,
+    input_shape: tuple[int, ...] = IMAGE_SHAPE,
 ) -> list[keras.layers.Layer]:
     poolings = pooling if isinstance(pooling, list) else [pooling] * len(filters)
     pools = {"max": keras.layers.MaxPooling2D, "average": keras.layers.AveragePooling2D, "stride": None}
-    layers: list[keras.layers.Layer] = [keras.layers.Reshape((*IMAGE_SHAPE, 1), name="channel")]
+    # Gray images are (H, W), as MNIST's: the convolutions need a channel axis.
+    layers: list[keras.layers.Layer] = (
+        [keras.layers.Reshape((*input_shape, 1), name="channel")] if len(input_shape) == 2 else []
+    )
     for i, (n, how) in enumerate(zip(filters, poolings, strict=True), start=1):
         # A bias before batch normalization is cancelled by it: leave it out.
         conv = keras.layers.Conv2D(
@@ -153,7 +161,9 @@ def multiply_adds(model: keras.Model) -> int:
     return total
 
 
-def loss_function(labels: str, output: str, label_smoothing: float = 0.0) -> Callable[[Any, Any], tf.Tensor]:
+def loss_function(
+    labels: str, output: str, label_smoothing: float = 0.0, classes: int = NUM_CLASSES
+) -> Callable[[Any, Any], tf.Tensor]:
     """Cross-entropy matching the label encoding and whether the model outputs logits.
 
     With ``label_smoothing``, each target keeps ``1 - label_smoothing`` and
@@ -165,7 +175,7 @@ def loss_function(labels: str, output: str, label_smoothing: float = 0.0) -> Cal
         loss = keras.losses.CategoricalCrossentropy(from_logits=from_logits, label_smoothing=label_smoothing)
         if labels == "onehot":
             return loss
-        return lambda y, out: loss(tf.one_hot(tf.cast(y, tf.int32), NUM_CLASSES), out)
+        return lambda y, out: loss(tf.one_hot(tf.cast(y, tf.int32), classes), out)
     return keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
 
 
@@ -199,10 +209,10 @@ def learning_rate(
     )
 
 
-def encode_labels(y: np.ndarray, labels: str) -> np.ndarray:
-    """Integer labels as the loss expects them: int32, or one-hot float32."""
+def encode_labels(y: np.ndarray, labels: str, classes: int = NUM_CLASSES) -> np.ndarray:
+    """Integer labels as the loss expects them: int32, or one-hot float32 over ``classes``."""
     if labels == "onehot":
-        return np.eye(NUM_CLASSES, dtype=np.float32)[y]
+        return np.eye(classes, dtype=np.float32)[y]
     return y.astype(np.int32)
 
 

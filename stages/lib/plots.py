@@ -23,9 +23,13 @@ def _save(fig: plt.Figure, path: Path) -> None:
     plt.close(fig)
 
 
-def confusion_heatmap(matrix: np.ndarray, path: Path, title: str = "Confusion matrix (test set)") -> None:
-    """Counts per (actual, predicted) digit, labelled, diagonal included."""
-    fig, ax = plt.subplots(figsize=(8, 6.5))
+def confusion_heatmap(
+    matrix: np.ndarray, path: Path, title: str = "Confusion matrix (test set)", labels: list[str] | None = None
+) -> None:
+    """Counts per (actual, predicted) class, labelled with the class names (MNIST: the digits), diagonal included."""
+    labels = list(labels) if labels is not None else [str(i) for i in range(matrix.shape[0])]
+    side = max(8, 0.45 * len(labels) + 3)  # room for many classes' names
+    fig, ax = plt.subplots(figsize=(side, side * 6.5 / 8))
     sns.heatmap(
         matrix,
         annot=True,
@@ -34,8 +38,8 @@ def confusion_heatmap(matrix: np.ndarray, path: Path, title: str = "Confusion ma
         cbar=True,
         square=True,
         ax=ax,
-        xticklabels=range(matrix.shape[1]),
-        yticklabels=range(matrix.shape[0]),
+        xticklabels=labels,
+        yticklabels=labels,
         annot_kws={"fontsize": 8},
     )
     ax.set_xlabel("Predicted")
@@ -56,10 +60,10 @@ def tile(images: np.ndarray, columns: int) -> tuple[np.ndarray, list[tuple[float
     background (their minimum). Caption anchors are (x, y) in canvas pixels,
     the bottom centre of the caption.
     """
-    n, height, width = images.shape
+    n, height, width = images.shape[:3]
     rows = max(1, -(-n // columns))
     cell_w, cell_h = width + GAP, height + CAPTION
-    canvas = np.full((rows * cell_h, columns * cell_w), images.min() if n else 0.0, dtype=np.float32)
+    canvas = np.full((rows * cell_h, columns * cell_w, *images.shape[3:]), images.min() if n else 0.0, np.float32)
     anchors = []
     for i, image in enumerate(images):
         row, column = divmod(i, columns)
@@ -87,7 +91,11 @@ def image_grid(
     inches_per_pixel = 1.3 / (images.shape[2] + GAP)  # an image about an inch wide
     width, height = canvas.shape[1] * inches_per_pixel, canvas.shape[0] * inches_per_pixel + 0.4
     fig, ax = plt.subplots(figsize=(width, height))
-    ax.imshow(canvas, cmap="gray_r", interpolation="nearest")
+    if canvas.ndim == 3:  # colour: shown as it is, its values stretched to [0, 1]
+        low, high = float(canvas.min()), float(canvas.max())
+        ax.imshow((canvas - low) / max(high - low, 1e-9), interpolation="nearest")
+    else:
+        ax.imshow(canvas, cmap="gray_r", interpolation="nearest")
     ax.set_axis_off()
     for i, ((x, y), text) in enumerate(zip(anchors, captions, strict=True)):
         red = highlight is not None and highlight[i]

@@ -23,8 +23,10 @@ class Progress:
         *,
         stream: TextIO | None = None,
         interval: float | None = None,
+        unit: str = "bytes",
     ) -> None:
         self.label = label
+        self.unit = unit  # "bytes" (shown in MB), or a word for counted things ("images")
         self.total = total
         self.done = 0
         self.stream = stream if stream is not None else sys.stderr
@@ -34,6 +36,10 @@ class Progress:
 
     def _line(self) -> str:
         elapsed = max(time.monotonic() - self._start, 1e-9)
+        if self.unit != "bytes":
+            total = f" / {self.total:,}" if self.total else ""
+            pct = f"{100 * self.done / self.total:.0f}%, " if self.total else ""
+            return f"{self.label}: {self.done:,}{total} {self.unit} ({pct}{self.done / elapsed:,.0f}/s)"
         rate = f"{self.done / elapsed / 1e6:.1f} MB/s"
         if self.total:
             pct = 100 * self.done / self.total

@@ -26,9 +26,14 @@ from typing import Any
 
 from stages.lib import claims, store
 
-MODEL_NAME = "mnist-classifier"
+MODEL_NAME = "mnist-classifier"  # MNIST's; another data set's is model_name(fetch.name)
 CHAMPION = "champion"
 SCORE_TAG = "val_accuracy"
+
+
+def model_name(dataset: str) -> str:
+    """The registered model of a data set (``fetch.name``): results on different data are never compared."""
+    return f"{dataset}-classifier"
 
 
 @dataclass(frozen=True)
@@ -108,26 +113,34 @@ def _run_status(client: Any, run_ids: set[str]) -> dict[str, str]:
     return status
 
 
-def versions(client: Any) -> list[Any]:
-    """Every version of ``mnist-classifier``, whatever its run's state."""
-    return list(client.search_model_versions(f"name = '{MODEL_NAME}'"))
+def versions(client: Any, model: str = MODEL_NAME) -> list[Any]:
+    """Every version of the registered model, whatever its run's state."""
+    return list(client.search_model_versions(f"name = '{model}'"))
 
 
-def finished_versions(client: Any, every: list[Any] | None = None) -> list[Any]:
+def finished_versions(client: Any, every: list[Any] | None = None, model: str = MODEL_NAME) -> list[Any]:
     """Every version of ``mnist-classifier`` whose run is FINISHED: the only ones that may be champion."""
-    every = versions(client) if every is None else every
+    every = versions(client, model) if every is None else every
     status = _run_status(client, {v.run_id for v in every if v.run_id})
     return [v for v in every if v.run_id and status.get(v.run_id) == "FINISHED"]
 
 
-def _version_of(client: Any, model_key: str) -> int | None:
-    for version in finished_versions(client):
+def _version_of(client: Any, model_key: str, model: str = MODEL_NAME) -> int | None:
+    for version in finished_versions(client, model=model):
         if version.tags.get(MODEL_KEY_TAG) == model_key:
             return int(version.version)
     return None
 
 
-def register(client: Any, model_uri: str, model_id: str | None, run_id: str, model_key: str, tags: Mapping[str, str]):
+def register(
+    client: Any,
+    model_uri: str,
+    model_id: str | None,
+    run_id: str,
+    model_key: str,
+    tags: Mapping[str, str],
+    model: str = MODEL_NAME,
+):
     """The version of ``mnist-classifier`` for the logged model: an existing one with the same model key
     (same weights, serving config, code and requirements) whose run is FINISHED, or a new one.
 
@@ -139,64 +152,65 @@ def register(client: Any, model_uri: str, model_id: str | None, run_id: str, mod
     """
     from mlflow.exceptions import MlflowException  # noqa: PLC0415
 
-    existing = _version_of(client, model_key)
+    existing = _version_of(client, model_key, model)
     if existing is not None:
         return existing, False
     try:
-        client.create_registered_model(MODEL_NAME)
+        client.create_registered_model(model)
     except MlflowException as exc:
         if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise
-    claim = claims.acquire(client, MODEL_NAME, "version", model_key, done=lambda: _version_of(client, model_key))
+    claim = claims.acquire(client, model, "version", model_key, done=lambda: _version_of(client, model_key, model))
     if claim is None:  # registered by another publisher meanwhile
-        return _version_of(client, model_key), False
+        return _version_of(client, model_key, model), False
     try:
         with claim.beating():
-            existing = _version_of(client, model_key)
+            existing = _version_of(client, model_key, model)
             if existing is not None:
                 return existing, False
             created = client.create_model_version(
-                MODEL_NAME,
+                model,
                 model_uri,
                 run_id=run_id,
                 tags={**tags, MODEL_KEY_TAG: model_key, ATTEMPT_TAG: claim.token},
                 await_creation_for=0,
                 model_id=model_id,
             )
-            for version in versions(client):  # a retried request's first, committed creation
+            for version in versions(client, model):  # a retried request's first, committed creation
                 if version.tags.get(ATTEMPT_TAG) == claim.token and str(version.version) != str(created.version):
-                    client.delete_model_version(MODEL_NAME, version.version)
+                    client.delete_model_version(model, version.version)
             return int(created.version), True
     finally:
         claim.release()
 
 
-def scores(client: Any, every: list[Any] | None = None) -> dict[int, float]:
+def scores(client: Any, every: list[Any] | None = None, model: str = MODEL_NAME) -> dict[int, float]:
     """``val_accuracy`` of every version whose run is FINISHED."""
-    return {int(v.version): float(v.tags[SCORE_TAG]) for v in finished_versions(client, every) if SCORE_TAG in v.tags}
+    finished = finished_versions(client, every, model)
+    return {int(v.version): float(v.tags[SCORE_TAG]) for v in finished if SCORE_TAG in v.tags}
 
 
-def current_champion(client: Any) -> int | None:
+def current_champion(client: Any, model: str = MODEL_NAME) -> int | None:
     from mlflow.exceptions import MlflowException  # noqa: PLC0415
 
     try:
-        return int(client.get_model_version_by_alias(MODEL_NAME, CHAMPION).version)
+        return int(client.get_model_version_by_alias(model, CHAMPION).version)
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None
         raise
 
 
-def _model_tag(client: Any, key: str) -> str | None:
+def _model_tag(client: Any, key: str, model: str = MODEL_NAME) -> str | None:
     from mlflow.exceptions import MlflowException  # noqa: PLC0415
 
     try:
-        return client.get_registered_model(MODEL_NAME).tags.get(key)
+        return client.get_registered_model(model).tags.get(key)
     except MlflowException:
         return None
 
 
-def update_champion(client: Any, new: int | None, attempts: int = 10) -> Decision:
+def update_champion(client: Any, new: int | None, attempts: int = 10, model: str = MODEL_NAME) -> Decision:
     """Apply ``decide`` to the registry, then re-read: another publisher may have registered or moved the
     alias meanwhile (a stale write included), so decide again until the alias holds the best FINISHED version
     and nothing changed in between. ``new``: the version just registered, or None to judge what is there
@@ -205,21 +219,21 @@ def update_champion(client: Any, new: int | None, attempts: int = 10) -> Decisio
     Records on the registered model which version it made champion and the newest version it has judged,
     so that a later publish can tell, without MLflow, whether anything waits to be judged (``needs_judging``).
     """
-    last = _model_tag(client, CHAMPION_TAG)
+    last = _model_tag(client, CHAMPION_TAG, model)
     last_version = int(last) if last and last.isdigit() else None
     decision = None
     for _ in range(attempts):
-        current = current_champion(client)
-        every = versions(client)
-        before = scores(client, every)
+        current = current_champion(client, model)
+        every = versions(client, model)
+        before = scores(client, every, model)
         decision = decide(new, before, current, last_version)
         if decision.champion is not None and decision.champion != current:
-            client.set_registered_model_alias(MODEL_NAME, CHAMPION, str(decision.champion))
-        if scores(client) == before and current_champion(client) == decision.champion:
+            client.set_registered_model_alias(model, CHAMPION, str(decision.champion))
+        if scores(client, model=model) == before and current_champion(client, model) == decision.champion:
             if decision.champion is not None:
-                client.set_registered_model_tag(MODEL_NAME, CHAMPION_TAG, str(decision.champion))
+                client.set_registered_model_tag(model, CHAMPION_TAG, str(decision.champion))
             newest = max((int(v.version) for v in every), default=0)
-            client.set_registered_model_tag(MODEL_NAME, JUDGED_TAG, str(newest))
+            client.set_registered_model_tag(model, JUDGED_TAG, str(newest))
             return decision
         time.sleep(0.2)
     raise RuntimeError(
@@ -230,14 +244,14 @@ def update_champion(client: Any, new: int | None, attempts: int = 10) -> Decisio
 # --- is there anything to judge? (no MLflow import: the fast path of a publish that logs nothing) -----
 
 
-def needs_judging(uri: str, environ: Mapping[str, str] | None = None) -> bool:
+def needs_judging(uri: str, environ: Mapping[str, str] | None = None, model: str = MODEL_NAME) -> bool:
     """Whether the registry holds a version no publish has judged, or lacks its ``champion`` alias
     (lost to a failure, or its version deleted). True when it cannot tell: the slow path then checks."""
     try:
         if uri.startswith("sqlite:///"):
-            state = _state_sqlite(Path(uri.removeprefix("sqlite:///")))
+            state = _state_sqlite(Path(uri.removeprefix("sqlite:///")), model)
         elif store.is_server(uri):
-            state = _state_rest(uri, os.environ if environ is None else environ)
+            state = _state_rest(uri, os.environ if environ is None else environ, model)
         else:
             return True
     except (sqlite3.Error, urllib.error.URLError, OSError, ValueError, KeyError):
@@ -248,7 +262,7 @@ def needs_judging(uri: str, environ: Mapping[str, str] | None = None) -> bool:
     return alias is None or not judged.isdigit() or newest > int(judged)
 
 
-def _state_sqlite(db: Path) -> tuple[int, str, str | None] | None:
+def _state_sqlite(db: Path, model: str) -> tuple[int, str, str | None] | None:
     if not db.exists():
         return None
     query = """
@@ -257,24 +271,22 @@ def _state_sqlite(db: Path) -> tuple[int, str, str | None] | None:
                (SELECT version FROM registered_model_aliases WHERE name = :m AND alias = :alias)
     """
     with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as con:
-        newest, judged, alias = con.execute(
-            query, {"m": MODEL_NAME, "judged": JUDGED_TAG, "alias": CHAMPION}
-        ).fetchone()
+        newest, judged, alias = con.execute(query, {"m": model, "judged": JUDGED_TAG, "alias": CHAMPION}).fetchone()
     if newest is None:
         return None
     return int(newest), judged or "", alias
 
 
-def _state_rest(uri: str, environ: Mapping[str, str]) -> tuple[int, str, str | None] | None:
+def _state_rest(uri: str, environ: Mapping[str, str], model: str) -> tuple[int, str, str | None] | None:
     try:
-        model = store.rest(uri, "registered-models/get", environ, query={"name": MODEL_NAME})["registered_model"]
+        found = store.rest(uri, "registered-models/get", environ, query={"name": model})["registered_model"]
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
             return None
         raise
-    newest = max((int(v["version"]) for v in model.get("latest_versions", [])), default=None)
+    newest = max((int(v["version"]) for v in found.get("latest_versions", [])), default=None)
     if newest is None:
         return None
-    tags = {t["key"]: t.get("value", "") for t in model.get("tags", [])}
-    aliases = {a["alias"]: a["version"] for a in model.get("aliases", [])}
+    tags = {t["key"]: t.get("value", "") for t in found.get("tags", [])}
+    aliases = {a["alias"]: a["version"] for a in found.get("aliases", [])}
     return newest, tags.get(JUDGED_TAG, ""), aliases.get(CHAMPION)

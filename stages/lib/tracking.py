@@ -109,20 +109,22 @@ def file_lock(path: Path) -> Iterator[None]:
 # --- is the result there? (no MLflow import) ----------------------------------------
 
 
-def find_run(uri: str, key: str, environ: Mapping[str, str] | None = None) -> Found | None:
-    """The oldest FINISHED run holding result ``key`` in ``uri``'s ``mnist`` experiment, or None."""
+def find_run(
+    uri: str, key: str, environ: Mapping[str, str] | None = None, experiment: str = EXPERIMENT
+) -> Found | None:
+    """The oldest FINISHED run holding result ``key`` in ``uri``'s ``experiment`` (the data set's name), or None."""
     if uri.startswith("sqlite:///"):
         try:
-            return _find_run_sqlite(Path(uri.removeprefix("sqlite:///")), key)
+            return _find_run_sqlite(Path(uri.removeprefix("sqlite:///")), key, experiment)
         except sqlite3.Error:  # not a schema this query knows (or not yet): ask MLflow itself (slower)
             with store_lock(uri):  # MLflow creates or migrates the schema: one process at a time
-                return _find_run_client(uri, key)
+                return _find_run_client(uri, key, experiment)
     elif is_server(uri):
-        return _find_run_rest(uri, key, os.environ if environ is None else environ)
-    return _find_run_client(uri, key)
+        return _find_run_rest(uri, key, os.environ if environ is None else environ, experiment)
+    return _find_run_client(uri, key, experiment)
 
 
-def _find_run_sqlite(db: Path, key: str) -> Found | None:
+def _find_run_sqlite(db: Path, key: str, experiment: str = EXPERIMENT) -> Found | None:
     if not db.exists():
         return None
     query = """
@@ -136,14 +138,14 @@ def _find_run_sqlite(db: Path, key: str) -> Found | None:
         ORDER BY r.start_time LIMIT 1
     """
     with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as con:
-        row = con.execute(query, (REGISTERED_TAG, EXPERIMENT, RESULT_TAG, key)).fetchone()
+        row = con.execute(query, (REGISTERED_TAG, experiment, RESULT_TAG, key)).fetchone()
     return Found(row[0], row[1] or "", bool(row[2])) if row else None
 
 
-def _find_run_rest(uri: str, key: str, environ: Mapping[str, str]) -> Found | None:
+def _find_run_rest(uri: str, key: str, environ: Mapping[str, str], experiment: str = EXPERIMENT) -> Found | None:
     shown = redact.uri(uri)
     try:
-        experiment = rest(uri, "experiments/get-by-name", environ, query={"experiment_name": EXPERIMENT})
+        found = rest(uri, "experiments/get-by-name", environ, query={"experiment_name": experiment})
     except urllib.error.HTTPError as exc:
         if exc.code == 404:  # RESOURCE_DOES_NOT_EXIST: no experiment, so no run
             return None
@@ -153,7 +155,7 @@ def _find_run_rest(uri: str, key: str, environ: Mapping[str, str]) -> Found | No
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise TrackingError(f"MLflow server at {shown} is unreachable ({describe(exc)})") from None
     body = {
-        "experiment_ids": [experiment["experiment"]["experiment_id"]],
+        "experiment_ids": [found["experiment"]["experiment_id"]],
         "filter": f"tags.`{RESULT_TAG}` = '{key}' and attributes.status = 'FINISHED'",
         "max_results": 1,
         "order_by": ["attributes.start_time ASC"],
@@ -168,12 +170,12 @@ def _find_run_rest(uri: str, key: str, environ: Mapping[str, str]) -> Found | No
     return Found(info["run_id"], info.get("run_name", ""), REGISTERED_TAG in tags)
 
 
-def _find_run_client(uri: str, key: str) -> Found | None:
+def _find_run_client(uri: str, key: str, name: str = EXPERIMENT) -> Found | None:
     quiet_mlflow()
     from mlflow import MlflowClient  # noqa: PLC0415 - slow; only for stores the fast paths do not know
 
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(EXPERIMENT)
+    experiment = client.get_experiment_by_name(name)
     if experiment is None:
         return None
     runs = client.search_runs(
@@ -231,19 +233,19 @@ def _git(args: list[str], cwd: Path | None = None, strip: bool = True) -> str | 
 # --- logging ---------------------------------------------------------------------------
 
 
-def ensure_experiment(client: Any, artifact_location: str | None) -> str:
-    """The ``mnist`` experiment's id, created as a model-training experiment when missing."""
+def ensure_experiment(client: Any, artifact_location: str | None, name: str = EXPERIMENT) -> str:
+    """The experiment ``name``'s id (the data set's name), created as a model-training experiment when missing."""
     from mlflow.exceptions import MlflowException  # noqa: PLC0415
 
-    experiment = client.get_experiment_by_name(EXPERIMENT)
+    experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     try:
-        return client.create_experiment(EXPERIMENT, artifact_location=artifact_location, tags=EXPERIMENT_TAGS)
+        return client.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_TAGS)
     except MlflowException as exc:  # another publisher created it a moment ago
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-        return client.get_experiment_by_name(EXPERIMENT).experiment_id
+        return client.get_experiment_by_name(name).experiment_id
 
 
 def process_alive(pid: int, proc: Path = processes.PROC) -> bool:

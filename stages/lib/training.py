@@ -78,7 +78,8 @@ def fit(
 
     tf = nn.tf
 
-    loss_fn = nn.loss_function(cfg["labels"], output, cfg["label_smoothing"])
+    classes = model.output_shape[-1]
+    loss_fn = nn.loss_function(cfg["labels"], output, cfg["label_smoothing"], classes)
     if cfg["augment"] and cfg["augment_kernel"] == "fused":
         jit_compile = False  # TensorFlow's resampling kernel runs in a graph only, not in an XLA program
     steps = nn.Steps(
@@ -88,10 +89,10 @@ def fit(
         augment=augmentation(cfg, background) if cfg["augment"] else None,
         jit_compile=jit_compile,
     )
-    val_loss_fn = nn.loss_function(cfg["labels"], output)
+    val_loss_fn = nn.loss_function(cfg["labels"], output, classes=classes)
     x = tf.constant(train[0])
-    y = tf.constant(nn.encode_labels(train[1], cfg["labels"]))
-    x_val, y_val = val[0], nn.encode_labels(val[1], cfg["labels"])
+    y = tf.constant(nn.encode_labels(train[1], cfg["labels"], classes))
+    x_val, y_val = val[0], nn.encode_labels(val[1], cfg["labels"], classes)
     rng = np.random.default_rng(cfg["seed"])
     patience = cfg["early_stopping_patience"]
     best_loss, best_weights, waited = math.inf, None, 0

@@ -44,10 +44,16 @@ def check(cfg: dict[str, Any]) -> None:
             f"params: model.cnn.pooling lists {len(pooling)} entries for {blocks} blocks (model.cnn.filters): "
             f"give one of {', '.join(POOLING)} for every block, or one per block"
         )
-    if blocks > max_blocks():
+
+
+def check_image(cfg: dict[str, Any], height: int = IMAGE_SIDE, width: int = IMAGE_SIDE) -> None:
+    """The conv blocks fit the images (``preprocess.image_size``): each halves the shorter side."""
+    side = min(height, width)
+    if cfg["kind"] == "cnn" and len(cfg["cnn"]["filters"]) > max_blocks(side):
         raise ParamsError(
-            f"params: model.cnn.filters has {blocks} blocks, but {IMAGE_SIDE}x{IMAGE_SIDE} images "
-            f"can be halved only {max_blocks()} times (use at most {max_blocks()} entries)"
+            f"params: model.cnn.filters has {len(cfg['cnn']['filters'])} blocks, but {height}x{width} images "
+            f"can be halved only {max_blocks(side)} times (use at most {max_blocks(side)} entries, "
+            "or a larger preprocess.image_size)"
         )
 
 

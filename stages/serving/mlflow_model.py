@@ -1,4 +1,4 @@
-"""The served model: raw MNIST pixels in, per image the digit and the ten probabilities out.
+"""The served model: raw pixels in, per image the class (MNIST: the digit) and the probabilities out.
 
 An MLflow pyfunc model around ``classifier.Classifier``. A client sends a
 batch of 28x28 images with values in 0-255, exactly as in the MNIST files;
@@ -32,11 +32,10 @@ class MnistClassifier(PythonModel):
 
     def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:
         try:
-            pixels = check_pixels(model_input)
+            pixels = check_pixels(model_input, self.classifier.shape)
         except BadInput as exc:
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
-        probs = self.classifier.probabilities(pixels)
-        return pd.DataFrame({"digit": probs.argmax(axis=1).astype(np.int64), "probabilities": list(probs)})
+        return pd.DataFrame(self.classifier.answer(pixels))
 
 
 set_model(MnistClassifier())

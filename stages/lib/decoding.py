@@ -1,0 +1,194 @@
+"""A labelled image collection decoded once into uint8 arrays of one shape, using every core it may.
+
+Training images (unlike ``mnist-predict``'s digits, ``stages.lib.images``) are
+brought to ``preprocess.image_size`` and ``preprocess.channels`` as they are:
+EXIF orientation applied, the first frame of an animation, 16-bit images
+scaled to 8 bits, transparency composited onto **white**, converted to gray
+(``L``) or ``RGB``, and resized to exactly H x W with Pillow's **bilinear**
+filter (antialiased when shrinking; the aspect ratio is not kept). Files are
+opened with Pillow's safety limits and the project's pixel cap
+(``images.MAX_PIXELS``).
+
+``decode_packed`` reads the files that ``fetch`` packed into one
+``images.bin`` (no per-file open), in as many processes as the cores this
+process may use; each writes straight into one shared uint8 array, so every
+file is decoded once and the pixels are never held twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stages.lib.images import MAX_PIXELS, ImageError
+
+CHUNK = 256  # images per task: large enough to hide the task's cost, small enough for steady progress
+
+
+@dataclass(frozen=True)
+class Shape:
+    height: int
+    width: int
+    channels: int
+
+    @property
+    def pixel_shape(self) -> tuple[int, ...]:
+        """One image's array shape: (H, W) for gray (as MNIST), (H, W, 3) for colour."""
+        return (self.height, self.width) if self.channels == 1 else (self.height, self.width, 3)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: ``taskset``, a container's cpuset)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def image_to_array(image: Any, shape: Shape) -> np.ndarray:
+    """A Pillow image as uint8 pixels of ``shape`` (see the module's docstring for each step)."""
+    from PIL import Image, ImageOps  # noqa: PLC0415
+
+    if image.width * image.height > MAX_PIXELS:
+        raise ImageError(f"image too large ({image.width}x{image.height}; at most {MAX_PIXELS:,} pixels)")
+    mode = "L" if shape.channels == 1 else "RGB"
+    if image.format == "JPEG" and (image.width > 2 * shape.width and image.height > 2 * shape.height):
+        image.draft(mode, (shape.width, shape.height))  # the decoder scales down itself
+    image.load()
+    image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(pixels * (255.0 / top), 0, 255).astype(np.uint8), mode="L")
+    if image.mode in ("P", "PA"):
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "La", "RGBa") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    if image.mode != mode:
+        image = image.convert(mode)
+    if image.size != (shape.width, shape.height):
+        image = image.resize((shape.width, shape.height), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def to_array(source: Any, shape: Shape) -> np.ndarray:
+    """An encoded image (a path or a file-like object) as uint8 pixels of ``shape``, or ``ImageError``."""
+    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as image:
+                image.seek(0)
+                return image_to_array(image, shape)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"image too large to decode safely (over {Image.MAX_IMAGE_PIXELS:,} pixels)") from None
+    except UnidentifiedImageError:
+        raise ImageError("not an image (or a format Pillow cannot read)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"cannot decode ({exc})") from None
+
+
+def resize_arrays(images: np.ndarray, shape: Shape) -> np.ndarray:
+    """uint8 gray images (N, h, w) of an IDX file brought to ``shape`` (unchanged when they already have it)."""
+    from PIL import Image  # noqa: PLC0415
+
+    if images.shape[1:] == shape.pixel_shape:
+        return images
+    out = np.empty((len(images), *shape.pixel_shape), dtype=np.uint8)
+    for i, pixels in enumerate(images):
+        out[i] = image_to_array(Image.fromarray(pixels, mode="L"), shape)
+    return out
+
+
+# --- a packed collection, decoded in parallel into shared memory --------------------------------
+
+_worker: dict[str, Any] = {}
+
+
+def _start_worker(blob: str, shm_name: str, n: int, shape: Shape) -> None:
+    from multiprocessing import shared_memory  # noqa: PLC0415
+
+    with open(blob, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        _worker["blob"] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+    _worker["shm"] = shared_memory.SharedMemory(name=shm_name)
+    _worker["out"] = np.ndarray((n, *shape.pixel_shape), dtype=np.uint8, buffer=_worker["shm"].buf)
+    _worker["shape"] = shape
+
+
+def _decode_chunk(chunk: Sequence[tuple[int, int, int]]) -> list[tuple[int, str]]:
+    """Decode (index, offset, size) entries into the shared array; the (index, reason) of those that failed."""
+    import io  # noqa: PLC0415
+
+    failed = []
+    for index, offset, size in chunk:
+        try:
+            _worker["out"][index] = to_array(io.BytesIO(_worker["blob"][offset : offset + size]), _worker["shape"])
+        except ImageError as exc:
+            failed.append((index, str(exc)))
+    return failed
+
+
+def decode_packed(
+    blob: Path,
+    entries: Sequence[tuple[int, int]],
+    shape: Shape,
+    *,
+    workers: int | None = None,
+    progress: Callable[[int], None] = lambda n: None,
+) -> tuple[np.ndarray, dict[int, str]]:
+    """The images at (offset, size) in ``blob`` as one uint8 array (N, H, W[, 3]), and {index: reason} for
+    the files that could not be decoded (their rows are left black)."""
+    import multiprocessing  # noqa: PLC0415
+    from multiprocessing import shared_memory  # noqa: PLC0415
+
+    n = len(entries)
+    nbytes = max(1, n * int(np.prod(shape.pixel_shape)))
+    shm = shared_memory.SharedMemory(create=True, size=nbytes)
+    try:
+        indexed = [(i, offset, size) for i, (offset, size) in enumerate(entries)]
+        chunks = [indexed[i : i + CHUNK] for i in range(0, n, CHUNK)]
+        workers = min(workers or usable_cores(), max(1, len(chunks)))
+        failed: dict[int, str] = {}
+        args = (str(blob), shm.name, n, shape)
+        if workers == 1:
+            _start_worker(*args)
+            try:
+                for chunk in chunks:
+                    failed.update(_decode_chunk(chunk))
+                    progress(len(chunk))
+            finally:
+                _stop_worker()
+        else:
+            context = multiprocessing.get_context("fork")  # the workers share the parent's imports
+            with context.Pool(workers, initializer=_start_worker, initargs=args) as pool:
+                for chunk, result in zip(chunks, pool.imap(_decode_chunk, chunks), strict=True):
+                    failed.update(result)
+                    progress(len(chunk))
+        out = np.ndarray((n, *shape.pixel_shape), dtype=np.uint8, buffer=shm.buf).copy()
+    finally:
+        shm.close()
+        shm.unlink()
+    return out, failed
+
+
+def _stop_worker() -> None:
+    _worker.pop("out", None)  # the view first: shared memory with a live view cannot close
+    with contextlib.suppress(Exception):
+        _worker.pop("shm").close()
+    blob = _worker.pop("blob", None)
+    if isinstance(blob, mmap.mmap):
+        blob.close()
+    _worker.clear()
