@@ -43,6 +43,7 @@ from stages.lib.images import from_image, mnist_style
 from stages.lib.redact import text as redact_text
 from stages.lib.redact import uri as redact_uri
 from stages.lib.registry import CHAMPION, MODEL_NAME, SCORE_TAG
+from stages.serving.classifier import DIGITS, IMAGE_SHAPE
 from stages.tools.predict import Outcome, prepare, ranked
 
 DEFAULT_MODEL = f"models:/{MODEL_NAME}@{CHAMPION}"
@@ -232,8 +233,13 @@ def load(uri: str | None) -> tuple[Probabilities, str]:
     """The model as a probabilities function, warmed up (first call traced), and its description."""
     from stages.tools.predict import load_model  # noqa: PLC0415
 
-    model = load_model(uri)
-    model(np.zeros((1, 28, 28), dtype=np.float32))
+    model, config = load_model(uri)
+    if config.get("classes", DIGITS) != DIGITS or tuple(config.get("image_shape", IMAGE_SHAPE)) != IMAGE_SHAPE:
+        raise ValueError(
+            f"the page draws and reads MNIST-style digits; this model takes {config.get('dataset', 'other')} images "
+            "(use mnist-predict for it)"
+        )
+    model(np.zeros((1, *IMAGE_SHAPE), dtype=np.float32))
     return model, describe_model(uri)
 
 

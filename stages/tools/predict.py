@@ -1,12 +1,15 @@
-"""The trained classifier on your own digit images: scans, photos, drawings.
+"""The trained classifier on your own images: scans, photos, drawings of digits, or your data set's kind.
 
     python -m stages.tools.predict PATH [PATH ...] [--model URI] [--json] [--top K] [--save-inputs DIR]
     mnist-predict ...                      (the same, as a console script)
 
 PATHs are image files, directories (their image files, sorted) or glob
-patterns. Each image is brought into MNIST's form first (``mnist_style``):
-MNIST digits are light on dark, size-normalized into a 20x20 box and centred
-by their centre of mass in 28x28, and a model fed anything else guesses. The
+patterns. Each image is brought into the form the model was trained on, as
+its ``serving.json`` says: with ``preprocess.style: digits`` (MNIST's default)
+into MNIST's form (``mnist_style``: light on dark, size-normalized into a
+20x20 box and centred by its centre of mass; a model fed anything else
+guesses), with ``plain`` simply resized to the model's image shape
+(``stages.lib.decoding``). Answers name the class (``digit`` for MNIST). The
 model is the pipeline's ``data/model/model.keras`` with the normalization it
 was trained with, or any MLflow model URI (``models:/mnist-classifier@champion``,
 ``runs:/<id>/model``). A file that cannot be read gets a one-line error, the
@@ -24,6 +27,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +36,7 @@ from stages import KERAS_EXTRAS, finish, leave_out
 from stages.lib import redact, tracking
 from stages.lib.images import ImageError, decode, mnist_style
 from stages.lib.paths import MLFLOW_DB, MODEL_PATH, SERVING_CONFIG_PATH
+from stages.serving.classifier import DIGITS, IMAGE_SHAPE
 
 PROJECT = Path(__file__).resolve().parents[2]  # the repository, wherever `mnist-predict` is run from
 
@@ -71,14 +76,26 @@ def expand(paths: list[str]) -> list[Outcome]:
     return found
 
 
-def prepare(outcome: Outcome) -> Outcome:
-    """Fill in ``outcome.pixels`` (the image in MNIST's form) or ``outcome.error``; return it."""
+@dataclass(frozen=True)
+class Form:
+    """How a new image is brought to the model: ``style`` (digits | plain) and one image's ``shape``."""
+
+    style: str = "digits"
+    shape: tuple[int, ...] = IMAGE_SHAPE
+
+    @classmethod
+    def of(cls, config: dict) -> Form:
+        return cls(config.get("style", "digits"), tuple(config.get("image_shape", IMAGE_SHAPE)))
+
+
+def prepare(outcome: Outcome, form: Form = Form()) -> Outcome:
+    """Fill in ``outcome.pixels`` (the image in the model's form) or ``outcome.error``; return it."""
     if outcome.error is None:
         try:
             path = Path(outcome.path)
             if path.stat().st_size == 0:
                 raise ImageError("empty file (0 bytes)")
-            outcome.pixels = mnist_style(decode(path))
+            outcome.pixels = in_form(path, form)
         except ImageError as exc:
             outcome.error = str(exc)
         except Exception as exc:  # a decoder's surprise is this file's error, not the whole batch's
@@ -86,28 +103,64 @@ def prepare(outcome: Outcome) -> Outcome:
     return outcome
 
 
+def in_form(path: Path, form: Form) -> np.ndarray:
+    """The file's pixels as the model takes them (float32, 0-255)."""
+    from stages.lib import decoding  # noqa: PLC0415
+
+    height, width = form.shape[:2]
+    channels = 3 if len(form.shape) == 3 else 1
+    if form.style == "plain":
+        return decoding.to_array(path, decoding.Shape(height, width, channels)).astype(np.float32)
+    digit = mnist_style(decode(path))  # 28x28 gray
+    if digit.shape != (height, width):
+        from PIL import Image  # noqa: PLC0415
+
+        digit = np.asarray(Image.fromarray(digit, mode="F").resize((width, height), Image.Resampling.BILINEAR))
+    if channels == 3:
+        digit = np.repeat(digit[..., None], 3, axis=2)
+    return np.clip(digit, 0, 255).astype(np.float32)
+
+
 # --- the model -------------------------------------------------------------------
 
 
 def load_model(uri: str | None):
-    """A function from raw-pixel batches (N, 28, 28) to probabilities (N, 10)."""
+    """(a function from raw-pixel batches (N, *shape) to probabilities (N, classes), the model's serving config)."""
     if uri is None or ":/" not in uri:  # the pipeline's model, or a .keras file (or its directory)
         from stages.serving.classifier import Classifier  # noqa: PLC0415
 
-        model_path = PROJECT / MODEL_PATH if uri is None else Path(uri)
-        if model_path.is_dir():
-            model_path = model_path / MODEL_PATH.name
-        config_path = model_path.with_name(SERVING_CONFIG_PATH.name)  # written beside it by the train stage
+        model_path, config_path = local_paths(uri)
         if not model_path.exists():
             raise FileNotFoundError(f"{model_path} not found: run `dvc repro` first, or pass --model URI")
-        return Classifier(model_path, config_path).probabilities
+        classifier = Classifier(model_path, config_path)
+        return classifier.probabilities, classifier.config
     import mlflow.pyfunc  # noqa: PLC0415
 
     tracking.quiet_mlflow()
     if not os.environ.get("MLFLOW_TRACKING_URI"):  # models:/ URIs: the project's default store
         mlflow.set_tracking_uri(f"sqlite:///{PROJECT / MLFLOW_DB}")
     model = mlflow.pyfunc.load_model(uri)
-    return lambda pixels: np.stack(model.predict(pixels)["probabilities"].to_numpy()).astype(np.float64)
+    served = model.unwrap_python_model()
+    config = served.classifier.config if hasattr(served, "classifier") else {}
+    return lambda pixels: np.stack(model.predict(pixels)["probabilities"].to_numpy()).astype(np.float64), config
+
+
+def local_paths(uri: str | None) -> tuple[Path, Path]:
+    """(the .keras file, the serving.json beside it) of the pipeline's model or a given file or directory."""
+    model_path = PROJECT / MODEL_PATH if uri is None else Path(uri)
+    if model_path.is_dir():
+        model_path = model_path / MODEL_PATH.name
+    return model_path, model_path.with_name(SERVING_CONFIG_PATH.name)  # written beside it by the train stage
+
+
+def known_form(uri: str | None) -> Form:
+    """The model's form when it can be read before the model loads (a local model's serving.json)."""
+    if uri is None or ":/" not in uri:
+        try:
+            return Form.of(json.loads(local_paths(uri)[1].read_text()))
+        except (OSError, ValueError):
+            pass
+    return Form()
 
 
 # --- output ----------------------------------------------------------------------
@@ -118,26 +171,34 @@ def ranked(probs: np.ndarray, k: int) -> list[tuple[int, float]]:
     return [(int(d), float(probs[d])) for d in order]
 
 
-def table(outcomes: list[Outcome], top: int) -> str:
-    rows = [["path", "digit", "confidence", *(f"#{i}" for i in range(2, top + 1))]]
+def table(outcomes: list[Outcome], top: int, classes: list[str] = DIGITS) -> str:
+    rows = [["path", "digit" if classes == DIGITS else "class", "confidence", *(f"#{i}" for i in range(2, top + 1))]]
     for o in outcomes:
         if o.error is None:
             best = ranked(o.probabilities, top)
-            rows.append([o.path, str(best[0][0]), f"{best[0][1]:.1%}", *(f"{d} ({p:.1%})" for d, p in best[1:])])
+            rows.append(
+                [o.path, classes[best[0][0]], f"{best[0][1]:.1%}", *(f"{classes[d]} ({p:.1%})" for d, p in best[1:])]
+            )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
-def as_json(o: Outcome, top: int) -> str:
+def as_json(o: Outcome, top: int, classes: list[str] = DIGITS) -> str:
     if o.error is not None:
         return json.dumps({"path": o.path, "error": o.error})
     best = ranked(o.probabilities, top)
+    if classes == DIGITS:
+        head = {"digit": best[0][0]}
+        ranking = [{"digit": d, "probability": round(p, 6)} for d, p in best]
+    else:
+        head = {"label": best[0][0], "class": classes[best[0][0]]}
+        ranking = [{"label": d, "class": classes[d], "probability": round(p, 6)} for d, p in best]
     return json.dumps(
         {
             "path": o.path,
-            "digit": best[0][0],
+            **head,
             "confidence": round(best[0][1], 6),
-            "top": [{"digit": d, "probability": round(p, 6)} for d, p in best],
+            "top": ranking,
             "probabilities": [round(float(p), 6) for p in o.probabilities],
         }
     )
@@ -157,13 +218,14 @@ def usable_directory(directory: Path) -> str | None:
 
 
 def save_inputs(outcomes: list[Outcome], directory: Path) -> None:
-    """Each image as the model saw it, as a 28x28 PNG named after the input file (``directory`` exists)."""
+    """Each image as the model saw it, as a PNG named after the input file (``directory`` exists)."""
     from PIL import Image  # noqa: PLC0415
 
     for i, o in enumerate(outcomes):
         if o.pixels is not None:
             name = f"{i:04d}-{Path(o.path).stem}.png"
-            Image.fromarray(np.clip(np.rint(o.pixels), 0, 255).astype(np.uint8), mode="L").save(directory / name)
+            pixels = np.clip(np.rint(o.pixels), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels, mode="L" if pixels.ndim == 2 else "RGB").save(directory / name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,17 +247,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--save-inputs: {problem}")  # before any work, not after inference
 
     started = time.monotonic()
-    outcomes = expand(args.paths)
-    # Decode and preprocess in a second process while this one loads the model
-    # (importing TensorFlow is most of the start-up): both cores at work.
+    listed = expand(args.paths)
+    form = known_form(args.model)  # an MLflow model's form is known once it is loaded: MNIST's until then
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as pool:
-        prepared = pool.map(prepare, outcomes, chunksize=64)
+        prepared = pool.map(partial(prepare, form=form), listed, chunksize=64)  # copies come back
         try:
-            predict = load_model(args.model)
+            predict, config = load_model(args.model)
         except Exception as exc:  # any failure to load is reported in one line
             print(f"predict: error: cannot load the model: {redact.first_line(exc)}", file=sys.stderr)
             return 2
         outcomes = list(prepared)
+    if Form.of(config) != form:  # the model wants another form: bring the listed images into it
+        outcomes = [prepare(o, Form.of(config)) for o in listed]
+    classes = config.get("classes", DIGITS)
     good = [o for o in outcomes if o.pixels is not None]
     if good:
         probs = predict(np.stack([o.pixels for o in good]))
@@ -206,9 +270,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.json:
         for o in outcomes:
-            print(as_json(o, args.top))
+            print(as_json(o, args.top, classes))
     elif good:
-        print(table(outcomes, args.top))
+        print(table(outcomes, args.top, classes))
     failed = [o for o in outcomes if o.error is not None]
     if not args.json:
         for o in failed:
