@@ -17,7 +17,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 TOLERANCE ?= 0.002
 LOSS_RTOL ?= 0.10
 
-.PHONY: help cnn cnn-fast dense-best tune tune-worker tune-best install repro test test-fast lint reproduce report summary comment serve demo server server-stop remote lock-check lock clean
+.PHONY: help cnn cnn-fast dense-best tune tune-worker tune-best install repro test test-fast lint reproduce report summary comment serve demo server server-stop remote lock-check lock clean clean-state ui
 
 .DEFAULT_GOAL := help
 help:  ## Every target and what it does (this list)
@@ -165,5 +165,61 @@ lock:  ## Regenerate requirements.lock from pyproject.toml
 	  --index-url https://pypi.org/simple -o requirements.lock
 	rm -rf .venv-lock
 
-clean:  ## Remove .venv
-	rm -rf $(VENV)
+# MLflow's UI on this clone's store (MLFLOW_TRACKING_URI if it names another sqlite:/// file),
+# on 127.0.0.1:$(UI_PORT), a port of its own (make server: 5000, serve: 5001). It prints
+# first the URL of the mnist experiment's "Model training" view: MLflow 3.17 opens on
+# its GenAI view. Ctrl-C stops it.
+UI_PORT ?= 5050
+UI_EXPERIMENT_ID = import pathlib, sqlite3, sys; \
+  db = sqlite3.connect(pathlib.Path(sys.argv[1]).resolve().as_uri() + "?mode=ro", uri=True); \
+  query = "SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = ?"; \
+  row = db.execute(query, ("mnist", "active")).fetchone(); \
+  print(row[0] if row else "")
+ui: install  ## MLflow's UI on the local store at http://127.0.0.1:5050 (UI_PORT=...), on the training view
+	@uri="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}"; \
+	case "$$uri" in sqlite:///*) ;; *) echo "ui: error: MLFLOW_TRACKING_URI is not a sqlite:/// file:" \
+	  "a tracking server has its own UI at its address" >&2; exit 1;; esac; \
+	db="$${uri#sqlite:///}"; db="$${db%%\?*}"; \
+	if [ ! -f "$$db" ]; then echo "ui: error: no MLflow store at $$db yet: make repro logs the first run there" >&2; exit 1; fi; \
+	id=$$(python -c '$(UI_EXPERIMENT_ID)' "$$db" 2>/dev/null || true); \
+	url="http://127.0.0.1:$(UI_PORT)/#/experiments$${id:+/$$id/runs}?workflowType=machine_learning"; \
+	echo "ui: open $$url   (Ctrl-C stops the UI)"; \
+	exec mlflow server --backend-store-uri "$$uri" --artifacts-destination "$$(dirname "$$db")/mlartifacts" \
+	  --host 127.0.0.1 --port $(UI_PORT) --workers 1
+
+# What can be rebuilt: the environment and the tools' caches. Never .dvc/cache (every version
+# of the data and models DVC saved) nor data/external/ (your own files); local state is
+# clean-state's, below.
+clean:  ## Remove what can be rebuilt: .venv and tool caches (never .dvc/cache, data/external/ or local state)
+	@for path in $(VENV) .venv-lock .ruff_cache .pytest_cache; do \
+	  if [ -e "$$path" ]; then rm -rf "$$path" && echo "clean: removed $$path"; fi; \
+	done
+	@find . \( -path ./.git -o -path ./.dvc -o -path ./data/external -o -path ./.server -o -path ./mlartifacts \) -prune \
+	  -o \( -name __pycache__ -o -name '*.egg-info' \) -type d -prune -printf 'clean: removed %P\n' -exec rm -rf {} +
+
+# Local state, which nothing rebuilds: the local MLflow store (every run, registered version
+# and the champion alias), its artifacts, .runtime/, the Optuna journal of make tune, and
+# make server's state with its PostgreSQL cluster (stopped first, through
+# stages.tools.server remove). It lists what exists and asks; YES=1 deletes without asking,
+# and without a terminal or YES=1 it deletes nothing. .dvc/cache, data/ and reports/ stay.
+LOCAL_STATE := mlflow.db mlflow.db.lock mlartifacts .runtime .tune
+YES ?=
+clean-state:  ## Delete local state (mlflow.db, mlartifacts/, .runtime/, .tune/, .server/ and its cluster), after asking
+	@found=""; for path in $(LOCAL_STATE) $(SERVER_DIR); do [ -e "$$path" ] && found="$$found $$path"; done; \
+	if [ -z "$$found" ]; then echo "clean-state: no local state here: nothing to delete"; exit 0; fi; \
+	cluster=$$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["directory"])' \
+	  "$(SERVER_DIR)/pg.json" 2>/dev/null || true); \
+	case "$$cluster" in "$$(cd "$(SERVER_DIR)" 2>/dev/null && pwd -P)"/*) cluster="";; esac; \
+	echo "clean-state: this deletes (runs, models, studies: nothing rebuilds them):"; \
+	for path in $$found; do echo "  $$path"; done; \
+	if [ -n "$$cluster" ]; then echo "  $$cluster (make server's PostgreSQL cluster)"; fi; \
+	if [ -z "$(filter 1 yes true,$(YES))" ]; then \
+	  printf 'Delete them? [y/N] '; \
+	  if ! read -r answer; then echo; echo "clean-state: error: no answer (no terminal?): nothing deleted;" \
+	    "make clean-state YES=1 deletes without asking" >&2; exit 1; fi; \
+	  case "$$answer" in y|Y|yes|Yes|YES) ;; *) echo "clean-state: nothing deleted"; exit 0;; esac; \
+	fi; \
+	if [ -e "$(SERVER_DIR)" ]; then \
+	  $(MAKE) --no-print-directory --silent install && python -m stages.tools.server remove --dir "$(SERVER_DIR)" || exit 1; \
+	fi; \
+	rm -rf $(LOCAL_STATE) && echo "clean-state: deleted$$found"
