@@ -104,3 +104,13 @@ def test_make_help_lists_every_target():
     listed = {name for line in result.stdout.splitlines() for name in line.strip().split("  ")[0].split()}
     missing = makefile_targets() - {"$(STAMP)"} - listed
     assert not missing, f"give these targets a '## what it does' comment: {sorted(missing)}"
+
+
+def test_the_licence_is_mit_and_names_the_mnist_derived_files_that_exist():
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("MIT License\n\nCopyright (c) 2026 the mnist-pipeline authors")
+    assert "Creative Commons Attribution-Share Alike 3.0" in text and "Yann LeCun and\nCorinna Cortes" in text
+    named = re.findall(r"^  ((?:reports|examples|docs)/\S+)", text, flags=re.M)
+    assert len(named) >= 5, named
+    missing = [path for path in named if not (ROOT / path).exists()]
+    assert not missing, f"LICENSE names files that do not exist (moved or renamed?): {missing}"
