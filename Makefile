@@ -109,7 +109,7 @@ tune-worker: install  ## Join study STUDY from this machine (TUNE_STORAGE=postgr
 tune-best: install  ## Run study STUDY's best trial as an ordinary DVC experiment
 	python -m stages.tools.tune best --study "$(STUDY)"
 
-# Serve the registry's champion over HTTP on 127.0.0.1:$(PORT) (see README, "Serving").
+# Serve the registry's champion over HTTP on 127.0.0.1:$(PORT) (docs/experiments.md, "Serving").
 PORT ?= 5001
 serve: install  ## Serve models:/mnist-classifier@champion on 127.0.0.1:5001 (PORT=...)
 	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
