@@ -15,13 +15,13 @@ import yaml
 
 from stages import fetch as fetch_stage
 from stages.fetch import FetchError, fetch
+from stages.lib.idx import dotted_name
 from stages.lib.sources import (
     NPZ_ARRAYS,
     Settings,
     SourceError,
     SourceSkipped,
     _extract_npm,
-    dotted_name,
     fetch_kaggle,
     fetch_keras,
     fetch_local,

@@ -341,20 +341,8 @@ class IdxSet:
     shape: tuple[int, int]
 
 
-def _dotted(name: str) -> str:
-    """``train-images-idx3-ubyte`` -> ``train-images.idx3-ubyte`` (as ``stages.lib.sources.dotted_name``)."""
-    stem, _, kind = name.rpartition("-idx")
-    return f"{stem}.idx{kind}"
-
-
-def idx_candidates(name: str) -> list[str]:
-    """The names under which a canonical IDX file may be found, raw or gzipped (as ``sources.accepted_names``)."""
-    bases = [name, _dotted(name)]
-    return bases + [b + ".gz" for b in bases]
-
-
 def _find_idx(root: Path, name: str, root_real: str) -> Path:
-    for candidate in idx_candidates(name):
+    for candidate in idx.accepted_names(name):
         path = root / candidate
         if path.is_file():
             if not _inside(os.path.realpath(path), root_real):
@@ -362,7 +350,7 @@ def _find_idx(root: Path, name: str, root_real: str) -> Path:
                     f"fetch.path: {candidate} is a symlink to {os.path.realpath(path)}, outside fetch.path"
                 )
             return path
-    raise DatasetError(f"fetch.path: no {name} in {root} (also looked for {', '.join(idx_candidates(name)[1:])})")
+    raise DatasetError(f"fetch.path: no {name} in {root} (also looked for {', '.join(idx.accepted_names(name)[1:])})")
 
 
 def _read_idx(path: Path, ndim: int) -> tuple[bytes, np.ndarray]:

@@ -19,6 +19,18 @@ class IdxError(ValueError):
     """A file is not a well-formed IDX file of the expected kind."""
 
 
+def dotted_name(name: str) -> str:
+    """``train-images-idx3-ubyte`` -> ``train-images.idx3-ubyte`` (Kaggle's naming)."""
+    stem, _, kind = name.rpartition("-idx")
+    return f"{stem}.idx{kind}"
+
+
+def accepted_names(name: str) -> list[str]:
+    """The file names under which a canonical IDX file may be found, raw or gzipped."""
+    bases = [name, dotted_name(name)]
+    return bases + [b + ".gz" for b in bases]
+
+
 def magic_for(ndim: int) -> int:
     return (UBYTE << 8) | ndim
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from stages.lib import idx, redact
 from stages.lib.files import file_digest, sha256_file
+from stages.lib.idx import accepted_names
 from stages.lib.progress import Progress
 
 Log = Callable[[str], None]
@@ -81,18 +82,6 @@ class Settings:
     timeout_s: float = 30.0
     retries: int = 3
     backoff_s: float = 1.0  # first retry delay, doubled each time (not a param: tests shorten it)
-
-
-def dotted_name(name: str) -> str:
-    """``train-images-idx3-ubyte`` -> ``train-images.idx3-ubyte`` (Kaggle's naming)."""
-    stem, _, kind = name.rpartition("-idx")
-    return f"{stem}.idx{kind}"
-
-
-def accepted_names(name: str) -> list[str]:
-    """The file names under which a canonical file may be found, raw or gzipped."""
-    bases = [name, dotted_name(name)]
-    return bases + [b + ".gz" for b in bases]
 
 
 # --- verification -----------------------------------------------------------
