@@ -111,9 +111,10 @@ tune-best: install  ## Run study STUDY's best trial as an ordinary DVC experimen
 
 # Serve the registry's champion over HTTP on 127.0.0.1:$(PORT) (docs/experiments.md, "Serving").
 PORT ?= 5001
-serve: install  ## Serve models:/mnist-classifier@champion on 127.0.0.1:5001 (PORT=...)
+serve: install  ## Serve the champion of params.yaml's data set (mnist-classifier) on 127.0.0.1:5001 (PORT=...)
 	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
-	  mlflow models serve -m "models:/mnist-classifier@champion" --env-manager local -h 127.0.0.1 -p $(PORT)
+	  mlflow models serve -m "$$(python -c 'from stages.lib.registry import champion_uri; print(champion_uri())')" \
+	  --env-manager local -h 127.0.0.1 -p $(PORT)
 
 # The draw-a-digit page (Gradio) on http://127.0.0.1:7860: `make demo PORT=8000`,
 # `HOST=0.0.0.0` to listen beyond this machine (behind a login: user demo, a password

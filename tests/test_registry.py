@@ -60,3 +60,13 @@ def test_judging_without_a_new_version():
     assert decide(None, {1: 0.97, 2: 0.98}, 1).champion == 2  # registered, never judged: judged now
     assert decide(None, {1: 0.97, 2: 0.96}, 1).message == "version 1 (val_accuracy 0.9700) stays the champion"
     assert decide(None, {}, None).champion is None
+
+
+def test_make_serve_and_the_demo_serve_the_champion_of_the_data_set_params_yaml_names(tmp_path):
+    from stages.lib.registry import champion_uri
+
+    params = tmp_path / "params.yaml"
+    params.write_text("fetch:\n  name: shapes\n")
+    assert champion_uri(params) == "models:/shapes-classifier@champion"
+    assert champion_uri(tmp_path / "missing.yaml") == "models:/mnist-classifier@champion"
+    assert champion_uri() == "models:/mnist-classifier@champion"  # this repository's params.yaml

@@ -36,6 +36,18 @@ def model_name(dataset: str) -> str:
     return f"{dataset}-classifier"
 
 
+def champion_uri(params_path: Path | None = None) -> str:
+    """``models:/<name>-classifier@champion`` of the data set ``params.yaml`` names (MNIST's when it names
+    none): what ``make serve`` and ``make demo`` serve by default."""
+    from stages.params import schema  # noqa: PLC0415
+
+    try:
+        name = schema.read_raw(*([params_path] if params_path else []))["fetch"]["name"]
+    except (schema.ParamsError, KeyError, TypeError):
+        name = "mnist"
+    return f"models:/{model_name(str(name))}@{CHAMPION}"
+
+
 @dataclass(frozen=True)
 class Decision:
     champion: int | None  # the version that holds the alias afterwards (None: no finished version)

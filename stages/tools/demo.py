@@ -42,11 +42,11 @@ from stages import finish
 from stages.lib.images import from_image, mnist_style
 from stages.lib.redact import text as redact_text
 from stages.lib.redact import uri as redact_uri
-from stages.lib.registry import CHAMPION, MODEL_NAME, SCORE_TAG
+from stages.lib.registry import SCORE_TAG, champion_uri
 from stages.serving.classifier import DIGITS, IMAGE_SHAPE
 from stages.tools.predict import Outcome, prepare, ranked
 
-DEFAULT_MODEL = f"models:/{MODEL_NAME}@{CHAMPION}"
+DEFAULT_MODEL = champion_uri()  # the champion of the data set params.yaml names
 DEFAULT_PORT = 7860
 CANVAS = 400  # the sketchpad's side, in pixels
 BRUSH = 14  # the pen's radius, in pixels: MNIST's strokes are about a tenth of the digit's height
