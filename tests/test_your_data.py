@@ -111,3 +111,37 @@ def test_it_is_published_under_its_own_name_and_serves_class_names(project):
 
     again = run_stage("publish", project)
     assert "this result is already in" in again.stdout, again.stdout + again.stderr
+
+
+def test_an_idx_data_set_with_class_names_goes_through_under_its_own_name(tmp_path):
+    import gzip
+
+    import mlflow
+
+    from tests.conftest import make_synthetic
+
+    root = tmp_path / "bands-project"
+    source = root / "data" / "external" / "bands"
+    source.mkdir(parents=True)
+    for name, data in make_synthetic(n_train_per_class=30, n_test_per_class=6, seed=5).files.items():
+        (source / f"{name}.gz").write_bytes(gzip.compress(data))
+    names = [f"band-{i}" for i in range(10)]
+    (source / "classes.txt").write_text("\n".join(names) + "\n")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["fetch"].update(dataset="idx", name="bands", path="data/external/bands")
+    params["preprocess"].update(image_size=[14, 14], val_fraction=0.2)
+    params["model"]["hidden_units"] = [32]
+    params["train"].update(epochs=6, batch_size=16, learning_rate=0.005)
+    params["evaluate"].update(gallery_size=4, sample_size=4)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    for stage in ["fetch", "preprocess", "train", "evaluate", "publish"]:
+        result = run_stage(stage, root)
+        assert result.returncode == 0, f"{stage}: {result.stdout[-2000:]}{result.stderr[-2000:]}"
+    assert "registered bands-classifier version 1" in result.stdout
+    stats = json.loads((root / "data" / "prepared" / "stats.json").read_text())
+    assert stats["dataset"]["classes"] == names and stats["shapes"]["x_test"] == [60, 14, 14]
+    confusions = (root / "reports" / "evaluate" / "per_class.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in confusions[1:]] == names
+    assert json.loads((root / "reports" / "metrics.json").read_text())["test_accuracy"] > 0.8
+    client = mlflow.MlflowClient(f"sqlite:///{root}/mlflow.db")
+    assert client.get_registered_model("bands-classifier").aliases == {"champion": 1}
