@@ -335,7 +335,7 @@ def dense_model(tmp_path_factory) -> Path:
 def test_drawn_digits_are_recognised_by_the_default_model(dense_model):
     from stages.tools.predict import load_model
 
-    total, per_digit = accuracy(load_model(str(dense_model)))
+    total, per_digit = accuracy(load_model(str(dense_model))[0])
     print(f"drawn digits, dense default: {total:.3f}; per digit {per_digit}")
     assert total >= 0.90
 

@@ -77,7 +77,7 @@ def main() -> None:
         started = time.monotonic()
         from stages.tools import predict
 
-        model = predict.load_model(None)
+        model, _ = predict.load_model(None)
         startup = time.monotonic() - started
         started = time.monotonic()
         seen = np.stack([predict.mnist_style(predict.decode(p)) for p in photos])
