@@ -777,3 +777,14 @@ def test_a_url_param_with_credentials_is_logged_redacted(project, tmp_path):
     logged = run.data.params["fetch.keras_url"]
     assert logged == "https://***@data.example/mnist.npz?token=***&v=2", logged
     assert not any(s in value for value in run.data.params.values() for s in ("s3cr", "tok-9f8e7d"))
+
+
+def test_a_damaged_local_store_stops_publish_in_one_line(project, tmp_path):
+    copy = tmp_path / "damaged"
+    shutil.copytree(project, copy, ignore=shutil.ignore_patterns("*.db", "mlartifacts"))
+    (copy / "mlflow.db").write_bytes(b"\x00garbage where the runs were" * 64)
+    result = run_stage("publish", copy)
+    assert result.returncode == 2, result.stdout + result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("publish: error: MLflow store ") and "cannot be read: file is not a database" in line
+    assert "intact" in line and "Traceback" not in result.stderr

@@ -155,3 +155,30 @@ def test_a_store_that_is_neither_sqlite_nor_a_server_is_refused_in_one_line(uri)
     message = str(err.value)
     assert "is not supported: set MLFLOW_TRACKING_URI to sqlite:///" in message and "\n" not in message
     assert "pw@" not in message
+
+
+def test_a_damaged_sqlite_store_is_one_line_saying_what_to_do(tmp_path):
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(b"this is not a SQLite database, it was damaged" * 100)
+    with pytest.raises(store.TrackingError) as err:
+        store.preflight(f"sqlite:///{db}", {})
+    message = str(err.value)
+    assert "\n" not in message and str(db) in message and "file is not a database" in message
+    assert "move it aside (mv mlflow.db mlflow.db.damaged)" in message and "outputs" in message and "intact" in message
+
+
+def test_a_locked_sqlite_store_is_one_line(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "mlflow.db"
+    holder = sqlite3.connect(db)
+    holder.execute("CREATE TABLE t (x)")
+    holder.commit()
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(store.TrackingError, match=r"is locked by another process .*wait for that process"):
+            store.preflight(f"sqlite:///{db}", {}, timeout_s=0.2)
+    finally:
+        holder.rollback()
+        holder.close()
+    store.preflight(f"sqlite:///{db}", {})  # free again

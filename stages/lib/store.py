@@ -183,11 +183,38 @@ def preflight(uri: str, environ: Mapping[str, str] | None = None, timeout_s: flo
                 f"MLflow server at {shown} is unreachable ({describe(exc)}); start it or unset MLFLOW_TRACKING_URI"
             ) from None
     elif uri.startswith("sqlite:///"):
-        directory = Path(uri.removeprefix("sqlite:///")).parent
+        db = Path(uri.removeprefix("sqlite:///"))
+        directory = db.parent
         if not directory.is_dir() or not os.access(directory, os.W_OK):
             raise TrackingError(f"MLflow store {shown}: {directory} is not a writable directory")
+        if db.exists():
+            check_sqlite(db, timeout_s)
     else:  # a database URI, file:, databricks...: the claims, locks and fast checks are made for these two
         raise TrackingError(
             f"MLflow store {shown} is not supported: set MLFLOW_TRACKING_URI to sqlite:///<file> or to an "
             "http(s):// tracking server (make server runs one over PostgreSQL)"
         )
+
+
+def check_sqlite(db: Path, timeout_s: float = 10.0) -> None:
+    """A SQLite store that cannot be read (damaged, not a database, locked past ``timeout_s``): one line that
+    says what to do, instead of SQLAlchemy's traceback."""
+    import contextlib  # noqa: PLC0415
+    import sqlite3  # noqa: PLC0415
+
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout_s)
+        ) as con:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as exc:
+        locked = "locked" in str(exc) or "busy" in str(exc)
+        cause = f"is locked by another process ({exc})" if locked else f"cannot be read: {exc}"
+        fix = (
+            "wait for that process, or stop it"
+            if locked
+            else f"restore it from a backup, or move it aside (mv {db.name} {db.name}.damaged) to start a new one"
+        )
+        raise TrackingError(
+            f"MLflow store {db} {cause}: {fix}; the pipeline's outputs (data/, reports/, DVC's cache) are intact"
+        ) from None
