@@ -52,11 +52,20 @@ def split_train_val(
     seed: int,
     classes: int = preprocess_params.CLASSES,
     key: str = "val_fraction",
+    names: list[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Stratified, seeded split of ``images`` into a kept part and a split-off part (validation, or test)."""
     from sklearn.model_selection import train_test_split  # noqa: PLC0415 - keep imports light
 
     preprocess_params.check_split(len(labels), val_fraction, classes, key)  # one line, not scikit-learn's traceback
+    values, counts = np.unique(labels, return_counts=True)
+    if counts.min() < 2:
+        rare = values[counts.argmin()]
+        name = names[rare] if names else str(rare)
+        raise schema.ParamsError(
+            f"params: preprocess.{key}: class {name} has {counts.min()} image(s); a stratified split needs at least "
+            "2 of every class (add images of it, or remove its folder)"
+        )
     x_train, x_val, y_train, y_val = train_test_split(
         images, labels, test_size=val_fraction, random_state=seed, stratify=labels, shuffle=True
     )
@@ -103,7 +112,7 @@ def load_raw(raw_dir: Path, cfg: dict, log=print) -> tuple[np.ndarray, np.ndarra
         x_full, y_full, x_test, y_test = pixels[train], labels[train], pixels[test], labels[test]
     else:
         x_full, y_full, x_test, y_test = split_train_val(
-            pixels, labels, cfg["test_fraction"], cfg["seed"], classes, key="test_fraction"
+            pixels, labels, cfg["test_fraction"], cfg["seed"], classes, key="test_fraction", names=manifest["classes"]
         )
     skipped = sorted(files[i]["path"] for i in failed)
     return (
@@ -176,7 +185,9 @@ def prepare(
     x_full, y_full, x_test, y_test, dataset = load_raw(raw_dir, cfg, log)
     check_memory(len(x_full) + len(x_test), decoding.Shape(*cfg["image_size"], cfg["channels"]))
     classes = len(dataset["classes"])
-    x_train, y_train, x_val, y_val = split_train_val(x_full, y_full, cfg["val_fraction"], cfg["seed"], classes)
+    x_train, y_train, x_val, y_val = split_train_val(
+        x_full, y_full, cfg["val_fraction"], cfg["seed"], classes, names=dataset["classes"]
+    )
     constants = fit_normalization(x_train, cfg["normalize"])
 
     arrays = {
@@ -220,7 +231,14 @@ def main() -> int:
     try:
         rest = {k: v for k, v in cfg.items() if k not in ("val_fraction", "seed", "normalize")}
         stats = prepare(RAW_DIR, PREPARED_DIR, cfg["val_fraction"], cfg["seed"], cfg["normalize"], **rest)
-    except (idx.IdxError, FileNotFoundError, schema.ParamsError, ImageError, datasets.DatasetError) as exc:
+    except (
+        idx.IdxError,
+        FileNotFoundError,
+        schema.ParamsError,
+        ImageError,
+        datasets.DatasetError,
+        decoding.DecodingFailed,
+    ) as exc:
         print(f"preprocess: error: {exc}", file=sys.stderr)
         return 1
     shapes = ", ".join(f"{k} {tuple(v)}" for k, v in stats["shapes"].items() if k.startswith("x_"))

@@ -136,3 +136,30 @@ def test_only_a_publish_process_counts_as_alive_here():
     assert claims.dead_here({claims.HOST_TAG: here, claims.PID_TAG: str(publishing.pid)}, here)
     assert not claims.dead_here({claims.HOST_TAG: here, claims.PID_TAG: str(os.getpid())}, here)  # this process
     assert not claims.dead_here({claims.HOST_TAG: "elsewhere", claims.PID_TAG: "1"}, here)  # cannot be seen
+
+
+def test_a_holder_that_wakes_after_being_taken_over_and_released_knows_it_and_deletes_nothing(client):
+    sleeper = claims.acquire(client, MODEL, "result", "k8", host="runner-1")
+    taker = claims.acquire(client, MODEL, "result", "k8", host="runner-2", stale_s=0, poll_s=0.01)
+    assert taker.generation == 2 and sleeper.lost()
+    taker.release()  # the taker published and released: no claim left, numbering starts again
+    newcomer = claims.acquire(client, MODEL, "result", "k8", host="runner-3")
+    assert newcomer.generation == 1
+    assert sleeper.lost()  # generation 1 exists again, but it is not the sleeper's
+    sleeper.release()  # must not delete the newcomer's claim
+    assert names(client) == [newcomer.name] and not newcomer.lost()
+    newcomer.release()
+    assert names(client) == []
+
+
+def test_release_never_raises_while_unwinding(client):
+    claim = claims.acquire(client, MODEL, "result", "k9")
+
+    class Down:
+        def search_registered_models(self, *args, **kwargs):
+            raise ConnectionError("the store went away")
+
+    claim.client = Down()
+    claim.release()  # the original error, not this one, is what a failed publish reports
+    claim.client = client
+    claim.release()

@@ -134,3 +134,12 @@ def test_the_memory_limit_follows_the_machine(tmp_path):
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       25165824 kB\nMemFree: 1 kB\n")
     assert preprocess.max_values(meminfo) == 25165824 * 1024 // 10  # 24 GiB: about 2.5 billion values
+
+
+def test_a_class_with_a_single_image_is_one_line_naming_it(tmp_path):
+    root = make_folder(tmp_path / "pets")
+    (root / "bird").mkdir()
+    (root / "bird" / "only.png").write_bytes(encoded(Image.new("RGB", (9, 9), (9, 9, 9))))
+    datasets.fetch_dataset("folder", "pets", root, tmp_path / "raw", log=lambda line: None)
+    with pytest.raises(ParamsError, match=r"^params: preprocess.test_fraction: class bird has 1 image\(s\); a strat"):
+        preprocess.prepare(tmp_path / "raw", tmp_path / "prepared", 0.25, 0, "minmax", image_size=(8, 6), channels=3)

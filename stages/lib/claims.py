@@ -47,7 +47,8 @@ RUN_TAG = "pipeline.claim.run"  # the run the holder is logging, once it exists
 DESCRIPTION = "A publish in progress holds this claim; it is deleted when that publish ends (stages/lib/claims.py)."
 
 BEAT_S = float(os.environ.get("PUBLISH_CLAIM_BEAT_S", "2"))
-STALE_S = float(os.environ.get("PUBLISH_CLAIM_STALE_S", "30"))
+# Longer than a heartbeat can take on a slow server (MLflow's client: a 20 s time-out, one retry, back-off).
+STALE_S = float(os.environ.get("PUBLISH_CLAIM_STALE_S", "90"))
 WAIT_S = float(os.environ.get("PUBLISH_CLAIM_WAIT_S", "600"))
 POLL_S = 0.5
 PUBLISH_MARKER = b"stages.publish"
@@ -125,8 +126,11 @@ class Claim:
         self.client.set_registered_model_tag(self.name, key, value)
 
     def lost(self) -> bool:
-        """Whether a waiter took the claim over (it found this one stale): stop writing if so."""
-        return any(g > self.generation for g in generations(self.client, self.name_prefix))
+        """Whether this claim is no longer this process's: a waiter took it over (it found this one stale), or
+        it is gone (the one who took over released it). Stop writing if so."""
+        existing = generations(self.client, self.name_prefix)
+        mine = existing.get(self.generation)
+        return mine is None or _tags(mine).get(TOKEN_TAG) != self.token or any(g > self.generation for g in existing)
 
     @contextlib.contextmanager
     def beating(self, beat_s: float = BEAT_S) -> Iterator[Claim]:
@@ -148,11 +152,18 @@ class Claim:
             thread.join(timeout=beat_s + 30)
 
     def release(self) -> None:
-        """Delete this generation and the older ones (a newer one belongs to whoever took over)."""
-        for generation, model in sorted(generations(self.client, self.name_prefix).items()):
-            if generation <= self.generation:
-                with contextlib.suppress(Exception):  # deleted meanwhile by another releaser
-                    self.client.delete_registered_model(model.name)
+        """Delete this claim and the older generations it superseded, only while it is still this process's
+        (never a newer one, nor a claim someone made after this one was taken over and released). Never
+        raises: it runs while unwinding, where the original error must stay the one reported."""
+        with contextlib.suppress(Exception):
+            existing = generations(self.client, self.name_prefix)
+            mine = existing.get(self.generation)
+            if mine is None or _tags(mine).get(TOKEN_TAG) != self.token:
+                return
+            for generation, model in sorted(existing.items(), reverse=True):
+                if generation <= self.generation:
+                    with contextlib.suppress(Exception):  # deleted meanwhile by another releaser
+                        self.client.delete_registered_model(model.name)
 
 
 def _create(client: Any, name: str, token: str, host: str, pid: int) -> bool:

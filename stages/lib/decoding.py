@@ -11,13 +11,14 @@ opened with Pillow's safety limits and the project's pixel cap
 
 ``decode_packed`` reads the files that ``fetch`` packed into one
 ``images.bin`` (no per-file open), in as many processes as the cores this
-process may use; each writes straight into one shared uint8 array, so every
-file is decoded once and the pixels are never held twice.
+process may use; each writes straight into one uint8 array in anonymous
+shared memory (inherited through fork, so not bounded by ``/dev/shm``), which
+becomes the result: every file is decoded once and the pixels are never held
+twice. A worker that dies (the OOM killer) fails the decoding in one line.
 """
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import os
 import warnings
@@ -114,30 +115,35 @@ def resize_arrays(images: np.ndarray, shape: Shape) -> np.ndarray:
 
 # --- a packed collection, decoded in parallel into shared memory --------------------------------
 
+
+class DecodingFailed(RuntimeError):
+    """A decoding process died (out of memory, killed); the message is one line."""
+
+
 _worker: dict[str, Any] = {}
 
 
-def _start_worker(blob: str, shm_name: str, n: int, shape: Shape) -> None:
-    from multiprocessing import shared_memory  # noqa: PLC0415
-
+def _open_blob(blob: str) -> Any:
     with open(blob, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        _worker["blob"] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-    _worker["shm"] = shared_memory.SharedMemory(name=shm_name)
-    _worker["out"] = np.ndarray((n, *shape.pixel_shape), dtype=np.uint8, buffer=_worker["shm"].buf)
-    _worker["shape"] = shape
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if os.fstat(f.fileno()).st_size else b""
 
 
 def _decode_chunk(chunk: Sequence[tuple[int, int, int]]) -> list[tuple[int, str]]:
     """Decode (index, offset, size) entries into the shared array; the (index, reason) of those that failed."""
     import io  # noqa: PLC0415
 
+    if "blob" not in _worker:  # once per process: the packed file, mapped
+        _worker["blob"] = _open_blob(_worker["blob_path"])
     failed = []
     for index, offset, size in chunk:
         try:
             _worker["out"][index] = to_array(io.BytesIO(_worker["blob"][offset : offset + size]), _worker["shape"])
         except ImageError as exc:
             failed.append((index, str(exc)))
+        except Exception as exc:  # a decoder's surprise on a malformed file is that file's error
+            failed.append(
+                (index, f"cannot decode ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+            )
     return failed
 
 
@@ -152,43 +158,37 @@ def decode_packed(
     """The images at (offset, size) in ``blob`` as one uint8 array (N, H, W[, 3]), and {index: reason} for
     the files that could not be decoded (their rows are left black)."""
     import multiprocessing  # noqa: PLC0415
-    from multiprocessing import shared_memory  # noqa: PLC0415
+    from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
+    from concurrent.futures.process import BrokenProcessPool  # noqa: PLC0415
 
     n = len(entries)
-    nbytes = max(1, n * int(np.prod(shape.pixel_shape)))
-    shm = shared_memory.SharedMemory(create=True, size=nbytes)
+    memory = mmap.mmap(-1, max(1, n * int(np.prod(shape.pixel_shape))))  # anonymous, shared with forked workers
+    out = np.ndarray((n, *shape.pixel_shape), dtype=np.uint8, buffer=memory)
+    indexed = [(i, offset, size) for i, (offset, size) in enumerate(entries)]
+    chunks = [indexed[i : i + CHUNK] for i in range(0, n, CHUNK)]
+    workers = min(workers or usable_cores(), max(1, len(chunks)))
+    failed: dict[int, str] = {}
+    _worker.update(blob_path=str(blob), out=out, shape=shape)  # what the forked workers inherit
     try:
-        indexed = [(i, offset, size) for i, (offset, size) in enumerate(entries)]
-        chunks = [indexed[i : i + CHUNK] for i in range(0, n, CHUNK)]
-        workers = min(workers or usable_cores(), max(1, len(chunks)))
-        failed: dict[int, str] = {}
-        args = (str(blob), shm.name, n, shape)
         if workers == 1:
-            _start_worker(*args)
-            try:
-                for chunk in chunks:
-                    failed.update(_decode_chunk(chunk))
-                    progress(len(chunk))
-            finally:
-                _stop_worker()
+            for chunk in chunks:
+                failed.update(_decode_chunk(chunk))
+                progress(len(chunk))
         else:
-            context = multiprocessing.get_context("fork")  # the workers share the parent's imports
-            with context.Pool(workers, initializer=_start_worker, initargs=args) as pool:
-                for chunk, result in zip(chunks, pool.imap(_decode_chunk, chunks), strict=True):
-                    failed.update(result)
-                    progress(len(chunk))
-        out = np.ndarray((n, *shape.pixel_shape), dtype=np.uint8, buffer=shm.buf).copy()
+            context = multiprocessing.get_context("fork")
+            try:
+                with ProcessPoolExecutor(workers, mp_context=context) as pool:
+                    for chunk, result in zip(chunks, pool.map(_decode_chunk, chunks), strict=True):
+                        failed.update(result)
+                        progress(len(chunk))
+            except BrokenProcessPool:
+                raise DecodingFailed(
+                    f"a decoding process died (out of memory?) while reading {blob.name}: "
+                    "use a smaller preprocess.image_size, or fewer images"
+                ) from None
     finally:
-        shm.close()
-        shm.unlink()
+        blob_map = _worker.pop("blob", None)
+        if isinstance(blob_map, mmap.mmap):
+            blob_map.close()
+        _worker.clear()
     return out, failed
-
-
-def _stop_worker() -> None:
-    _worker.pop("out", None)  # the view first: shared memory with a live view cannot close
-    with contextlib.suppress(Exception):
-        _worker.pop("shm").close()
-    blob = _worker.pop("blob", None)
-    if isinstance(blob, mmap.mmap):
-        blob.close()
-    _worker.clear()

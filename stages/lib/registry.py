@@ -180,6 +180,8 @@ def register(
             existing = _version_of(client, model_key, model)
             if existing is not None:
                 return existing, False
+            if claim.lost():  # fenced: whoever took this over registers the served model
+                raise RuntimeError("another publish took the registration of this served model over")
             created = client.create_model_version(
                 model,
                 model_uri,

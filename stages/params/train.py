@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stages.params.schema import Schema, boolean, choice, integer, number
+from stages.params.schema import ParamsError, Schema, boolean, choice, integer, number
 
 NAME = "train"
 AUGMENT_KEYS = ("shift", "rotation", "zoom", "augment_kernel")
@@ -44,3 +44,12 @@ def effective(cfg: dict[str, Any]) -> dict[str, Any]:
     if not cfg["augment"]:
         unused.update(AUGMENT_KEYS)
     return {k: v for k, v in cfg.items() if k not in unused}
+
+
+def check_channels(cfg: dict[str, Any], channels: int) -> None:
+    """The augmentation moves gray images (MNIST's): colour images (``preprocess.channels: 3``) train without it."""
+    if cfg["augment"] and channels != 1:
+        raise ParamsError(
+            "params: train.augment works on gray images only (preprocess.channels: 1); "
+            "set train.augment: false to train on colour images"
+        )

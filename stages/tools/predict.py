@@ -260,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     if Form.of(config) != form:  # the model wants another form: bring the listed images into it
         outcomes = [prepare(o, Form.of(config)) for o in listed]
     classes = config.get("classes", DIGITS)
+    top = min(args.top, len(classes))  # a model of fewer classes than --top asks for
     good = [o for o in outcomes if o.pixels is not None]
     if good:
         probs = predict(np.stack([o.pixels for o in good]))
@@ -270,9 +271,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.json:
         for o in outcomes:
-            print(as_json(o, args.top, classes))
+            print(as_json(o, top, classes))
     elif good:
-        print(table(outcomes, args.top, classes))
+        print(table(outcomes, top, classes))
     failed = [o for o in outcomes if o.error is not None]
     if not args.json:
         for o in failed:
