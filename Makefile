@@ -168,13 +168,13 @@ lock:  ## Regenerate requirements.lock from pyproject.toml
 
 # MLflow's UI on this clone's store (MLFLOW_TRACKING_URI if it names another sqlite:/// file),
 # on 127.0.0.1:$(UI_PORT), a port of its own (make server: 5000, serve: 5001). It prints
-# first the URL of the mnist experiment's "Model training" view: MLflow 3.17 opens on
-# its GenAI view. Ctrl-C stops it.
+# first the URL of the "Model training" view of the experiment of params.yaml's data set (mnist):
+# MLflow 3.17 opens on its GenAI view. Ctrl-C stops it.
 UI_PORT ?= 5050
-UI_EXPERIMENT_ID = import pathlib, sqlite3, sys; \
+UI_EXPERIMENT_ID = import pathlib, sqlite3, sys; from stages.lib.registry import dataset_name; \
   db = sqlite3.connect(pathlib.Path(sys.argv[1]).resolve().as_uri() + "?mode=ro", uri=True); \
   query = "SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = ?"; \
-  row = db.execute(query, ("mnist", "active")).fetchone(); \
+  row = db.execute(query, (dataset_name(), "active")).fetchone(); \
   print(row[0] if row else "")
 ui: install  ## MLflow's UI on the local store at http://127.0.0.1:5050 (UI_PORT=...), on the training view
 	@uri="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}"; \

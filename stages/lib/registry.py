@@ -36,16 +36,20 @@ def model_name(dataset: str) -> str:
     return f"{dataset}-classifier"
 
 
-def champion_uri(params_path: Path | None = None) -> str:
-    """``models:/<name>-classifier@champion`` of the data set ``params.yaml`` names (MNIST's when it names
-    none): what ``make serve`` and ``make demo`` serve by default."""
+def dataset_name(params_path: Path | None = None) -> str:
+    """The data set ``params.yaml`` names (``fetch.name``; MNIST's when it names none): its MLflow experiment."""
     from stages.params import schema  # noqa: PLC0415
 
     try:
-        name = schema.read_raw(*([params_path] if params_path else []))["fetch"]["name"]
+        return str(schema.read_raw(*([params_path] if params_path else []))["fetch"]["name"])
     except (schema.ParamsError, KeyError, TypeError):
-        name = "mnist"
-    return f"models:/{model_name(str(name))}@{CHAMPION}"
+        return "mnist"
+
+
+def champion_uri(params_path: Path | None = None) -> str:
+    """``models:/<name>-classifier@champion`` of the data set ``params.yaml`` names: what ``make serve`` and
+    ``make demo`` serve by default."""
+    return f"models:/{model_name(dataset_name(params_path))}@{CHAMPION}"
 
 
 @dataclass(frozen=True)
