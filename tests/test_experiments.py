@@ -88,5 +88,5 @@ def test_a_queue_on_a_fresh_store_makes_one_run_each(clone):
     uri = f"sqlite:///{clone}/fresh.db"
     assert not (clone / "fresh.db").exists()
     status = queue_seeds(clone, (4, 5), MLFLOW_TRACKING_URI="sqlite:///fresh.db")
-    assert status.count("Success") == 2, status
+    assert "Failed" not in status and status.count("Success") >= 2, status  # the module's earlier tasks too
     assert len(mlflow_runs(uri, "FINISHED")) == 2
