@@ -31,6 +31,7 @@ import numpy as np
 
 from stages.lib.images import MAX_PIXELS, ImageError
 
+EXIF_FORMATS = {"JPEG", "MPO", "TIFF", "WEBP"}  # formats whose orientation lives in EXIF
 CHUNK = 256  # images per task: large enough to hide the task's cost, small enough for steady progress
 
 
@@ -64,7 +65,8 @@ def image_to_array(image: Any, shape: Shape) -> np.ndarray:
     if image.format == "JPEG" and (image.width > 2 * shape.width and image.height > 2 * shape.height):
         image.draft(mode, (shape.width, shape.height))  # the decoder scales down itself
     image.load()
-    image = ImageOps.exif_transpose(image)
+    if "exif" in image.info or image.format in EXIF_FORMATS:  # a PNG without an eXIf chunk has no orientation
+        image = ImageOps.exif_transpose(image)
     if image.mode.startswith("I;16") or image.mode in ("I", "F"):
         pixels = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
@@ -83,14 +85,22 @@ def image_to_array(image: Any, shape: Shape) -> np.ndarray:
 
 def to_array(source: Any, shape: Shape) -> np.ndarray:
     """An encoded image (a path or a file-like object) as uint8 pixels of ``shape``, or ``ImageError``."""
+    from PIL import Image  # noqa: PLC0415
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return _to_array(source, shape)
+
+
+def _to_array(source: Any, shape: Shape) -> np.ndarray:
+    """``to_array`` where Pillow's decompression-bomb warning is already an error (set once per chunk: a
+    ``catch_warnings`` per image costs more than decoding a small one)."""
     from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as image:
-                image.seek(0)
-                return image_to_array(image, shape)
+        with Image.open(source) as image:
+            image.seek(0)
+            return image_to_array(image, shape)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -132,18 +142,22 @@ def _decode_chunk(chunk: Sequence[tuple[int, int, int]]) -> list[tuple[int, str]
     """Decode (index, offset, size) entries into the shared array; the (index, reason) of those that failed."""
     import io  # noqa: PLC0415
 
+    from PIL import Image  # noqa: PLC0415
+
     if "blob" not in _worker:  # once per process: the packed file, mapped
         _worker["blob"] = _open_blob(_worker["blob_path"])
+    blob, out, shape = _worker["blob"], _worker["out"], _worker["shape"]
     failed = []
-    for index, offset, size in chunk:
-        try:
-            _worker["out"][index] = to_array(io.BytesIO(_worker["blob"][offset : offset + size]), _worker["shape"])
-        except ImageError as exc:
-            failed.append((index, str(exc)))
-        except Exception as exc:  # a decoder's surprise on a malformed file is that file's error
-            failed.append(
-                (index, f"cannot decode ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
-            )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        for index, offset, size in chunk:
+            try:
+                out[index] = _to_array(io.BytesIO(blob[offset : offset + size]), shape)
+            except ImageError as exc:
+                failed.append((index, str(exc)))
+            except Exception as exc:  # a decoder's surprise on a malformed file is that file's error
+                reason = str(exc).splitlines()[0] if str(exc) else ""
+                failed.append((index, f"cannot decode ({type(exc).__name__}: {reason})"))
     return failed
 
 
