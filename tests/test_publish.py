@@ -514,23 +514,31 @@ def champion(url: str) -> int:
     return int(client(url).get_model_version_by_alias("mnist-classifier", "champion").version)
 
 
+def copies(project: Path, tmp_path: Path, *names: str, keep_timing: bool = True) -> list[Path]:
+    """Copies of the tiny project without its store (and without its timing records unless ``keep_timing``)."""
+    ignore = ("*.db", "mlartifacts") if keep_timing else ("*.db", "mlartifacts", ".runtime")
+    for name in names:
+        shutil.copytree(project, tmp_path / name, ignore=shutil.ignore_patterns(*ignore))
+    return [tmp_path / name for name in names]
+
+
+def judging_fails(*args, **kwargs):
+    """``registry.update_champion`` when the store goes away right after a registration."""
+    raise RuntimeError("the store went away")
+
+
 def test_a_version_left_unjudged_is_judged_by_the_next_publish_whatever_its_path(
     project, tracking_server, tmp_path, monkeypatch, capsys
 ):
     url, _ = tracking_server
-    first, second = tmp_path / "first", tmp_path / "second"
-    for copy in (first, second):
-        shutil.copytree(project, copy, ignore=shutil.ignore_patterns("*.db", "mlartifacts"))
+    first, second = copies(project, tmp_path, "first", "second")
     with_score(first, 1, 0.5)
     assert "is the first champion" in registry_line(run_stage("publish", first, MLFLOW_TRACKING_URI=url))
     # Version 2 registers, then the alias update fails (a store error, SIGTERM, "did not settle").
     with_score(second, 2, 0.9)
     from stages.lib import registry
 
-    def fails(*args, **kwargs):
-        raise RuntimeError("the store went away")
-
-    monkeypatch.setattr(registry, "update_champion", fails)
+    monkeypatch.setattr(registry, "update_champion", judging_fails)
     code, _, err = publish_in_process(second, monkeypatch, capsys, MLFLOW_TRACKING_URI=url)
     assert code == 1 and "the store went away" in err
     monkeypatch.undo()
@@ -551,14 +559,12 @@ def test_without_an_alias_every_finished_version_is_a_candidate(
     project, tracking_server, tmp_path, monkeypatch, capsys
 ):
     url, _ = tracking_server
-    first, second = tmp_path / "first", tmp_path / "second"
-    for copy in (first, second):
-        shutil.copytree(project, copy, ignore=shutil.ignore_patterns("*.db", "mlartifacts"))
+    first, second = copies(project, tmp_path, "first", "second")
     from stages.lib import registry
 
     # A first registration whose alias was never set.
     with_score(first, 1, 0.99)
-    monkeypatch.setattr(registry, "update_champion", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("lost")))
+    monkeypatch.setattr(registry, "update_champion", judging_fails)
     assert publish_in_process(first, monkeypatch, capsys, MLFLOW_TRACKING_URI=url)[0] == 1
     monkeypatch.undo()
     # A worse version arrives: it must not become "the first champion".
@@ -673,15 +679,12 @@ def publish_as(copy: Path, url: str, host: str, clock_offset_s: float = 0.0, **e
 
 def test_two_hosts_never_both_win_a_claim_with_a_slow_tag_and_skewed_clocks(project, tracking_server, tmp_path):
     url, _ = tracking_server
-    copies = []
-    for name in ("a", "b"):
-        copies.append(tmp_path / name)
-        shutil.copytree(project, copies[-1], ignore=shutil.ignore_patterns("*.db", "mlartifacts", ".runtime"))
+    a_copy, b_copy = copies(project, tmp_path, "a", "b", keep_timing=False)
     # Host b's clock is an hour behind, and its tag writes reach the server slowly.
     with Proxy(url, slow={"runs/set-tag": 3.0}) as slow_url:
-        b = publish_as(copies[1], slow_url, "runner-b", clock_offset_s=-3600)
+        b = publish_as(b_copy, slow_url, "runner-b", clock_offset_s=-3600)
         time.sleep(1.5)
-        a = publish_as(copies[0], url, "runner-a")
+        a = publish_as(a_copy, url, "runner-a")
         outputs = [p.communicate(timeout=300) for p in (a, b)]
     assert [p.returncode for p in (a, b)] == [0, 0], outputs
     assert len(mlflow_runs(url, "FINISHED")) == 1 and mlflow_runs(url, "RUNNING") == [], outputs
@@ -691,11 +694,8 @@ def test_two_hosts_never_both_win_a_claim_with_a_slow_tag_and_skewed_clocks(proj
 
 def test_a_dead_publishers_claim_on_another_host_is_taken_over(project, tracking_server, tmp_path):
     url, _ = tracking_server
-    copies = []
-    for name in ("killed", "retry"):
-        copies.append(tmp_path / name)
-        shutil.copytree(project, copies[-1], ignore=shutil.ignore_patterns("*.db", "mlartifacts", ".runtime"))
-    killed = publish_as(copies[0], url, "ci-runner-1")
+    killed_copy, retry_copy = copies(project, tmp_path, "killed", "retry", keep_timing=False)
+    killed = publish_as(killed_copy, url, "ci-runner-1")
     deadline = time.monotonic() + 120
     while not mlflow_runs(url, "RUNNING"):
         assert killed.poll() is None and time.monotonic() < deadline, killed.communicate()
@@ -703,7 +703,7 @@ def test_a_dead_publishers_claim_on_another_host_is_taken_over(project, tracking
     [dead] = mlflow_runs(url, "RUNNING")
     killed.kill()  # SIGKILL: nothing marks the run, nothing releases the claim
     killed.communicate(timeout=30)
-    retry = publish_as(copies[1], url, "ci-runner-2", PUBLISH_CLAIM_STALE_S="3")
+    retry = publish_as(retry_copy, url, "ci-runner-2", PUBLISH_CLAIM_STALE_S="3")
     out, err = retry.communicate(timeout=300)
     assert retry.returncode == 0, out + err
     assert "another publish got there first" not in out, out
@@ -736,11 +736,9 @@ def test_requests_retried_after_a_lost_answer_leave_one_run_and_one_version(proj
 
 def test_two_publishers_on_a_fresh_sqlite_store_both_succeed(project, tmp_path):
     """MLflow creates a new SQLite store's schema with its first client: two at once must not race."""
-    copies = []
-    for i in range(2):
-        copies.append(tmp_path / f"c{i}")
-        shutil.copytree(project, copies[-1], ignore=shutil.ignore_patterns("*.db", "mlartifacts", ".runtime"))
-        distinct_model(copies[-1], i)
+    both = copies(project, tmp_path, "c0", "c1", keep_timing=False)
+    for i, copy in enumerate(both):
+        distinct_model(copy, i)
     db = tmp_path / "shared.db"
     for _ in range(2):
         db.unlink(missing_ok=True)
@@ -758,7 +756,7 @@ def test_two_publishers_on_a_fresh_sqlite_store_both_succeed(project, tmp_path):
                 stderr=subprocess.PIPE,
                 text=True,
             )
-            for copy in copies
+            for copy in both
         ]
         outputs = [p.communicate(timeout=300) for p in procs]
         assert [p.returncode for p in procs] == [0, 0], outputs
