@@ -21,7 +21,7 @@ import numpy as np
 
 from stages import finish
 from stages.lib import datasets, decoding, idx
-from stages.lib.data import SPLITS
+from stages.lib.data import MNIST, SPLITS
 from stages.lib.files import staged_dir, write_json
 from stages.lib.images import ImageError
 from stages.lib.paths import PREPARED_DIR, RAW_DIR, STATS_PATH
@@ -29,7 +29,6 @@ from stages.lib.progress import Progress
 from stages.params import preprocess as preprocess_params
 from stages.params import schema
 
-MNIST_CLASSES = [str(d) for d in range(10)]
 # The largest data set trained here: float32 arrays of every split, about twice (the training loop's copy).
 BYTES_PER_VALUE = 10
 
@@ -81,7 +80,7 @@ def load_raw(raw_dir: Path, cfg: dict, log=print) -> tuple[np.ndarray, np.ndarra
         x_test, y_test = idx.read_pair(raw_dir / "t10k-images-idx3-ubyte", raw_dir / "t10k-labels-idx1-ubyte")
         x_full, x_test = decoding.resize_arrays(x_full, shape), decoding.resize_arrays(x_test, shape)
         name, kind, classes = (
-            ("mnist", "mnist", MNIST_CLASSES) if manifest is None else (manifest["name"], "idx", manifest["classes"])
+            ("mnist", "mnist", MNIST["classes"]) if manifest is None else (manifest["name"], "idx", manifest["classes"])
         )
         return x_full, y_full, x_test, y_test, {"name": name, "kind": kind, "classes": classes, "skipped": []}
     files = manifest["files"]
