@@ -246,9 +246,10 @@ def wait_for_run(db: Path, status: str, timeout_s: float = 60) -> str:
     pytest.fail(f"no {status} run appeared in {db}")
 
 
-def start_publish(cwd: Path) -> subprocess.Popen:
+def start_publish(cwd: Path, **env: str) -> subprocess.Popen:
+    """``python -m stages.publish`` in ``cwd``, started (not waited for), without inherited MLflow or DVC variables."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    environ.update(PYTHONPATH=str(ROOT), DVC_ROOT=str(cwd))
+    environ.update(PYTHONPATH=str(ROOT), DVC_ROOT=str(cwd), **env)
     return subprocess.Popen(
         [sys.executable, "-m", "stages.publish"],
         cwd=cwd,
@@ -438,18 +439,7 @@ def test_two_clones_publishing_one_result_at_once_make_one_run_and_one_version(p
         clone = tmp_path / name
         shutil.copytree(project, clone, ignore=shutil.ignore_patterns("*.db", "mlartifacts", ".runtime"))
         clones.append(clone)
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "stages.publish"],
-            cwd=clone,
-            env={**environ, "PYTHONPATH": str(ROOT), "DVC_ROOT": str(clone), "MLFLOW_TRACKING_URI": url},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for clone in clones
-    ]
+    procs = [start_publish(clone, MLFLOW_TRACKING_URI=url) for clone in clones]
     outputs = [p.communicate(timeout=180) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     finished = mlflow_runs(url, "FINISHED")
@@ -742,22 +732,7 @@ def test_two_publishers_on_a_fresh_sqlite_store_both_succeed(project, tmp_path):
     db = tmp_path / "shared.db"
     for _ in range(2):
         db.unlink(missing_ok=True)
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "stages.publish"],
-                cwd=copy,
-                env={
-                    **os.environ,
-                    "PYTHONPATH": str(ROOT),
-                    "DVC_ROOT": str(copy),
-                    "MLFLOW_TRACKING_URI": f"sqlite:///{db}",
-                },
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for copy in both
-        ]
+        procs = [start_publish(copy, MLFLOW_TRACKING_URI=f"sqlite:///{db}") for copy in both]
         outputs = [p.communicate(timeout=300) for p in procs]
         assert [p.returncode for p in procs] == [0, 0], outputs
         assert len(mlflow_runs(f"sqlite:///{db}", "FINISHED")) == 2
