@@ -11,6 +11,9 @@ with one is not byte-identical to one trained with the other. Random
 draws are stateless: they depend only on ``train.seed`` and the optimizer step,
 so every step gets fresh transformations and the same seed gives the same ones.
 Nothing is written to disk; validation and test images are never transformed.
+
+Gray batches are (N, H, W); colour batches (N, H, W, C) get the same: each
+image's one transformation moves all of its channels alike.
 """
 
 from __future__ import annotations
@@ -25,8 +28,12 @@ def affine(images: tf.Tensor, dx: tf.Tensor, dy: tf.Tensor, angle: tf.Tensor, sc
     ``scale`` about its centre, then moved ``dx`` pixels right and ``dy`` down.
 
     Bilinear interpolation; what comes in from outside the image is 0 (background).
-    Integer shifts with no rotation or zoom move the pixels exactly.
+    Integer shifts with no rotation or zoom move the pixels exactly. A colour batch
+    (batch x height x width x channels) moves every channel of an image alike: each
+    channel exactly as this function moves a gray image.
     """
+    if images.shape.rank == 4:
+        return per_channel(affine, images, dx, dy, angle, scale)
     height, width = images.shape[1], images.shape[2]
     centre_y, centre_x = (height - 1) / 2, (width - 1) / 2
     ys, xs = tf.meshgrid(tf.range(height, dtype=tf.float32), tf.range(width, dtype=tf.float32), indexing="ij")
@@ -51,9 +58,19 @@ def affine(images: tf.Tensor, dx: tf.Tensor, dy: tf.Tensor, angle: tf.Tensor, sc
     return out
 
 
+def per_channel(move, images: tf.Tensor, *transform: tf.Tensor) -> tf.Tensor:
+    """``move`` (a gray batch's function) applied to each channel of a colour batch, with its image's
+    ``transform`` (per-image tensors): the channels become images of their own, and back."""
+    height, width, channels = images.shape[1], images.shape[2], images.shape[3]
+    planes = tf.reshape(tf.transpose(images, [0, 3, 1, 2]), [-1, height, width])
+    moved = move(planes, *(tf.repeat(t, channels) for t in transform))
+    return tf.transpose(tf.reshape(moved, [-1, channels, height, width]), [0, 2, 3, 1])
+
+
 def affine_fused(images: tf.Tensor, dx: tf.Tensor, dy: tf.Tensor, angle: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
     """``affine`` computed by TensorFlow's ``ImageProjectiveTransformV3`` kernel (bilinear, 0 outside):
-    one op instead of four gathers, but one XLA cannot compile."""
+    one op instead of four gathers, but one XLA cannot compile. Colour batches too (the kernel moves
+    every channel alike)."""
     height, width = images.shape[1], images.shape[2]
     centre_y, centre_x = (height - 1) / 2, (width - 1) / 2
     cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
@@ -63,15 +80,16 @@ def affine_fused(images: tf.Tensor, dx: tf.Tensor, dy: tf.Tensor, angle: tf.Tens
     b2 = centre_y + sin * (centre_x + dx) - cos * (centre_y + dy)
     zero = tf.zeros_like(cos)
     transforms = tf.stack([cos, sin, a2, -sin, cos, b2, zero, zero], axis=1)
+    colour = images.shape.rank == 4
     moved = tf.raw_ops.ImageProjectiveTransformV3(
-        images=images[..., None],
+        images=images if colour else images[..., None],
         transforms=transforms,
         output_shape=[height, width],
         fill_value=0.0,
         interpolation="BILINEAR",
         fill_mode="CONSTANT",
     )
-    return moved[..., 0]
+    return moved if colour else moved[..., 0]
 
 
 KERNELS = {"gather": affine, "fused": affine_fused}
@@ -86,8 +104,9 @@ def random_affine(
     background: float = 0.0,
     kernel: str = "gather",
 ) -> tf.Tensor:
-    """``images`` each moved by up to ``shift`` pixels per axis, rotated by up to
-    ``rotation`` degrees either way and scaled by 1 +/- up to ``zoom``, uniformly at random.
+    """``images`` (gray N x H x W, or colour N x H x W x C) each moved by up to ``shift`` pixels
+    per axis, rotated by up to ``rotation`` degrees either way and scaled by 1 +/- up to ``zoom``,
+    uniformly at random (one transformation per image, all its channels alike).
 
     ``seed`` is a shape-[2] integer tensor: the same seed gives the same
     transformations. ``background`` is the value of an empty pixel after
