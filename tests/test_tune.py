@@ -5,21 +5,23 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from stages.params import schema as params
-from stages.tools import tune
+from stages.tools.tune import TuneError, cli, figures, liveness, space, storage
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = params.read_raw(ROOT / "params.yaml")
 
 
-def space(search, fixed=None, **extra):
+def raw_space(search, fixed=None, **extra):
     fixed = {"model.kind": "dense", "model.dropout": 0.0} if fixed is None else fixed
     return {"fixed": fixed, "search": search, **extra}
 
@@ -28,49 +30,52 @@ def test_the_committed_spaces_are_valid():
     spaces = yaml.safe_load((ROOT / "tune.yaml").read_text())["spaces"]
     assert "dense" in spaces
     for name in spaces:
-        checked = tune.load_space(name, BASE, ROOT / "tune.yaml")
+        checked = space.load_space(name, BASE, ROOT / "tune.yaml")
         assert checked.search and checked.pruner["n_warmup_steps"] >= 1
 
 
 @pytest.mark.parametrize(
     "raw, message",
     [
-        (space({"train.learning_rat": {"log": [0.001, 0.01]}}), "spaces.s: train.learning_rat is not a params key"),
-        (space({"train.batch_size": {"choice": [32, 0]}}), "train.batch_size must be an integer >= 1, got 0"),
-        (space({"train.schedule": {"choice": ["constant", "step"]}}), "train.schedule must be one of constant"),
-        (space({"preprocess.seed": {"int": [1, 3]}}), "preprocess.seed is not tunable (only model.* and train.*"),
-        (space({"model.dropout": {"float": [0.0, 0.5]}}, fixed={}), "trials would need different TensorFlow backends"),
+        (raw_space({"train.learning_rat": {"log": [0.001, 0.01]}}), "spaces.s: train.learning_rat is not a params key"),
+        (raw_space({"train.batch_size": {"choice": [32, 0]}}), "train.batch_size must be an integer >= 1, got 0"),
+        (raw_space({"train.schedule": {"choice": ["constant", "step"]}}), "train.schedule must be one of constant"),
+        (raw_space({"preprocess.seed": {"int": [1, 3]}}), "preprocess.seed is not tunable (only model.* and train.*"),
         (
-            space({"model.kind": {"choice": ["dense", "cnn"]}}, fixed={"model.dropout": 0.0}),
+            raw_space({"model.dropout": {"float": [0.0, 0.5]}}, fixed={}),
+            "trials would need different TensorFlow backends",
+        ),
+        (
+            raw_space({"model.kind": {"choice": ["dense", "cnn"]}}, fixed={"model.dropout": 0.0}),
             "different TensorFlow backends",
         ),
-        (space({"train.learning_rate": {"log": [0, 0.1]}}), "train.learning_rate must be a number in (0, inf)"),
-        (space({"train.learning_rate": {"float": [0.1, 0.01]}}), "low must be below high"),
-        (space({"train.epochs": {"int": [1.5, 3]}}), "int bounds must be integers"),
-        (space({"train.epochs": {"uniform": [1, 3]}}), "spaces.s.search.train.epochs must be one of {log:"),
-        (space({"train.epochs": {"choice": []}}), "choice needs a non-empty list"),
-        (space({"train.epochs": {"choice": [3, 3]}}), "choice lists a value twice"),
-        (space({"model.kind": {"choice": ["dense"]}}), "model.kind is both fixed and searched"),
-        (space({}), "spaces.s.search is empty"),
-        (space({"train.epochs": {"int": [1, 3]}}, pruner={"patience": 2}), "unknown setting 'patience'"),
+        (raw_space({"train.learning_rate": {"log": [0, 0.1]}}), "train.learning_rate must be a number in (0, inf)"),
+        (raw_space({"train.learning_rate": {"float": [0.1, 0.01]}}), "low must be below high"),
+        (raw_space({"train.epochs": {"int": [1.5, 3]}}), "int bounds must be integers"),
+        (raw_space({"train.epochs": {"uniform": [1, 3]}}), "spaces.s.search.train.epochs must be one of {log:"),
+        (raw_space({"train.epochs": {"choice": []}}), "choice needs a non-empty list"),
+        (raw_space({"train.epochs": {"choice": [3, 3]}}), "choice lists a value twice"),
+        (raw_space({"model.kind": {"choice": ["dense"]}}), "model.kind is both fixed and searched"),
+        (raw_space({}), "spaces.s.search is empty"),
+        (raw_space({"train.epochs": {"int": [1, 3]}}, pruner={"patience": 2}), "unknown setting 'patience'"),
         ({"serch": {}}, "unknown entry 'serch'"),
     ],
 )
 def test_a_space_that_breaks_the_schema_is_one_line_naming_the_key(raw, message):
-    with pytest.raises(tune.TuneError) as info:
-        tune.validate_space("s", raw, BASE)
+    with pytest.raises(TuneError) as info:
+        space.validate_space("s", raw, BASE)
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
 def test_trial_params_are_a_valid_params_yaml_override():
     import optuna
 
-    checked = tune.load_space("dense", BASE, ROOT / "tune.yaml")
+    checked = space.load_space("dense", BASE, ROOT / "tune.yaml")
     study = optuna.create_study(direction="maximize")
     for _ in range(20):
         trial = study.ask()
-        overrides = tune.suggest(trial, checked)
-        config = tune.trial_config(BASE, overrides)
+        overrides = space.suggest(trial, checked)
+        config = space.trial_config(BASE, overrides)
         assert set(overrides) == {*checked.fixed, *checked.search}
         flat = params.flatten(config)
         assert all(flat[key] == value for key, value in overrides.items())
@@ -81,12 +86,12 @@ def test_trial_params_are_a_valid_params_yaml_override():
 @pytest.mark.parametrize("value", [1e-05, 0.0013227937104418406, 0.5, 1.0, 3, [256, 128], True, "onecycle"])
 def test_exp_run_values_read_back_as_the_same_params(value):
     # DVC writes the -S value into params.yaml; the stages read it with PyYAML (YAML 1.1: '1e-05' is a string).
-    text = tune.cli_value(value)
+    text = space.cli_value(value)
     assert yaml.safe_load(f"x: {text}")["x"] == value and type(yaml.safe_load(f"x: {text}")["x"]) is type(value)
 
 
 def test_exp_run_command_has_exactly_the_trial_overrides():
-    command = tune.exp_run_command("demo", {"train.learning_rate": 2e-05, "model.hidden_units": [256, 128]})
+    command = space.exp_run_command("demo", {"train.learning_rate": 2e-05, "model.hidden_units": [256, 128]})
     assert command == [
         "dvc", "exp", "run", "-n", "tune-demo",
         "-S", "train.learning_rate=0.00002", "-S", "model.hidden_units=[256,128]",
@@ -114,60 +119,60 @@ def dead_pid() -> int:
 def test_a_study_on_the_journal_file(repo):
     import optuna
 
-    base = tune.base_params()
-    dense = tune.load_space("dense", base)
-    storage = tune.open_storage(None)
+    base = storage.base_params()
+    dense = space.load_space("dense", base)
+    journal = storage.open_storage(None)
     assert (repo / ".tune" / "optuna.journal").exists()
-    study = tune.create_or_continue(storage, "demo", dense, 3, base)
-    tune.check_worker(study, base)
+    study = storage.create_or_continue(journal, "demo", dense, 3, base)
+    storage.check_worker(study, base)
 
     # Another process sees the same study, through the file.
-    other = tune.load_study(tune.open_storage(None), "demo")
+    other = storage.load_study(storage.open_storage(None), "demo")
     assert other.user_attrs["n_trials"] == 3 and isinstance(other.pruner, optuna.pruners.MedianPruner)
 
     # Bad input: one line each, nothing changed.
-    with pytest.raises(tune.TuneError, match="no study 'nope' in this storage"):
-        tune.load_study(storage, "nope")
-    cnn = tune.load_space("cnn", base)
-    with pytest.raises(tune.TuneError, match="study 'demo' exists with another space"):
-        tune.create_or_continue(storage, "demo", cnn, 3, base)
-    assert tune.load_study(storage, "demo").user_attrs["space"]["name"] == "dense"
+    with pytest.raises(TuneError, match="no study 'nope' in this storage"):
+        storage.load_study(journal, "nope")
+    cnn = space.load_space("cnn", base)
+    with pytest.raises(TuneError, match="study 'demo' exists with another space"):
+        storage.create_or_continue(journal, "demo", cnn, 3, base)
+    assert storage.load_study(journal, "demo").user_attrs["space"]["name"] == "dense"
     (repo / "data" / "prepared" / "stats.json").write_text(json.dumps({"sha256": "other"}))
-    with pytest.raises(tune.TuneError, match="data/prepared differs"):
-        tune.check_worker(study, base)
+    with pytest.raises(TuneError, match="data/prepared differs"):
+        storage.check_worker(study, base)
     (repo / "data" / "prepared" / "stats.json").write_text(json.dumps({"sha256": "abc"}))
 
     # A trial whose worker (on this machine) is gone ends FAIL, is queued again once, and does not count twice.
     trial = study.ask()
-    overrides = tune.suggest(trial, dense)
-    trial.set_user_attr("worker", {"host": tune.socket.gethostname(), "pid": dead_pid(), "started": 0.0})
+    overrides = space.suggest(trial, dense)
+    trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": dead_pid()})
     alive = study.ask()
-    alive.set_user_attr("worker", tune.worker_id())
+    alive.set_user_attr("worker", liveness.worker_id())
     failed = []
-    with tune.study_lock(None, "demo"):
-        assert tune.fail_dead_trials(study, lambda s, t: failed.append(tune.retry(s, t))) == [0]
+    with storage.study_lock(None, "demo"):
+        assert liveness.fail_dead_trials(study, lambda s, t: failed.append(liveness.retry(s, t))) == [0]
     assert failed == [True]
     states = [t.state for t in study.get_trials()]
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING]
-    assert len(tune.counted(study.get_trials())) == 2 and tune.pending(study)
+    assert len(liveness.counted(study.get_trials())) == 2 and storage.pending(study)
     again = study.ask()  # the queued copy comes first, with the same params
-    assert again.number == 2 and tune.suggest(again, dense) == overrides
+    assert again.number == 2 and space.suggest(again, dense) == overrides
     study.tell(alive, 0.9)
     study.tell(again, 0.8)
-    assert tune.pending(study)  # 2 of 3 counted
+    assert storage.pending(study)  # 2 of 3 counted
     study.tell(study.ask(), state=optuna.trial.TrialState.PRUNED)
-    assert not tune.pending(study)
-    facts = tune.summary(study)
+    assert not storage.pending(study)
+    facts = figures.summary(study)
     assert (facts["trials_complete"], facts["trials_pruned"], facts["trials_failed"]) == (2, 1, 0)
     assert facts["best_val_accuracy"] == 0.9 and facts["best_trial"] == 1
 
 
 def test_bad_input_on_the_command_line_is_one_line_and_writes_nothing(repo, monkeypatch, capsys):
-    assert tune.main(["run", "--study", "demo", "--trials", "0"]) == 2
-    assert tune.main(["run", "--study", "demo", "--trials", "2", "--space", "nosuch"]) == 2
-    assert tune.main(["worker", "--study", "demo"]) == 2
+    assert cli.main(["run", "--study", "demo", "--trials", "0"]) == 2
+    assert cli.main(["run", "--study", "demo", "--trials", "2", "--space", "nosuch"]) == 2
+    assert cli.main(["worker", "--study", "demo"]) == 2
     monkeypatch.setenv("TUNE_STORAGE", "postgresql://bob:pw-s3cret@127.0.0.1:1/tune")
-    assert tune.main(["run", "--study", "demo", "--trials", "2"]) == 2
+    assert cli.main(["run", "--study", "demo", "--trials", "2"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "tune: error: TRIALS must be at least 1, got 0"
     assert err[1].startswith("tune: error: tune.yaml: no space 'nosuch' (spaces: dense")
@@ -180,24 +185,24 @@ def test_bad_input_on_the_command_line_is_one_line_and_writes_nothing(repo, monk
 def test_a_silent_worker_on_another_machine_is_found_by_the_heartbeat(repo, monkeypatch):
     import optuna
 
-    monkeypatch.setattr(tune, "HEARTBEAT_S", 1)
-    monkeypatch.setattr(tune, "GRACE_S", 1)
+    monkeypatch.setattr(storage, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(storage, "GRACE_S", 1)
     stale = []
     url = f"sqlite:///{repo}/optuna.db"
-    storage = tune.open_storage(
-        url, on_stale=lambda study, trial: stale.append((trial.number, tune.retry(study, trial)))
+    rdb = storage.open_storage(
+        url, on_stale=lambda study, trial: stale.append((trial.number, liveness.retry(study, trial)))
     )
-    base = tune.base_params()
-    study = tune.create_or_continue(storage, "far", tune.load_space("dense", base), 2, base)
+    base = storage.base_params()
+    study = storage.create_or_continue(rdb, "far", space.load_space("dense", base), 2, base)
     trial = study.ask()
-    trial.set_user_attr("worker", {"host": "another-machine", "pid": 1, "started": 0.0})
-    with tune.Heartbeat(study._storage, trial._trial_id):
-        tune.time.sleep(1.5)  # beating: not stale
-        with tune.study_lock(url, "far"):
-            tune.fail_dead_trials(study, lambda s, t: None)
+    trial.set_user_attr("worker", {"host": "another-machine", "pid": 1})
+    with liveness.Heartbeat(study, trial):
+        time.sleep(1.5)  # beating: not stale
+        with storage.study_lock(url, "far"):
+            liveness.fail_dead_trials(study, lambda s, t: None)
         assert study.get_trials()[0].state == optuna.trial.TrialState.RUNNING and not stale
-    tune.time.sleep(2.5)  # silent for longer than the grace period
-    with tune.study_lock(url, "far"):
-        tune.fail_dead_trials(study, lambda s, t: None)
+    time.sleep(2.5)  # silent for longer than the grace period
+    with storage.study_lock(url, "far"):
+        liveness.fail_dead_trials(study, lambda s, t: None)
     assert stale == [(0, True)]
     assert [t.state.name for t in study.get_trials()] == ["FAIL", "WAITING"]

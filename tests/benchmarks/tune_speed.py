@@ -20,7 +20,10 @@ from pathlib import Path
 
 import yaml
 
-from stages.tools import tune
+from stages.tools.tune.cli import run
+from stages.tools.tune.figures import summary
+from stages.tools.tune.space import SPACE_FILE, load_space, suggest
+from stages.tools.tune.storage import base_params, create_or_continue, load_study, open_storage, storage_url
 
 
 def main() -> None:
@@ -33,27 +36,27 @@ def main() -> None:
 
     import optuna
 
-    raw = yaml.safe_load(tune.SPACE_FILE.read_text())["spaces"][args.space]
+    raw = yaml.safe_load(SPACE_FILE.read_text())["spaces"][args.space]
     raw["pruner"] = {"n_startup_trials": 10**6, "n_warmup_steps": 0}  # off
     space_file = Path(tempfile.mkdtemp()) / "tune.yaml"
     space_file.write_text(yaml.safe_dump({"spaces": {args.space: raw}}))
-    base = tune.base_params()
-    space = tune.load_space(args.space, base, space_file)
+    base = base_params()
+    space = load_space(args.space, base, space_file)
     sampler = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed))
     draws = []
     for _ in range(args.trials):
         trial = sampler.ask()
-        tune.suggest(trial, space)
+        suggest(trial, space)
         draws.append(dict(trial.params))
         sampler.tell(trial, 0.0)
 
     for workers in args.workers:
         name = f"speed-k{workers}-{int(time.time())}"
-        study = tune.create_or_continue(tune.open_storage(tune.storage_url()), name, space, args.trials, base)
+        study = create_or_continue(open_storage(storage_url()), name, space, args.trials, base)
         for params in draws:
             study.enqueue_trial(params)
-        tune.run(name, args.trials, workers, args.space, space_file=space_file)
-        facts = tune.summary(tune.load_study(tune.open_storage(tune.storage_url()), name))
+        run(name, args.trials, workers, args.space, space_file=space_file)
+        facts = summary(load_study(open_storage(storage_url()), name))
         trials = [t for t in study.get_trials() if t.state.is_finished()]
         wall = max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)
         train = sum(t.user_attrs["train_seconds"] for t in trials)
