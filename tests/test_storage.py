@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from stages.lib import cluster
 from stages.tools import remote, server
 from tests.conftest import commit_all, mlflow_runs, run_in, tiny_clone
 
@@ -392,12 +393,12 @@ def test_secrets_are_generated_once_and_private(tmp_path):
 
 
 def test_a_trust_cluster_is_refused(tmp_path):
-    pg = server.Postgres(tmp_path, 5432)
+    pg = cluster.Postgres(tmp_path, 5432)
     pg.data.mkdir()
     (pg.data / "pg_hba.conf").write_text("# trust would be fine in a comment\nhost all all 127.0.0.1/32 trust\n")
-    with pytest.raises(server.ServerError, match="accepts `trust` logins"):
+    with pytest.raises(cluster.ClusterError, match="accepts `trust` logins"):
         pg.check_hba()
-    (pg.data / "pg_hba.conf").write_text(server.PG_HBA)
+    (pg.data / "pg_hba.conf").write_text(cluster.PG_HBA)
     pg.check_hba()
 
 

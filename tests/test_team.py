@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from stages.lib import cluster
 from stages.tools import server
 from tests.conftest import commit_all, mlflow_runs, postgres_workdir, queue_seeds, run_in, tiny_clone
 
@@ -45,7 +46,7 @@ def workdir():
 def tracking(workdir):
     """The same `make server` code: PostgreSQL cluster + mlflow server on 127.0.0.1."""
     state = server.start("127.0.0.1", server.free_port(), workdir / "server")
-    pg = server.Postgres(Path(state["postgres"]["directory"]), state["postgres"]["port"])
+    pg = cluster.Postgres(Path(state["postgres"]["directory"]), state["postgres"]["port"])
     try:
         yield state["url"], pg
     finally:
@@ -203,7 +204,7 @@ def test_secrets_stay_out_of_output_logs_and_ps(workdir, tracking):
     assert not leaks, leaks
 
 
-def postmaster_pid(pg: server.Postgres) -> int | None:
+def postmaster_pid(pg: cluster.Postgres) -> int | None:
     pid_file = pg.data / "postmaster.pid"
     return int(pid_file.read_text().split()[0]) if pid_file.exists() else None
 
@@ -238,7 +239,7 @@ def test_a_failed_start_stops_its_cluster_and_remove_stops_a_running_one(workdir
         with pytest.raises(Exception) as failed:  # its type is checked below, after the cluster
             server.start("127.0.0.1", server.free_port(), directory)
         saved = json.loads((directory / "pg.json").read_text())
-        pg = server.Postgres(Path(saved["directory"]), saved["port"])
+        pg = cluster.Postgres(Path(saved["directory"]), saved["port"])
         pids.append(postmaster_pid(pg))
         assert (pg.data / "PG_VERSION").exists()  # the cluster was made and started, then:
         assert not pg.running(), "the cluster was left running after the failed start"

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from stages.lib import cluster
 from stages.tools import server
 from tests.conftest import commit_all, postgres_workdir, run_in, tiny_clone
 
@@ -59,7 +60,7 @@ def workdir():
 
 @pytest.fixture(scope="module")
 def storage(workdir):
-    pg = server.Postgres(workdir / "postgres", server.free_port(), password=secrets.token_hex(16))
+    pg = cluster.Postgres(workdir / "postgres", server.free_port(), password=secrets.token_hex(16))
     pg.init()
     try:
         yield pg.uri
@@ -181,7 +182,8 @@ def test_a_worker_killed_mid_trial_leaves_no_trial_running(clone, storage):
     assert not [t for t in trials if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)]
     killed = trials[victim.number]
     assert killed.state == optuna.trial.TrialState.FAIL
-    [again] = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
+    [again] = [t for t in trials if retried(t) == victim.number]
     assert again.state.is_finished() and again.params == killed.params
     assert len(trials) == 4 and sum(t.state.is_finished() and t is not killed for t in trials) == 3
     runs = {int(r.data.tags["tune.trial"]): r for r in child_runs(clone, "kill") if "tune.trial" in r.data.tags}

@@ -20,11 +20,9 @@ what is printed goes through ``stages.lib.redact``. A host other than loopback i
 refused unless MLflow's basic-auth app is on (``--auth``): its admin password
 is taken from ``MLFLOW_AUTH_ADMIN_PASSWORD`` or generated and shown once.
 
-As root (PostgreSQL refuses to run as root) the cluster runs as the
-``postgres`` user; when that user cannot enter the project's directory (a
-project under ``/root``), the cluster lives in a 0700 directory of the
-``postgres`` user's home, keyed to the project's ``.server`` path, and
-``pg.json`` records where.
+The cluster itself is ``stages.lib.cluster``'s (as root it runs as the
+``postgres`` user, possibly in that user's home); ``.server/pg.json``
+records where it lives and its port.
 """
 
 from __future__ import annotations
@@ -32,12 +30,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import glob
-import hashlib
 import ipaddress
 import json
 import os
-import pwd
 import secrets
 import shutil
 import signal
@@ -49,16 +44,17 @@ import urllib.request
 from pathlib import Path
 
 from stages.lib import processes, redact
+from stages.lib.cluster import (
+    CONNECT_TIMEOUT_S,
+    ClusterError,
+    Postgres,
+    cluster_directory,
+    pg_bin,  # noqa: F401 - tests/conftest.py finds PostgreSQL's programs through here
+    write_private,
+)
 from stages.lib.files import write_json
 from stages.lib.paths import SERVER_DIR
 
-PG_USER = "mlflow"  # the cluster's only role, owner of the `mlflow` database
-# What the throw-away cluster accepts: password (SCRAM) logins over TCP from this machine; no Unix socket, no trust.
-PG_HBA = """\
-# Written by stages.tools.server: TCP from this machine only, SCRAM password required (no `trust`).
-host    all    all    127.0.0.1/32    scram-sha-256
-host    all    all    ::1/128         scram-sha-256
-"""
 # MLflow's basic-auth app (mlflow/server/auth/basic_auth.ini, keys as there). EDIT: every user of the team logs,
 # registers and moves the `champion` alias; only the admin manages users and permissions.
 AUTH_INI = """\
@@ -68,19 +64,8 @@ database_uri = sqlite:///{db}
 admin_username = {admin}
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 """
-CONNECT_TIMEOUT_S = 5
-
-
-class ServerError(RuntimeError):
-    pass
-
-
-def pg_bin(name: str) -> str:
-    """A PostgreSQL server program: on PATH, or where Debian installs it."""
-    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
-    if found is None:
-        raise ServerError(f"{name} not found: install PostgreSQL's server (Debian: apt-get install postgresql)")
-    return found
+# One error for what `start`, `stop` and `remove` report, the cluster's included: one line each.
+ServerError = ClusterError
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -109,120 +94,6 @@ def secret_file(path: Path, nbytes: int = 24) -> str:
     return path.read_text().strip()
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path``, readable by its owner only (created that way, not chmod-ed after)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    tmp.replace(path)
-
-
-# --- the throw-away PostgreSQL cluster ------------------------------------------------
-
-
-def as_postgres() -> list[str]:
-    """The prefix that runs a PostgreSQL server program as ``postgres`` when we are root (it refuses root)."""
-    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-
-
-def postgres_can_enter(directory: Path) -> bool:
-    return subprocess.run([*as_postgres(), "test", "-x", str(directory)], capture_output=True).returncode == 0
-
-
-def cluster_directory(server_dir: Path) -> Path:
-    """Where the cluster of ``server_dir`` lives: ``server_dir/postgres``, or, as root when the ``postgres``
-    user cannot enter ``server_dir`` (a project under /root), ``~postgres/mnist-mlflow/<key of the path>``."""
-    server_dir = server_dir.resolve()
-    if os.geteuid() != 0 or postgres_can_enter(server_dir):
-        return server_dir / "postgres"
-    try:
-        home = Path(pwd.getpwnam("postgres").pw_dir)
-    except KeyError:
-        raise ServerError("running as root needs the `postgres` user (Debian's postgresql creates it)") from None
-    return home / "mnist-mlflow" / hashlib.sha256(str(server_dir).encode()).hexdigest()[:16]
-
-
-def make_postgres_dir(path: Path) -> None:
-    """``path`` (and missing parents under it) with mode 0700, owned by ``postgres`` when we are root."""
-    missing = [p for p in [path, *path.parents] if not p.exists()]
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for p in [path, *missing]:
-        p.chmod(0o700)
-        if os.geteuid() == 0:
-            shutil.chown(p, "postgres", "postgres")
-
-
-class Postgres:
-    """A PostgreSQL cluster in ``directory``: 127.0.0.1:``port`` only, role ``mlflow`` with ``password``."""
-
-    def __init__(self, directory: Path, port: int, password: str = "") -> None:
-        self.directory = Path(directory).resolve()
-        self.data = self.directory / "data"
-        self.port = port
-        self.password = password
-
-    @property
-    def uri(self) -> str:
-        return f"postgresql://{PG_USER}:{self.password}@127.0.0.1:{self.port}/mlflow"
-
-    def _run(self, *args: str, owner: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-        prefix = as_postgres() if owner else []
-        result = subprocess.run(
-            [*prefix, *args], capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}
-        )
-        if result.returncode != 0:
-            message = " ".join((result.stderr or result.stdout).split())
-            raise ServerError(redact.text(f"{Path(args[0]).name} failed: {message}"))
-        return result
-
-    def init(self) -> None:
-        """Create the cluster (SCRAM passwords, no `trust`) and the ``mlflow`` database."""
-        make_postgres_dir(self.directory)
-        pwfile = self.directory / "initdb.pw"  # initdb reads the password from a file, never from its arguments
-        write_private(pwfile, self.password + "\n")
-        if os.geteuid() == 0:
-            shutil.chown(pwfile, "postgres", "postgres")
-        try:
-            self._run(
-                pg_bin("initdb"), "-D", str(self.data), "-U", PG_USER, "--pwfile", str(pwfile),
-                "--auth=scram-sha-256", "-E", "UTF8",
-            )  # fmt: skip
-        finally:
-            pwfile.unlink(missing_ok=True)
-        hba = self.data / "pg_hba.conf"
-        hba.write_text(PG_HBA)
-        self.start()
-        # createdb is a client: it runs as us and logs in with the password from its environment.
-        self._run(
-            pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER, "mlflow",
-            owner=False, env={"PGPASSWORD": self.password, "PGCONNECT_TIMEOUT": str(CONNECT_TIMEOUT_S)},
-        )  # fmt: skip
-
-    def check_hba(self) -> None:
-        """Refuse a cluster that lets anyone in (one created with ``--auth=trust`` by an earlier version)."""
-        lines = [ln.split() for ln in (self.data / "pg_hba.conf").read_text().splitlines()]
-        if any(fields and not fields[0].startswith("#") and "trust" in fields for fields in lines):
-            raise ServerError(
-                f"the PostgreSQL cluster in {self.directory} accepts `trust` logins (made by an earlier version): "
-                "stop it, back up what you need, and remove that directory to get a password-protected one"
-            )
-
-    def start(self) -> None:
-        self.check_hba()
-        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories=''"
-        log = self.directory / "postgres.log"
-        self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(log), "-o", options, "-w", "start")
-
-    def stop(self) -> None:
-        self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
-
-    def running(self) -> bool:
-        status = [*as_postgres(), pg_bin("pg_ctl"), "-D", str(self.data), "status"]
-        return subprocess.run(status, capture_output=True).returncode == 0
-
-
 def cluster(directory: Path) -> Postgres:
     """The throw-away cluster of ``directory`` (``.server``): where it lives, its port and password."""
     pg_json = directory / "pg.json"
@@ -234,6 +105,7 @@ def cluster(directory: Path) -> Postgres:
 
 
 # --- artifacts on S3: checked up front, with the server's own credentials ---------------
+# Not DVC's remote check (tools/remote.py): MLflow's bucket, read as `mlflow server` reads it (boto3, MLFLOW_S3_*).
 
 
 def check_s3(uri: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
