@@ -195,6 +195,8 @@ def _find_run_client(uri: str, key: str, name: str = EXPERIMENT) -> Found | None
 def git_facts(cwd: Path | None = None) -> dict[str, str]:
     """MLflow's standard source tags (commit, branch, the remote URL without credentials), and
     ``git.dirty`` when tracked files other than the pipeline's own outputs differ from the commit."""
+    # Not mlflow.utils.git_utils: it reads the first remote rather than origin, drops user-info but keeps a
+    # token in the query, imports GitPython, and has no dirty check that ignores what `dvc repro` rewrites.
     from mlflow.utils import mlflow_tags as t  # noqa: PLC0415
 
     facts = {}
@@ -319,9 +321,8 @@ def log_run(
             for name, value in metrics.items()
         ]
         params_list = [Param(name, str(value)) for name, value in params.items()]
-        batch = epoch_metrics + final
-        for start in range(0, max(len(batch), 1), 900):  # log_batch takes <= 1000 metrics, 100 params
-            client.log_batch(run_id, metrics=batch[start : start + 900], params=params_list if start == 0 else [])
+        # MlflowClient.log_batch splits into requests the store accepts (100 params, 1000 metrics each).
+        client.log_batch(run_id, metrics=epoch_metrics + final, params=params_list)
         log_rest(run_id)
         client.set_terminated(run_id, "FINISHED", end_time=end_ms)  # None: now
     except BaseException:
