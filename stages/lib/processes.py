@@ -1,7 +1,8 @@
 """Whether a process id still names the program that wrote it down.
 
-A pid recorded in a run's tags or a server's state file may have ended, or
-been reused by another program (after a reboot, or a busy machine). ``/proc``
+A pid recorded in a run's tags, a tuning trial's attributes or a server's
+state file may have ended, or been reused by another program (after a
+reboot, or a busy machine). ``/proc``
 tells which program runs under a number, but only when it is this process's
 own PID namespace: a sandbox may keep the host's ``/proc``, where our numbers
 name other processes. There, only ``kill(pid, 0)`` can tell, and the answer is
