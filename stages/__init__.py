@@ -17,7 +17,7 @@ from typing import NoReturn
 # A Python without the project's packages (say, `.venv/bin/dvc repro` run
 # without activating the environment, so DVC's `python` is the system one)
 # gets one line saying what to do instead of a ModuleNotFoundError traceback.
-_REQUIRED = {"numpy": "numpy", "yaml": "pyyaml", "pandas": "pandas", "sklearn": "scikit-learn"}
+_REQUIRED = {"numpy": "numpy", "yaml": "pyyaml", "pandas": "pandas"}  # also in the inference-only environment
 _missing = [package for module, package in _REQUIRED.items() if importlib.util.find_spec(module) is None]
 if _missing:
     raise SystemExit(

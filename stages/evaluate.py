@@ -1,6 +1,8 @@
 """DVC stage ``evaluate``: test-set metrics, reports and figures.
 
-The one place the test split is used. Writes ``reports/metrics.json`` (DVC
+The one place the test split is used. The model answers as it is served:
+through its ONNX form when it has a sound one (no TensorFlow is imported),
+else through Keras (``stages.serving.classifier``). Writes ``reports/metrics.json`` (DVC
 metrics) and ``reports/evaluate/`` (per-class scores, confusions, predictions
 for DVC's confusion plot, figures). The ``publish`` stage logs them to MLflow.
 """
@@ -19,11 +21,30 @@ from stages import finish
 from stages.lib import runtime
 from stages.lib.data import MNIST, dataset, is_digits, load_split, read_stats
 from stages.lib.files import atomic_path, sha256_file, write_json
-from stages.lib.paths import EVALUATE_DIR, METRICS_PATH, MODEL_PATH, PREPARED_DIR
+from stages.lib.paths import EVALUATE_DIR, METRICS_PATH, MODEL_PATH, ONNX_PATH, PREPARED_DIR, SERVING_CONFIG_PATH
 from stages.params import evaluate as evaluate_params
 from stages.params import model as model_params
 from stages.params import schema
 from stages.params import train as train_params
+from stages.serving.classifier import Classifier, softmax
+
+KERAS_EPSILON = 1e-7  # keras.config.epsilon(): how far Keras keeps probabilities from 0 and 1 in its losses
+
+
+def accuracy(y: np.ndarray, outputs: np.ndarray) -> float:
+    """The share of images whose highest output is their label."""
+    return float((outputs.argmax(axis=1) == y).mean())
+
+
+def cross_entropy(y: np.ndarray, outputs: np.ndarray, output: str) -> float:
+    """Mean cross-entropy of integer labels ``y`` under the network's ``outputs`` (probabilities, or logits for
+    ``model.output: linear``), computed as Keras computes it: probabilities clipped to [1e-7, 1 - 1e-7] and
+    renormalized. In float64, so it equals Keras's float32 figure at the 6 decimals written."""
+    from scipy.special import logsumexp  # noqa: PLC0415
+
+    out = outputs.astype(np.float64)
+    logits = out if output == "linear" else np.log(np.clip(out, KERAS_EPSILON, 1 - KERAS_EPSILON))
+    return float(np.mean(logsumexp(logits, axis=1) - logits[np.arange(len(y)), y]))
 
 
 def per_class_table(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str] = MNIST["classes"]):
@@ -123,36 +144,30 @@ def main() -> int:
         print(f"evaluate: error: {exc}", file=sys.stderr)
         return 2
 
-    from stages.lib import model as nn  # noqa: PLC0415 - TensorFlow, after the cheap checks
-
     started = time.monotonic()
-    model = nn.load_model(MODEL_PATH)
-    labels = cfg["train"]["labels"]
-    classes = model.output_shape[-1]
-    loss_fn = nn.loss_function(labels, cfg["model"]["output"], classes=classes)
+    classifier = Classifier(MODEL_PATH, SERVING_CONFIG_PATH, ONNX_PATH)  # what is served: ONNX when sound
     (x_val, y_val), (x_test, y_test) = load_split(PREPARED_DIR, "val"), load_split(PREPARED_DIR, "test")
     batch = cfg["evaluate"]["batch_size"]
-    val_loss, val_accuracy, _ = nn.evaluate(model, x_val, nn.encode_labels(y_val, labels, classes), loss_fn, batch)
-    test_loss, test_accuracy, outputs = nn.evaluate(
-        model, x_test, nn.encode_labels(y_test, labels, classes), loss_fn, batch
-    )
+    output = cfg["model"]["output"]
+    val_outputs, test_outputs = classifier.outputs(x_val, batch), classifier.outputs(x_test, batch)
     metrics = {
         k: round(v, 6)
         for k, v in {
-            "test_accuracy": test_accuracy,
-            "test_loss": test_loss,
-            "val_accuracy": val_accuracy,
-            "val_loss": val_loss,
+            "test_accuracy": accuracy(y_test, test_outputs),
+            "test_loss": cross_entropy(y_test, test_outputs, output),
+            "val_accuracy": accuracy(y_val, val_outputs),
+            "val_loss": cross_entropy(y_val, val_outputs, output),
         }.items()
     }
-    probs = nn.probabilities(outputs, cfg["model"]["output"])
+    test_accuracy, test_loss = metrics["test_accuracy"], metrics["test_loss"]
+    probs = softmax(test_outputs) if output == "linear" else test_outputs
     pairs = write_reports(x_test, y_test, probs, metrics, cfg["evaluate"], classes=dataset(read_stats())["classes"])
     top = ", ".join(
         f"{a}->{p} ({c})" for a, p, c in pairs[["actual", "predicted", "count"]].head(3).itertuples(index=False)
     )
     print(
         f"evaluate: test_accuracy {test_accuracy:.4f}, test_loss {test_loss:.4f}; most confused: {top} "
-        f"({time.monotonic() - started:.1f}s)"
+        f"({time.monotonic() - started:.1f}s, {classifier.runtime})"
     )
 
     runtime.remember("evaluate", sha256_file(MODEL_PATH), started=stage_started, ended=time.time())

@@ -21,6 +21,7 @@ import os
 import sys
 import time
 import types
+from pathlib import Path
 from typing import Any
 
 from stages import finish
@@ -32,12 +33,20 @@ from stages.lib.paths import (
     HISTORY_PATH,
     METRICS_PATH,
     MODEL_PATH,
+    ONNX_PATH,
     PREPARED_DIR,
     RAW_DIR,
     SERVING_CONFIG_PATH,
 )
 from stages.params import evaluate, fetch, model, preprocess, schema, train
-from stages.serving.classifier import CONFIG_ARTIFACT, IMAGE_SHAPE, KERAS_ARTIFACT, output_columns
+from stages.serving.classifier import (
+    CONFIG_ARTIFACT,
+    IMAGE_SHAPE,
+    KERAS_ARTIFACT,
+    ONNX_ARTIFACT,
+    onnx_problem,
+    output_columns,
+)
 
 SECTIONS = (fetch, preprocess, model, train, evaluate)
 # Key params copied onto each registered model version, next to its scores
@@ -58,8 +67,24 @@ VERSION_PARAMS = (
     "preprocess.normalize",
 )
 DATA_DIGEST_LEN = 32  # MLflow stores dataset digests in 36 characters (PostgreSQL enforces it)
-MODEL_FILES = {KERAS_ARTIFACT: MODEL_PATH, CONFIG_ARTIFACT: SERVING_CONFIG_PATH}
-SERVING_CODE = [identity.SERVING_CODE, identity.CLASSIFIER_CODE]
+SERVING_CODE = [identity.SERVING_CODE, *identity.SERVING_LIBRARY]
+
+
+class DamagedModel(ValueError):
+    """A pipeline output does not match what the train stage recorded about it."""
+
+
+def model_files(config_path: Path = SERVING_CONFIG_PATH) -> dict[str, Path]:
+    """What the served model carries (artifact name -> file): the Keras file, ``serving.json``, and the ONNX form
+    when the train stage made one, after checking it is the file it recorded (``DamagedModel`` otherwise)."""
+    files = {KERAS_ARTIFACT: MODEL_PATH, CONFIG_ARTIFACT: config_path}
+    config = json.loads(Path(config_path).read_text())
+    if config.get("onnx"):
+        problem = onnx_problem(ONNX_PATH, config)
+        if problem:
+            raise DamagedModel(f"{problem}: restore the train stage's outputs (dvc checkout data/model)")
+        files[ONNX_ARTIFACT] = ONNX_PATH
+    return files
 
 
 def run_name(git: dict[str, str], environ: dict[str, str] | None = None) -> str:
@@ -76,7 +101,7 @@ def run_name(git: dict[str, str], environ: dict[str, str] | None = None) -> str:
 
 def keys(cfg: dict[str, Any], data_digest: str) -> tuple[str, str]:
     """(model key, result key) of the current outputs."""
-    model_key = identity.model_key(MODEL_FILES, SERVING_CODE, identity.pip_requirements())
+    model_key = identity.model_key(model_files(), SERVING_CODE, identity.pip_requirements())
     return model_key, identity.result_key(model_key, data_digest, identity.effective(cfg, SECTIONS))
 
 
@@ -146,8 +171,8 @@ def log_model(run_id: str, input_example: Any) -> Any:
         validate_serving_input=False,
         run_id=run_id,
         python_model=str(identity.SERVING_CODE),  # models from code: nothing pickled
-        code_paths=[str(identity.CLASSIFIER_CODE)],
-        artifacts={name: str(path) for name, path in MODEL_FILES.items()},
+        code_paths=[str(path) for path in identity.SERVING_LIBRARY],
+        artifacts={name: str(path) for name, path in model_files().items()},
         signature=signature(json.loads(SERVING_CONFIG_PATH.read_text())),
         input_example=input_example,
         pip_requirements=identity.pip_requirements(),
@@ -273,6 +298,9 @@ def publish_claimed(
     )
     if git.get(tracking.DIRTY_TAG):
         version_tags[tracking.DIRTY_TAG] = "true"
+    onnx = json.loads(SERVING_CONFIG_PATH.read_text()).get("onnx")
+    if onnx:  # a tie with a version that has no ONNX form goes to this one (registry.decide)
+        version_tags[registry.ONNX_TAG] = onnx["sha256"]
     logged: dict[str, Any] = {}
 
     def rest(run_id: str) -> None:
@@ -357,7 +385,7 @@ def main() -> int:
         model_key, key = keys(cfg, read_stats()["sha256"][:DATA_DIGEST_LEN])
         experiment, model = names(cfg)
         found = tracking.find_run(uri, key, experiment=experiment)
-    except (schema.ParamsError, store.TrackingError) as exc:
+    except (schema.ParamsError, store.TrackingError, DamagedModel) as exc:
         print(f"publish: error: {exc}", file=sys.stderr)
         return 2
     except FileNotFoundError as exc:

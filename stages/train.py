@@ -14,7 +14,7 @@ from stages import KERAS_EXTRAS, finish, leave_out
 from stages.lib import data, runtime, store
 from stages.lib.data import load_split, read_stats
 from stages.lib.files import atomic_path, sha256_file, write_json
-from stages.lib.paths import HISTORY_PATH, MODEL_PATH, PREPARED_DIR, SERVING_CONFIG_PATH, STATS_PATH
+from stages.lib.paths import HISTORY_PATH, MODEL_PATH, ONNX_PATH, PREPARED_DIR, SERVING_CONFIG_PATH, STATS_PATH
 from stages.lib.training import (
     HISTORY_COLUMNS,
     BatchTooLarge,
@@ -29,22 +29,43 @@ from stages.params import schema
 from stages.params import train as train_params
 
 
-def write_serving_config(output: str, stats_path: Path = STATS_PATH, path: Path = SERVING_CONFIG_PATH) -> None:
+def write_serving_config(
+    output: str,
+    onnx: dict[str, str] | None = None,
+    refused: str | None = None,
+    stats_path: Path = STATS_PATH,
+    path: Path = SERVING_CONFIG_PATH,
+) -> None:
     """What a client of the model needs besides its weights: the input scaling, the output kind, the data set's
-    name, its class names, the shape of one image (raw pixels) and how a new image is brought into that form."""
+    name, its class names, the shape of one image (raw pixels), how a new image is brought into that form, and
+    the ONNX form (its file and sha256), or why there is none."""
     stats = read_stats(stats_path)
     dataset = data.dataset(stats)
-    write_json(
-        path,
-        {
-            "normalization": stats["normalization"],
-            "output": output,
-            "dataset": dataset["name"],
-            "classes": dataset["classes"],
-            "image_shape": stats["shapes"]["x_train"][1:],
-            "style": dataset["style"],
-        },
-    )
+    config = {
+        "normalization": stats["normalization"],
+        "output": output,
+        "dataset": dataset["name"],
+        "classes": dataset["classes"],
+        "image_shape": stats["shapes"]["x_train"][1:],
+        "style": dataset["style"],
+        "onnx": onnx,
+    }
+    if refused:
+        config["onnx_refused"] = refused
+    write_json(path, config)
+
+
+def make_portable(model, x_check, output: str, path: Path = ONNX_PATH) -> tuple[dict[str, str] | None, str | None]:
+    """The model's checked ONNX form at ``path`` ({"file", "sha256"}), or (None, why there is none) with one
+    line saying so: the model is then served through Keras alone."""
+    from stages.lib import portable  # noqa: PLC0415 - onnx, only once a model is trained
+
+    try:
+        digest = portable.export(model, path, x_check, output)
+    except portable.Refused as exc:
+        print(f"train: no ONNX form: {exc}; the model is served through Keras alone")
+        return None, f"the model has no ONNX form ({exc})"
+    return {"file": path.name, "sha256": digest}, None
 
 
 def write_history(history: list[dict[str, float]], path: Path = HISTORY_PATH) -> None:
@@ -77,7 +98,7 @@ def main() -> int:
         print(f"train: error: {exc.filename} is missing: run the preprocess stage first", file=sys.stderr)
         return 2
     dataset = data.dataset(stats)
-    backend = backend_settings(cfg["model"])
+    backend = backend_settings(cfg["model"], cfg["train"]["threads"])
     from stages.lib import model as nn  # noqa: PLC0415 - TensorFlow, after the cheap checks
 
     nn.configure(cfg["train"]["seed"], threads=backend["threads"])
@@ -104,11 +125,12 @@ def main() -> int:
         return 1
     seconds = time.monotonic() - started
     nn.save_model(model, MODEL_PATH)
-    write_serving_config(cfg["model"]["output"])
+    write_serving_config(cfg["model"]["output"], *make_portable(model, val[0], cfg["model"]["output"]))
     write_history(history)
     runtime.remember("train", sha256_file(MODEL_PATH), started=stage_started, ended=time.time(), train_seconds=seconds)
     print(
-        f"train: {len(history)} epochs in {seconds:.1f}s ({seconds / len(history):.2f}s/epoch); "
+        f"train: {len(history)} epochs in {seconds:.1f}s ({seconds / len(history):.2f}s/epoch, "
+        f"{backend['threads']} thread{'s' if backend['threads'] > 1 else ''}); "
         f"val_accuracy {history[-1]['val_accuracy']:.4f}; model -> {MODEL_PATH}"
     )
     return 0

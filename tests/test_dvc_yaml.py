@@ -155,7 +155,7 @@ def test_an_unused_dependency_is_caught(tmp_path):
 def test_publish_reads_the_served_model_code_it_declares():
     from stages.lib import identity
 
-    assert {p.relative_to(ROOT) for p in (identity.SERVING_CODE, identity.CLASSIFIER_CODE)} >= READ_AS_DATA["publish"]
+    assert {p.relative_to(ROOT) for p in (identity.SERVING_CODE, *identity.SERVING_LIBRARY)} >= READ_AS_DATA["publish"]
 
 
 def test_an_edit_to_the_tracking_code_re_runs_only_publish():

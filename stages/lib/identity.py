@@ -30,9 +30,10 @@ from stages.params.schema import flatten
 
 SERVING_DIR = Path(__file__).resolve().parents[1] / "serving"
 SERVING_CODE = SERVING_DIR / "mlflow_model.py"  # logged as the model's code ("models from code")
-CLASSIFIER_CODE = SERVING_DIR / "classifier.py"  # logged beside it (code_paths)
+CLASSIFIER_CODE = SERVING_DIR / "classifier.py"  # logged beside it (code_paths) ...
+SERVING_LIBRARY = [CLASSIFIER_CODE, SERVING_DIR / "cores.py"]  # ... with what it imports
 # What the served model imports, pinned to this environment's versions.
-SERVED_PACKAGES = ("tensorflow-cpu", "tensorflow", "keras", "numpy", "pandas")
+SERVED_PACKAGES = ("tensorflow-cpu", "tensorflow", "keras", "numpy", "pandas", "onnxruntime")
 
 
 def pip_requirements() -> list[str]:

@@ -17,7 +17,8 @@ PREPARED_DIR = DATA_DIR / "prepared"  # preprocess: normalized arrays
 STATS_PATH = PREPARED_DIR / "stats.json"  # preprocess: normalization constants, class counts, hash
 MODEL_DIR = DATA_DIR / "model"
 MODEL_PATH = MODEL_DIR / "model.keras"  # train
-SERVING_CONFIG_PATH = MODEL_DIR / "serving.json"  # train: input normalization and output kind
+SERVING_CONFIG_PATH = MODEL_DIR / "serving.json"  # train: input normalization, output kind, classes, ONNX sha256
+ONNX_PATH = MODEL_DIR / "model.onnx"  # train: the portable form, when the converter and its check allow
 
 REPORTS_DIR = Path("reports")
 HISTORY_PATH = REPORTS_DIR / "train" / "history.csv"  # train: one row per epoch

@@ -19,7 +19,7 @@ import os
 import sqlite3
 import time
 import urllib.error
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,14 +63,21 @@ def _at(version: int, scores: Mapping[int, float]) -> str:
     return f"version {version} ({SCORE_TAG} {scores[version]:.4f})"
 
 
-def decide(new: int | None, scores: Mapping[int, float], current: int | None, last: int | None = None) -> Decision:
+def decide(
+    new: int | None,
+    scores: Mapping[int, float],
+    current: int | None,
+    last: int | None = None,
+    portable: Set[int] = frozenset(),
+) -> Decision:
     """Who is champion once version ``new`` (None: nothing new, only a check) is there, given every FINISHED
     version's score, the version the alias points at, and ``last``, the version this rule last made champion.
 
     With an alias in place, the candidates are the champion and every version
     registered after it (normally just ``new``; more when several experiments
     registered at once, or a version was never judged): the highest score
-    wins, the oldest on a tie. Versions older than the champion are not
+    wins; on a tie, a version with an ONNX form (``portable``) over one without,
+    then the oldest. Versions older than the champion are not
     reconsidered, so an alias a person set by hand stays until a later version
     beats it. Without an alias (never set, lost to a failure, or its version
     deleted), every FINISHED version is a candidate.
@@ -80,7 +87,11 @@ def decide(new: int | None, scores: Mapping[int, float], current: int | None, la
     if not scores:
         return Decision(None, None, f"no version whose run is FINISHED: no {CHAMPION}")
     floor = min(scores) if current is None else current
-    best = max(sorted(v for v in scores if v >= floor), key=lambda v: scores[v])  # max keeps the oldest of equals
+
+    def rank(version: int) -> tuple[float, bool]:
+        return scores[version], version in portable
+
+    best = max(sorted(v for v in scores if v >= floor), key=rank)  # max keeps the oldest of equals
     if current is None:
         if last is not None and last not in scores:
             message = f"version {last}, the {CHAMPION}, is gone: {_at(best, scores)} is the best remaining"
@@ -100,8 +111,10 @@ def decide(new: int | None, scores: Mapping[int, float], current: int | None, la
         message = f"{_at(new, scores)} is the {CHAMPION} already"
     elif best == new:
         message = f"{_at(new, scores)} is the new {CHAMPION}, was version {current} ({scores[current]:.4f})"
+        if score == scores[current]:
+            message += ": the same score, and it answers without TensorFlow (ONNX form)"
     elif best == current:
-        rule = "a tie keeps the champion" if score == scores[current] else "it must be higher to take over"
+        rule = "a tie keeps the champion" if rank(new) == rank(current) else "it must be higher to take over"
         message = (
             f"{_at(new, scores)} is not the {CHAMPION}: version {current} keeps it with {scores[current]:.4f} ({rule})"
         )
@@ -111,6 +124,7 @@ def decide(new: int | None, scores: Mapping[int, float], current: int | None, la
 
 
 MODEL_KEY_TAG = "pipeline.model"  # the served model's identity (stages.lib.identity.model_key)
+ONNX_TAG = "pipeline.onnx"  # the sha256 of the version's ONNX form, when it has one
 ATTEMPT_TAG = "pipeline.attempt"  # the registering process's claim token: finds a retried request's duplicate
 # On the registered model: the version this rule last made champion, and the newest version it has judged.
 CHAMPION_TAG = "pipeline.champion"
@@ -208,6 +222,11 @@ def scores(client: Any, every: list[Any] | None = None, model: str = MODEL_NAME)
     return {int(v.version): float(v.tags[SCORE_TAG]) for v in finished if SCORE_TAG in v.tags}
 
 
+def portable(every: list[Any]) -> set[int]:
+    """The versions among ``every`` that carry an ONNX form."""
+    return {int(v.version) for v in every if v.tags.get(ONNX_TAG)}
+
+
 def current_champion(client: Any, model: str = MODEL_NAME) -> int | None:
     from mlflow.exceptions import MlflowException  # noqa: PLC0415
 
@@ -244,7 +263,7 @@ def update_champion(client: Any, new: int | None, attempts: int = 10, model: str
         current = current_champion(client, model)
         every = versions(client, model)
         before = scores(client, every, model)
-        decision = decide(new, before, current, last_version)
+        decision = decide(new, before, current, last_version, portable(every))
         if decision.champion is not None and decision.champion != current:
             client.set_registered_model_alias(model, CHAMPION, str(decision.champion))
         if scores(client, model=model) == before and current_champion(client, model) == decision.champion:

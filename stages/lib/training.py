@@ -170,16 +170,20 @@ def background_value(stats_path: Path = STATS_PATH) -> float:
     return -norm["offset"] / norm["scale"]
 
 
-def backend_settings(model_cfg: dict[str, Any]) -> dict[str, Any]:
-    """How the ``model`` params' network trains fastest here (see docs/speed.md).
+def backend_settings(model_cfg: dict[str, Any], threads: int | str = "auto") -> dict[str, Any]:
+    """How the ``model`` params' network trains fastest here (see docs/speed.md), with ``train.threads``.
 
     A dense network without dropout: one XLA program on one thread (its small
-    products gain nothing from threads). A CNN, or dropout: a TensorFlow graph
-    with oneDNN on both cores, because XLA's CPU convolutions and its random
-    numbers for dropout are several times slower. Call before TensorFlow is
-    imported.
+    products gain nothing from threads, so ``auto`` gives 1). A CNN, or dropout:
+    a TensorFlow graph with oneDNN on every core this process may use
+    (``stages.serving.cores``), because XLA's CPU convolutions and its random
+    numbers for dropout are several times slower. A number pins the threads.
+    Results are byte-reproducible for a given CPU and thread count. Call before
+    TensorFlow is imported.
     """
+    from stages.serving import cores  # noqa: PLC0415 - only here
+
     if model_cfg["kind"] == "cnn" or model_cfg["dropout"] > 0:
         os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
-        return {"threads": 2, "jit_compile": False}
-    return {"threads": 1, "jit_compile": True}
+        return {"threads": cores.usable() if threads == "auto" else int(threads), "jit_compile": False}
+    return {"threads": 1 if threads == "auto" else int(threads), "jit_compile": True}

@@ -77,6 +77,20 @@ def choice(*allowed: str) -> Spec:
     return Spec("one of " + ", ".join(allowed), check)
 
 
+def either(*specs: Spec) -> Spec:
+    """The first of ``specs`` that accepts the value (``either(choice("auto"), integer(1))``)."""
+
+    def check(v: Any) -> Any:
+        for spec in specs:
+            try:
+                return spec.check(v)
+            except ValueError:
+                continue
+        raise ValueError
+
+    return Spec(", or ".join(spec.describe for spec in specs), check)
+
+
 def of_type(kind: type, describe: str) -> Spec:
     def check(v: Any) -> Any:
         if not isinstance(v, kind):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stages.params.schema import ParamsError, Schema, boolean, choice, integer, number
+from stages.params.schema import ParamsError, Schema, boolean, choice, either, integer, number
 
 NAME = "train"
 AUGMENT_KEYS = ("shift", "rotation", "zoom", "augment_kernel")
@@ -26,6 +26,7 @@ SCHEMA: Schema = {
     "rotation": number(0, 180, high_open=False),
     "zoom": number(0, 1),
     "augment_kernel": choice("gather", "fused"),
+    "threads": either(choice("auto"), integer(1)),
 }
 
 

@@ -5,29 +5,49 @@ z-score constants, from ``serving.json``) and a softmax when the network
 outputs logits, so callers never need to know either. Used by ``predict``
 directly and by the served MLflow model (``mlflow_model.py``).
 
-Self-contained on purpose (NumPy, and Keras when a model is loaded): the
-logged MLflow model carries a copy of this file and imports it without the
-rest of the project.
+Answers through onnxruntime when the model has a sound ONNX form (the train
+stage makes and checks it: ``stages.lib.portable``), else through Keras.
+
+Self-contained on purpose (NumPy and ``cores.py``; onnxruntime or Keras when a
+model is loaded): the logged MLflow model carries a copy of this file and
+imports it without the rest of the project.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+try:  # the copy logged with the model (code_paths puts it on sys.path) ...
+    from cores import usable as usable_cores
+except ImportError:  # ... or, inside the project, the project's
+    from stages.serving.cores import usable as usable_cores
+
 IMAGE_SHAPE = (28, 28)  # MNIST's; a model's own is in its serving.json
 DIGITS = [str(d) for d in range(10)]
-# Names under which the served model carries the Keras file and its serving.json.
+# Names under which the served model carries the Keras file, its serving.json and its ONNX form.
 KERAS_ARTIFACT = "keras_model"
 CONFIG_ARTIFACT = "serving_config"
+ONNX_ARTIFACT = "onnx_model"
+# The ONNX graph's input (normalized images) and output (what the Keras network outputs).
+ONNX_INPUT = "pixels"
+ONNX_OUTPUT = "outputs"
+RUNTIME_ENV = "MODEL_RUNTIME"  # which form answers: auto (ONNX when sound, else Keras), onnx, keras
+RUNTIMES = ("auto", "onnx", "keras")
 
 
 class BadInput(ValueError):
     """A batch the classifier cannot answer; the message says what is wrong."""
+
+
+class ModelUnavailable(RuntimeError):
+    """The model cannot answer in this environment or with the runtime asked for; the message says why."""
 
 
 def check_pixels(batch: Any, shape: tuple[int, ...] | list[int] = IMAGE_SHAPE) -> np.ndarray:
@@ -69,13 +89,49 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
+def onnx_session(source: bytes | str | Path, threads: int | None = None) -> Any:
+    """An onnxruntime session on ONNX bytes or a file, on ``threads`` threads (default: the cores this process
+    may use, ``cores.usable``, rather than onnxruntime's count of the machine's cores)."""
+    import onnxruntime as ort  # noqa: PLC0415 - only when an ONNX form is loaded
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or usable_cores()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: no warnings about unused initializers on stderr
+    return ort.InferenceSession(source if isinstance(source, bytes) else str(source), options, ["CPUExecutionProvider"])
+
+
+def onnx_problem(onnx_path: str | Path | None, config: dict[str, Any]) -> str | None:
+    """Why the ONNX form at ``onnx_path`` cannot be used for this model (None: it can): none was made, the file
+    is missing, or its bytes are not those the train stage recorded (``serving.json``'s ``onnx.sha256``)."""
+    recorded = config.get("onnx")
+    if not recorded:
+        return config.get("onnx_refused") or "the model has no ONNX form"
+    if onnx_path is None or not Path(onnx_path).is_file():
+        return f"its ONNX form ({recorded['file']}) is missing"
+    digest = hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest()
+    if digest != recorded["sha256"]:
+        name = Path(onnx_path).name
+        return f"its ONNX form ({name}) is damaged: sha256 {digest[:12]}..., recorded {recorded['sha256'][:12]}..."
+    return None
+
+
 class Classifier:
-    """Keras network + the normalization it was trained with."""
+    """The trained network + the normalization it was trained with, answering through onnxruntime when the
+    model has a sound ONNX form and ``runtime`` allows it (no TensorFlow is imported then), else through Keras.
 
-    def __init__(self, keras_path: str | Path, config_path: str | Path) -> None:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
-        import keras  # noqa: PLC0415 - TensorFlow: only when a model is actually loaded
+    ``runtime``: ``auto`` (default; also ``$MODEL_RUNTIME``), ``onnx`` (the ONNX form or an error) or ``keras``.
+    A model whose ONNX form is missing or damaged answers through Keras, with one line on stderr saying why;
+    where Keras is not installed (the inference-only environment), ``ModelUnavailable`` says so instead.
+    """
 
+    def __init__(
+        self,
+        keras_path: str | Path,
+        config_path: str | Path,
+        onnx_path: str | Path | None = None,
+        runtime: str | None = None,
+    ) -> None:
         config = json.loads(Path(config_path).read_text())
         self.config = config
         self.shape = tuple(config.get("image_shape", IMAGE_SHAPE))
@@ -83,14 +139,48 @@ class Classifier:
         self.offset = np.float32(config["normalization"]["offset"])
         self.scale = np.float32(config["normalization"]["scale"])
         self.logits = config["output"] == "linear"
+        runtime = runtime or os.environ.get(RUNTIME_ENV) or "auto"
+        if runtime not in RUNTIMES:
+            raise ModelUnavailable(f"{RUNTIME_ENV}={runtime}: expected one of {', '.join(RUNTIMES)}")
+        self.session = self.network = None
+        problem = onnx_problem(onnx_path, config) if runtime != "keras" else None
+        if runtime != "keras" and problem is None:
+            try:
+                self.session = onnx_session(Path(onnx_path))
+            except Exception as exc:  # an unreadable file is a reason to use Keras, never a wrong answer
+                problem = f"onnxruntime cannot load its ONNX form: {type(exc).__name__}: {_first_line(exc)}"
+        if self.session is not None:
+            self.runtime = "onnxruntime"
+            return
+        if runtime == "onnx":
+            raise ModelUnavailable(f"{problem} ({RUNTIME_ENV}=onnx asks for it)")
+        try:
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
+            import keras  # noqa: PLC0415 - TensorFlow: only when a model is answered through Keras
+        except ImportError:
+            raise ModelUnavailable(
+                f"{problem}, and Keras is not installed here (an inference-only environment): "
+                "use a model trained with an ONNX form, or the full environment (make install)"
+            ) from None
+        if problem and config.get("onnx"):  # it was meant to have one: say why it is not used
+            print(f"classifier: {problem}; answering through Keras", file=sys.stderr)
         self.network = keras.models.load_model(keras_path, safe_mode=True)
+        self.runtime = "keras"
+
+    def outputs(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """The network's outputs (probabilities, or logits) for normalized images (N, *self.shape)."""
+        parts = []
+        for i in range(0, len(x), batch_size):
+            batch = np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)
+            if self.session is not None:
+                parts.append(self.session.run([ONNX_OUTPUT], {ONNX_INPUT: batch})[0])
+            else:
+                parts.append(np.asarray(self.network(batch, training=False)))
+        return np.concatenate(parts)
 
     def probabilities(self, pixels: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """Class probabilities (N, classes) for a checked batch of raw pixels (N, *self.shape)."""
-        x = (pixels - self.offset) / self.scale
-        out = np.concatenate(
-            [np.asarray(self.network(x[i : i + batch_size], training=False)) for i in range(0, len(x), batch_size)]
-        )
+        out = self.outputs((pixels - self.offset) / self.scale, batch_size)
         return softmax(out) if self.logits else out
 
     def answer(self, pixels: np.ndarray) -> dict[str, Any]:
@@ -100,3 +190,8 @@ class Classifier:
         if output_columns(self.config)[0] == "digit":
             return {"digit": best, "probabilities": list(probs)}
         return {"label": best, "class": [self.classes[i] for i in best], "probabilities": list(probs)}
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""

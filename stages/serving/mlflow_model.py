@@ -7,8 +7,10 @@ the model normalizes them as in training and answers a ``digit`` and ten
 scoring server turns into HTTP 400 with the message.
 
 This file is logged as the model's code ("models from code": nothing is
-pickled), with ``classifier.py`` beside it, so a serving process loads it with
-only NumPy, pandas, Keras and MLflow, without the rest of the project.
+pickled), with ``classifier.py`` and ``cores.py`` beside it, so a serving
+process loads it with only NumPy, pandas, MLflow and onnxruntime (Keras for a
+model without an ONNX form, or with ``MODEL_RUNTIME=keras``), without the rest
+of the project.
 """
 
 from __future__ import annotations
@@ -21,14 +23,24 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
 try:  # the copy logged with this model (log_model's code_paths puts it on sys.path) ...
-    from classifier import CONFIG_ARTIFACT, KERAS_ARTIFACT, BadInput, Classifier, check_pixels
+    from classifier import CONFIG_ARTIFACT, KERAS_ARTIFACT, ONNX_ARTIFACT, BadInput, Classifier, check_pixels
 except ImportError:  # ... or, inside the project, the project's
-    from stages.serving.classifier import CONFIG_ARTIFACT, KERAS_ARTIFACT, BadInput, Classifier, check_pixels
+    from stages.serving.classifier import (
+        CONFIG_ARTIFACT,
+        KERAS_ARTIFACT,
+        ONNX_ARTIFACT,
+        BadInput,
+        Classifier,
+        check_pixels,
+    )
 
 
 class MnistClassifier(PythonModel):
     def load_context(self, context) -> None:
-        self.classifier = Classifier(context.artifacts[KERAS_ARTIFACT], context.artifacts[CONFIG_ARTIFACT])
+        artifacts = context.artifacts
+        self.classifier = Classifier(
+            artifacts[KERAS_ARTIFACT], artifacts[CONFIG_ARTIFACT], artifacts.get(ONNX_ARTIFACT)
+        )
 
     def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:
         try:

@@ -35,8 +35,8 @@ import numpy as np
 from stages import KERAS_EXTRAS, finish, leave_out
 from stages.lib import redact, tracking
 from stages.lib.images import ImageError, decode, mnist_style
-from stages.lib.paths import MLFLOW_DB, MODEL_PATH, SERVING_CONFIG_PATH
-from stages.serving.classifier import DIGITS, IMAGE_SHAPE
+from stages.lib.paths import MLFLOW_DB, MODEL_PATH, ONNX_PATH, SERVING_CONFIG_PATH
+from stages.serving.classifier import DIGITS, IMAGE_SHAPE, RUNTIME_ENV, RUNTIMES
 
 PROJECT = Path(__file__).resolve().parents[2]  # the repository, wherever `mnist-predict` is run from
 
@@ -124,15 +124,20 @@ def in_form(path: Path, form: Form) -> np.ndarray:
 # --- the model -------------------------------------------------------------------
 
 
-def load_model(uri: str | None):
-    """(a function from raw-pixel batches (N, *shape) to probabilities (N, classes), the model's serving config)."""
+def load_model(uri: str | None, runtime: str | None = None):
+    """(a function from raw-pixel batches (N, *shape) to probabilities (N, classes), the model's serving config).
+
+    ``runtime``: auto (the ONNX form when the model has a sound one, else Keras), onnx or keras; None: the
+    ``MODEL_RUNTIME`` variable's, else auto."""
+    if runtime:
+        os.environ[RUNTIME_ENV] = runtime  # a served model from the registry reads it when it loads
     if uri is None or ":/" not in uri:  # the pipeline's model, or a .keras file (or its directory)
         from stages.serving.classifier import Classifier  # noqa: PLC0415
 
         model_path, config_path = local_paths(uri)
         if not model_path.exists():
             raise FileNotFoundError(f"{model_path} not found: run `dvc repro` first, or pass --model URI")
-        classifier = Classifier(model_path, config_path)
+        classifier = Classifier(model_path, config_path, model_path.with_name(ONNX_PATH.name))
         return classifier.probabilities, classifier.config
     import mlflow.pyfunc  # noqa: PLC0415
 
@@ -237,6 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         help="an MLflow model URI (runs:/..., models:/...), or a .keras file with serving.json beside it "
         "(default: the pipeline's data/model/model.keras)",
     )
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        help="auto: the model's ONNX form through onnxruntime when it has one, else Keras (default; "
+        f"also ${RUNTIME_ENV}); onnx or keras to force one",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--top", type=int, default=2, metavar="K", help="candidates shown per image (default 2)")
     parser.add_argument("--save-inputs", type=Path, metavar="DIR", help="write each image as the model saw it")
@@ -252,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as pool:
         prepared = pool.map(partial(prepare, form=form), listed, chunksize=64)  # copies come back
         try:
-            predict, config = load_model(args.model)
+            predict, config = load_model(args.model, args.runtime)
         except Exception as exc:  # any failure to load is reported in one line
             print(f"predict: error: cannot load the model: {redact.first_line(exc)}", file=sys.stderr)
             return 2
