@@ -10,9 +10,12 @@ the endpoint is ``--endpoint`` and the credentials come from the usual AWS
 variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``)
 or ``dvc remote modify --local shared access_key_id ...``; short connect and
 read timeouts make an unreachable endpoint fail within seconds instead of
-hanging, and the remote is tried once right away (one line naming a wrong key,
-a missing bucket or an unreachable endpoint). ``make remote`` hands the URL over in the environment (``REMOTE``,
-``ENDPOINT``), so it is not echoed; what is printed is redacted.
+hanging, and the remote is tried once right away, through the S3 filesystem
+DVC builds for it (so with every setting ``dvc push`` honours: ``profile``,
+``credentialpath``, ``configpath``, ...), in one line naming a wrong key, a
+missing bucket or an unreachable endpoint. ``make remote`` hands the URL over
+in the environment (``REMOTE``, ``ENDPOINT``), so it is not echoed; what is
+printed is redacted.
 """
 
 from __future__ import annotations
@@ -100,46 +103,45 @@ def configure(url: str, endpoint: str | None = None, repo: Path = Path(".")) -> 
     return local, section
 
 
-def check_s3(section: dict, timeout_s: float = 5) -> None:
-    """List the remote's prefix once, with the credentials ``dvc push`` would use (the section's keys or
-    profile, else the AWS variables), so that a wrong key, a missing bucket or an unreachable endpoint
-    is one line now, within seconds, rather than at the first push."""
-    import botocore.config  # noqa: PLC0415 - botocore comes with dvc-s3; only S3 remotes need it
-    import botocore.exceptions  # noqa: PLC0415
-    import botocore.session  # noqa: PLC0415
+def check_s3(repo: Path = Path("."), timeout_s: float = 5) -> None:
+    """List the remote's prefix once, through the S3 filesystem ``dvc push`` builds for it (DVC's own reading
+    of the remote's keys, ``profile``, ``credentialpath``, ``configpath``, ``region``, ``endpointurl`` ..., else
+    the AWS variables), so that a wrong key, a missing bucket or an unreachable endpoint is one line now, within
+    seconds, rather than at the first push. Only the waiting is the check's own: ``timeout_s``, two attempts."""
+    import botocore.exceptions  # noqa: PLC0415 - botocore comes with dvc-s3; only S3 remotes need it
+    from dvc.exceptions import DvcException  # noqa: PLC0415 - DVC's import is slow; only this command needs it
+    from dvc.repo import Repo  # noqa: PLC0415
 
-    url = section["url"]
-    bucket, _, prefix = url.removeprefix("s3://").partition("/")
-    endpoint = section.get("endpointurl")
+    try:
+        with Repo(str(repo)) as dvc_repo:
+            section = dvc_repo.config["remote"][NAME]
+            remote = dvc_repo.cloud.get_remote(NAME)
+    except DvcException as exc:
+        raise RemoteError(redact.text(str(exc))) from None
+    url, endpoint = section["url"], section.get("endpointurl")
     where = f"{url} (endpoint {redact.uri(endpoint)})" if endpoint else url
-    session = botocore.session.Session(profile=section.get("profile"))
-    config = botocore.config.Config(
+    # Before the filesystem connects: it is made from these arguments on first use.
+    remote.fs.fs_args.setdefault("config_kwargs", {}).update(
         connect_timeout=timeout_s, read_timeout=timeout_s, retries={"max_attempts": 2, "mode": "standard"}
     )
+    bucket, _, prefix = remote.path.partition("/")
     try:
-        client = session.create_client(
-            "s3",
-            region_name=section.get("region"),
-            endpoint_url=endpoint,
-            aws_access_key_id=section.get("access_key_id"),
-            aws_secret_access_key=section.get("secret_access_key"),
-            aws_session_token=section.get("session_token"),
-            config=config,
-        )
-        client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+        remote.fs.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=1)
     except ValueError:  # botocore refuses the endpoint before any request; its message holds the raw URL
         raise RemoteError(f"{where}: {INVALID_ENDPOINT}") from None
     except botocore.exceptions.NoCredentialsError:
         raise RemoteError(
             f"{where}: no credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile)"
         ) from None
-    except botocore.exceptions.ClientError as exc:
-        error = exc.response.get("Error", {})
-        raise RemoteError(redact.text(f"{where}: {error.get('Code')}: {error.get('Message')}")) from None
     except botocore.exceptions.EndpointConnectionError:
         raise RemoteError(f"{where}: could not connect to the endpoint") from None
     except botocore.exceptions.BotoCoreError as exc:
         raise RemoteError(redact.text(f"{where}: {exc}")) from None
+    except (botocore.exceptions.ClientError, OSError) as exc:  # s3fs raises S3's answer as an OSError, from it
+        answer = exc if isinstance(exc, botocore.exceptions.ClientError) else exc.__cause__
+        error = (getattr(answer, "response", None) or {}).get("Error", {})
+        reason = f"{error.get('Code')}: {error.get('Message')}" if error else str(exc) or type(exc).__name__
+        raise RemoteError(redact.text(f"{where}: {reason}")) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"remote: {NAME} = {redact.uri(url)}{where}, the default remote, in {path}")
     if section["url"].startswith("s3://") and not args.no_check:
         try:
-            check_s3(section)
+            check_s3()
         except RemoteError as exc:
             print(f"remote: error: {redact.text(str(exc))}", file=sys.stderr)
             return 1
