@@ -27,6 +27,7 @@ from typing import Any
 
 import stages.tools.tune
 from stages.lib import redact, store
+from stages.lib.paths import METRICS_PATH
 from stages.params import schema
 from stages.tools.tune import TuneError
 from stages.tools.tune.figures import draw_figures, summary
@@ -224,7 +225,7 @@ def best(study_name: str, dry_run: bool = False) -> int:
     result = subprocess.run(command)
     if result.returncode != 0:
         return result.returncode
-    metrics = json.loads(Path("reports/metrics.json").read_text())
+    metrics = json.loads(METRICS_PATH.read_text())
     print(
         f"tune-best: dvc exp run tune-{study_name}: val_accuracy {metrics['val_accuracy']:.4f} "
         f"(trial {winner.value:.4f}), test_accuracy {metrics['test_accuracy']:.4f}"

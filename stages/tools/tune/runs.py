@@ -143,7 +143,10 @@ class Runs:
 
 class EpochLog:
     """Epoch rows on their way to a trial's MLflow run: written every ``interval`` seconds, not every epoch
-    (each write takes the store's lock: with K workers and short epochs it would cost more than it shows)."""
+    (each write takes the store's lock: with K workers and short epochs it would cost more than it shows).
+
+    By hand rather than MLflow's asynchronous logging, whose batches would be written outside that lock.
+    """
 
     def __init__(self, runs: Runs, run_id: str, interval: float = 10.0) -> None:
         self.runs, self.run_id, self.interval = runs, run_id, interval

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from stages.lib import redact, tracking
+from stages.lib.data import read_stats
 from stages.lib.paths import STATS_PATH
 from stages.params import schema
 from stages.tools.tune import TuneError
@@ -118,7 +119,7 @@ def fingerprint(base: Mapping[str, Any]) -> str:
 
 def data_digest(stats_path: Path = STATS_PATH) -> str:
     try:
-        return json.loads(Path(stats_path).read_text())["sha256"]
+        return read_stats(stats_path)["sha256"]
     except (FileNotFoundError, KeyError, json.JSONDecodeError):
         raise TuneError(f"{stats_path} missing or incomplete: run `dvc repro` (or `dvc pull`) first") from None
 
