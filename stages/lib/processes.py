@@ -28,6 +28,7 @@ def own_proc(proc: Path = PROC) -> bool:
 def runs(pid: int, marker: bytes, proc: Path = PROC) -> bool | None:
     """Whether ``pid`` is alive and its command line holds ``marker``; None when it is alive but ``proc``
     cannot say (yet) what it runs."""
+    # Not psutil: it reads the same /proc, and in another PID namespace's would describe another process.
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

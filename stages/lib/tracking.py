@@ -97,6 +97,7 @@ def store_lock(uri: str) -> Iterator[None]:
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created if needed) for the block: one process at a time."""
+    # flock itself: the filelock package makes the same call, and would be one more dependency to declare.
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
