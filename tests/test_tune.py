@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from stages.params import schema as params
-from stages.tools.tune import TuneError, cli, figures, liveness, space, storage
+from stages.serving import cores
+from stages.tools.tune import TuneError, cli, figures, liveness, space, storage, worker
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = params.read_raw(ROOT / "params.yaml")
@@ -59,6 +60,7 @@ def test_the_committed_spaces_are_valid():
         (raw_space({}), "spaces.s.search is empty"),
         (raw_space({"train.epochs": {"int": [1, 3]}}, pruner={"patience": 2}), "unknown setting 'patience'"),
         ({"serch": {}}, "unknown entry 'serch'"),
+        (raw_space({"train.threads": {"choice": [1, 2]}}), "train.threads cannot vary between trials"),
     ],
 )
 def test_a_space_that_breaks_the_schema_is_one_line_naming_the_key(raw, message):
@@ -96,6 +98,14 @@ def test_exp_run_command_has_exactly_the_trial_overrides():
         "dvc", "exp", "run", "-n", "tune-demo",
         "-S", "train.learning_rate=0.00002", "-S", "model.hidden_units=[256,128]",
     ]  # fmt: skip
+
+
+def test_a_worker_s_threads_follow_train_threads_and_the_cores_it_shares(monkeypatch):
+    monkeypatch.setattr(cores, "usable", lambda: 4)
+    assert worker.threads_for(1, 4) == 4 and worker.threads_for(2, 4) == 2 and worker.threads_for(8, 4) == 1
+    assert worker.threads_for(1, 1) == 1  # a dense network without dropout: one thread, however many cores
+    assert worker.threads_for(2, 4, wanted=3) == 3  # a number in params.yaml (or the space's fixed) pins it
+    assert worker.threads_for(2, 4, wanted=3, given=5) == 5  # --threads wins
 
 
 @pytest.fixture

@@ -120,6 +120,7 @@ def test_two_workers_share_a_study_in_postgresql(clone, storage):
         run = by_number[trial.number]
         assert run.data.tags["tune.state"] == trial.state.name and run.info.status == status[trial.state.name]
         assert run.data.params["train.learning_rate"] == str(trial.params["train.learning_rate"])
+        assert trial.user_attrs["overrides"]["train.threads"] == 1 and run.data.params["train.threads"] == "1"
     pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
     assert pruned, "the hopeless trials (lr 1e-7 or one hidden unit) should be pruned after epoch 1"
     assert all(by_number[t.number].data.metrics["epochs_run"] == 1 for t in pruned)
@@ -139,6 +140,7 @@ def test_best_trial_reproduces_through_dvc_exp_run(clone, storage):
     result = tune(clone, storage, "best", "--study", "pair")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "dvc exp run -n tune-pair -S model.kind=dense" in result.stdout
+    assert " -S train.threads=1" in result.stdout  # the trial's thread count (dense: one), passed on
     metrics = json.loads((clone / "reports" / "metrics.json").read_text())
     assert abs(metrics["val_accuracy"] - best.value) <= TOLERANCE, (metrics, best.value)
     client = mlflow.MlflowClient(f"sqlite:///{clone}/mlflow.db")

@@ -134,6 +134,8 @@ def validate_space(name: str, raw: Any, base: Mapping[str, Any], where: str = "t
     both = sorted(set(fixed) & set(search))
     if both:
         raise TuneError(f"{at}: {both[0]} is both fixed and searched")
+    if "train.threads" in search:
+        raise TuneError(f"{at}: train.threads cannot vary between trials (a worker sets TensorFlow's threads once)")
     candidates: dict[str, list] = {}
     for key, dist in search.items():
         candidates[key] = _distribution_values(f"{at}.search.{key}", key, dist, keys[key])

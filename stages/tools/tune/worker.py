@@ -57,10 +57,16 @@ def on_stop_signals() -> None:
     signal.signal(signal.SIGINT, _stop)
 
 
-def threads_for(workers: int, backend_threads: int) -> int:
-    """TensorFlow threads per worker: the backend's own, but no more than the cores K workers share."""
-    cores = len(os.sched_getaffinity(0))
-    return max(1, min(backend_threads, cores // max(workers, 1)))
+def threads_for(workers: int, backend_threads: int, wanted: int | str = "auto", given: int | None = None) -> int:
+    """TensorFlow threads per worker: ``--threads`` when given, a number ``train.threads`` pins; else (``auto``)
+    the backend's own, but no more than this process's cores (``cores.usable``) shared by K workers."""
+    from stages.serving import cores  # noqa: PLC0415 - only here
+
+    if given:
+        return given
+    if wanted != "auto":
+        return int(wanted)
+    return max(1, min(backend_threads, cores.usable() // max(workers, 1)))
 
 
 def progress_line(trial: Any, study: Any, seconds: float, epochs: int) -> str:
@@ -103,8 +109,9 @@ def work(study_name: str, workers: int = 1, threads: int | None = None, log: Cal
     from stages.lib.training import backend_settings, background_value  # noqa: PLC0415
 
     first = {k: next(iter(d.values()))[0] for k, d in space["search"].items()}
-    backend = backend_settings(trial_config(base, {**space["fixed"], **first})["model"])  # before TensorFlow
-    n_threads = threads or threads_for(workers, backend["threads"])
+    config = trial_config(base, {**space["fixed"], **first})
+    backend = backend_settings(config["model"], config["train"]["threads"])  # before TensorFlow
+    n_threads = threads_for(workers, backend["threads"], config["train"]["threads"], threads)
     from stages.lib import model as nn  # noqa: PLC0415 - TensorFlow, once for every trial of this worker
 
     nn.configure(0, threads=n_threads)
@@ -129,7 +136,7 @@ def work(study_name: str, workers: int = 1, threads: int | None = None, log: Cal
                 warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize": see Heartbeat
                 trial = study.ask()
             trial.set_user_attr("worker", worker_id())
-        run_trial(study, trial, space, base, data, background, backend["jit_compile"], runs, log)
+        run_trial(study, trial, space, base, data, background, backend["jit_compile"], n_threads, runs, log)
         done += 1
     return done
 
@@ -142,10 +149,14 @@ def run_trial(
     data: Mapping[str, tuple[np.ndarray, np.ndarray]],
     background: float,
     jit_compile: bool,
+    threads: int,
     runs: Runs,
     log: Callable[[str], None],
 ) -> Any:
-    """Train one trial with the train stage's functions, report each epoch, tell Optuna and MLflow how it ended."""
+    """Train one trial with the train stage's functions, report each epoch, tell Optuna and MLflow how it ended.
+
+    Its overrides record the worker's thread count as ``train.threads``: results are byte-reproducible for a
+    given CPU and thread count, so ``tune best`` passes it on to ``dvc exp run``."""
     import keras  # noqa: PLC0415
     import optuna  # noqa: PLC0415
 
@@ -154,7 +165,7 @@ def run_trial(
 
     started = time.monotonic()
     sp = Space(space["name"], space["fixed"], space["search"], space["pruner"], space["sampler"])
-    overrides = suggest(trial, sp)
+    overrides = {**suggest(trial, sp), "train.threads": threads}
     trial.set_user_attr("overrides", overrides)
     config = trial_config(base, overrides)
     retry_of = retried_trial(study, trial.number)
