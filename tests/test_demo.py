@@ -1,9 +1,10 @@
-"""The draw-a-digit page: its prediction function, bad input, the API through gradio_client, a real browser.
+"""The demo page: its prediction function, bad input, any data set's model, the API through gradio_client, a real
+browser.
 
 Fast tests use a stand-in model (a function of the pixels) and no Gradio. The
 slow ones start the page as `make demo` does (`python -m stages.tools.demo`, on
-127.0.0.1, stopped by process id): against a tiny Keras model for the API,
-and, for the quality gate and the browser, against the default dense network
+127.0.0.1, stopped by process id): against tiny Keras models for the API (MNIST's
+digits, and three colour classes), and, for the quality gate and the browser, against the default dense network
 trained on the real prepared MNIST data (`dvc repro preprocess` makes it in a fresh clone).
 """
 
@@ -41,16 +42,27 @@ def seven() -> Image.Image:
 
 
 class StandIn:
-    """A model that remembers what it was given and answers ``digit`` with 70 %, the rest shared."""
+    """A model that remembers what it was given and answers ``digit`` (a class's index) with 70 %, the rest
+    shared among its ``classes``."""
 
-    def __init__(self, digit: int = 7) -> None:
-        self.digit, self.seen = digit, []
+    def __init__(self, digit: int = 7, classes: int = 10) -> None:
+        self.digit, self.classes, self.seen = digit, classes, []
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         self.seen.append(pixels)
-        probs = np.full((len(pixels), 10), 0.3 / 9)
+        probs = np.full((len(pixels), self.classes), 0.3 / (self.classes - 1))
         probs[:, self.digit] = 0.7
         return probs
+
+
+SHAPES = ["circle", "square", "triangle"]
+COLOUR = {"dataset": "shapes", "classes": SHAPES, "image_shape": [16, 16, 3], "style": "plain"}
+
+
+def red_square(size: tuple[int, int] = (40, 30)) -> Image.Image:
+    image = Image.new("RGB", size, (240, 240, 230))
+    image.paste((200, 20, 20), (8, 6, size[0] - 8, size[1] - 6))
+    return image
 
 
 # --- the page's functions (fast) ------------------------------------------------------
@@ -74,11 +86,13 @@ def test_a_drawing_is_answered_from_exactly_what_the_page_shows_as_seen():
     assert [t["digit"] for t in answer.top()] == [7, 0, 1] and answer.top()[0]["probability"] == pytest.approx(0.7)
 
     html, chart, seen = demo.page_outputs(answer)
-    assert re.search(r'id="demo-digit"[^>]*>7<', html) and "70.0%" in html
+    assert re.search(r'id="demo-class" class="demo-digit">7<', html) and "70.0%" in html
     assert chart.count('class="demo-col"') == 10
+    assert re.findall(r'class="demo-label">([^<]*)<', chart) == [str(d) for d in range(10)]
     assert len(re.findall(r'class="demo-value">(?:\d+%|&lt;1%)<', chart)) == 3  # the top 3 labelled, not the rest
-    assert seen.shape == (28 * demo.SEEN_ZOOM, 28 * demo.SEEN_ZOOM) and seen.dtype == np.uint8
-    assert np.array_equal(seen[:: demo.SEEN_ZOOM, :: demo.SEEN_ZOOM], np.rint(expected).astype(np.uint8))
+    zoom = demo.seen_zoom((28, 28))
+    assert zoom == 8 and seen.shape == (28 * zoom, 28 * zoom) and seen.dtype == np.uint8
+    assert np.array_equal(seen[::zoom, ::zoom], np.rint(expected).astype(np.uint8))
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -157,6 +171,78 @@ def test_a_bad_model_is_one_line_and_no_password_is_shown_for_it(tmp_path, capsy
     assert not any(demo.is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.10", "example.org"))
 
 
+# --- any data set's model (fast) -----------------------------------------------------------------
+
+
+def test_the_task_follows_the_models_serving_config():
+    assert demo.Task.of({}) == demo.MNIST  # a model that says nothing is MNIST's
+    mnist = demo.MNIST
+    assert mnist.digits and mnist.drawable and mnist.title == "Draw a digit" and mnist.prompt == "Draw a digit."
+    assert mnist.seen_label == "What the model saw (28x28)"
+    shapes = demo.Task.of(COLOUR)
+    assert shapes.classes == tuple(SHAPES) and shapes.form.shape == (16, 16, 3) and shapes.form.style == "plain"
+    assert not shapes.digits and not shapes.drawable  # upload only
+    assert shapes.title == "shapes: upload an image" and shapes.prompt == "Upload an image."
+    assert shapes.seen_label == "What the model saw (16x16, colour)"
+    # Letters in MNIST's form: the sketchpad, and the page says image, not digit.
+    letters = demo.Task.of({"dataset": "letters", "classes": list("abc"), "image_shape": [28, 28], "style": "digits"})
+    assert letters.drawable and not letters.digits and letters.title == "letters: draw or upload an image"
+    assert letters.prompt == "Draw an image."
+    # Digits at another size: uploads only (a drawing becomes MNIST's 28x28).
+    small = demo.Task.of({"dataset": "mini", "image_shape": [14, 14], "style": "digits"})
+    assert small.digits and not small.drawable and small.prompt == "Upload a digit."
+
+
+def test_an_upload_to_a_colour_model_is_answered_with_class_names(tmp_path):
+    task = demo.Task.of(COLOUR)
+    red_square().save(tmp_path / "red.png")
+    model = StandIn(1, classes=3)
+    answer = demo.answer_file(model, tmp_path / "red.png", task)
+    assert answer.message == "" and answer.name == "square" and answer.label == 1
+    assert model.seen[0].shape == (1, 16, 16, 3) and answer.seen.shape == (16, 16, 3)
+    from stages.tools.predict import Form, in_form
+
+    assert np.array_equal(answer.seen, in_form(tmp_path / "red.png", Form("plain", (16, 16, 3))))  # predict's own
+    assert answer.seen[8, 8, 0] > 150 and answer.seen[8, 8, 1] < 80  # red stays red: colour reaches the model
+    assert answer.top() == [
+        {"label": 1, "class": "square", "probability": pytest.approx(0.7)},
+        {"label": 0, "class": "circle", "probability": pytest.approx(0.15)},
+        {"label": 2, "class": "triangle", "probability": pytest.approx(0.15)},
+    ]
+
+    html, chart, seen = demo.page_outputs(answer)
+    assert re.search(r'id="demo-class" class="demo-name">square<', html) and "70.0%" in html
+    assert re.findall(r'class="demo-label">([^<]*)<', chart) == SHAPES
+    assert 'title="square: 70.00%"' in chart and "demo-note" not in chart
+    zoom = demo.seen_zoom((16, 16, 3))
+    assert zoom == 14 and seen.shape == (16 * zoom, 16 * zoom, 3) and seen.dtype == np.uint8
+    assert np.array_equal(seen[::zoom, ::zoom], np.rint(answer.seen).astype(np.uint8))
+
+
+def test_a_bad_upload_to_a_colour_model_is_one_line_and_names_no_digit(tmp_path):
+    task = demo.Task.of(COLOUR)
+    (tmp_path / "notes.png").write_text("not an image")
+    model = StandIn(0, classes=3)
+    answer = demo.answer_file(model, tmp_path / "notes.png", task)
+    assert answer.label is None and answer.message.startswith("notes.png: not an image") and model.seen == []
+    assert demo.answer_file(model, None, task).message == "Upload a photo or scan of an image."
+    Image.new("RGB", (30, 30), (250, 250, 250)).save(tmp_path / "blank.png")  # plain: a blank image is an image
+    assert demo.answer_file(model, tmp_path / "blank.png", task).name == "circle"
+
+
+def test_class_names_are_escaped_and_many_classes_show_the_most_likely():
+    classes = [f"<c{i}>" for i in range(30)]
+    task = demo.Task.of({"dataset": "many", "classes": classes, "image_shape": [8, 8], "style": "plain"})
+    probabilities = np.linspace(1, 2, 30)
+    probabilities /= probabilities.sum()
+    answer = demo.Answer(probabilities=probabilities, seen=np.zeros((8, 8)), task=task)
+    html, chart, _ = demo.page_outputs(answer)
+    assert "&lt;c29&gt;" in html and "<c29>" not in html + chart
+    labels = re.findall(r'class="demo-label">([^<]*)<', chart)
+    assert labels == [f"&lt;c{i}&gt;" for i in range(10, 30)]  # the 20 most likely, in the classes' order
+    assert "the 20 most likely of 30 classes" in chart
+
+
 @pytest.mark.parametrize("how", ["DEMO_AUTH=0", "--no-auth"])
 def test_a_non_loopback_host_without_auth_is_refused_in_one_line(tmp_path, capsys, monkeypatch, how):
     monkeypatch.delenv("DEMO_AUTH", raising=False)
@@ -176,8 +262,8 @@ class Served:
 
     def __init__(self, monkeypatch) -> None:
         self.calls: list[dict] = []
-        monkeypatch.setattr(demo, "load", lambda uri: (StandIn(), "a stand-in"))
-        monkeypatch.setattr(demo, "build_app", lambda model, description: self)
+        monkeypatch.setattr(demo, "load", lambda uri: (StandIn(), "a stand-in", demo.MNIST))
+        monkeypatch.setattr(demo, "build_app", lambda model, description, task: self)
         monkeypatch.setattr(
             demo, "serve", lambda app, host, port, auth=None: self.calls.append(demo.launch_options(host, port, auth))
         )
@@ -257,14 +343,31 @@ def tiny_model(tmp_path_factory) -> Path:
     return root / "model.keras"
 
 
+@pytest.fixture(scope="module")
+def colour_model(tmp_path_factory) -> Path:
+    """A tiny untrained network on 16x16 colour images of three named classes, as the pipeline writes one for a
+    folder of shapes (``serving.json`` with its data set, classes, image shape and style)."""
+    nn = pytest.importorskip("stages.lib.model")
+    root = tmp_path_factory.mktemp("colour")
+    nn.configure(0)
+    model = nn.build([8], "relu", 0.0, "softmax", input_shape=(16, 16, 3), classes=3, name="shapes")
+    nn.save_model(model, root / "model.keras")
+    config = {"normalization": {"method": "minmax", "offset": 0.0, "scale": 255.0}, "output": "softmax", **COLOUR}
+    (root / "serving.json").write_text(json.dumps(config))
+    return root / "model.keras"
+
+
 @contextlib.contextmanager
-def running_demo(model: Path, timeout_s: float = 120):
-    """`python -m stages.tools.demo` on a free port of 127.0.0.1, as `make demo` starts it; stopped by its pid."""
+def running_demo(model: Path | str | None, timeout_s: float = 120, cwd: Path = ROOT, env: dict | None = None):
+    """`python -m stages.tools.demo` on a free port of 127.0.0.1, as `make demo` starts it; stopped by its pid.
+    ``model`` None: the page's default (the champion of the data set ``cwd/params.yaml`` names); ``env``: more
+    variables (MLflow's and Gradio's are not inherited)."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "GRADIO_"))}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "GRADIO_"))}, **(env or {})}
     env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stages.tools.demo", "--model", str(model), "--port", str(port)],
+        [sys.executable, "-m", "stages.tools.demo", *(["--model", str(model)] if model else []), "--port", str(port)],
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -294,6 +397,8 @@ def test_the_api_through_gradio_client(tiny_model, tmp_path):
     seven().save(tmp_path / "seven.png")
     (tmp_path / "notes.png").write_text("not an image")
     with running_demo(tiny_model) as url:
+        components = page_components(url)
+        assert {"file", "imageeditor"} <= components or {"file", "sketchpad"} <= components, components
         client = Client(url, verbose=False)
         assert list(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == ["/predict"]
         started = time.monotonic()
@@ -315,6 +420,33 @@ def test_the_api_through_gradio_client(tiny_model, tmp_path):
         assert sources and all(not urlparse(s).netloc for s in sources), sources
         css = urllib.request.urlopen(f"{url}/theme.css", timeout=10).read().decode()
         assert "fonts.googleapis" not in css and not re.search(r"url\(['\"]?https?:", css)
+
+
+def page_components(url: str) -> set[str]:
+    """The kinds of component the running page shows (Gradio's /config)."""
+    config = json.loads(urllib.request.urlopen(f"{url}/config", timeout=10).read())
+    return {c["type"] for c in config["components"] if c.get("props", {}).get("visible", True) is not False}
+
+
+@pytest.mark.slow
+def test_a_colour_model_gets_an_upload_page_and_answers_class_names(colour_model, tmp_path):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    red_square().save(tmp_path / "red.png")
+    (tmp_path / "notes.png").write_text("not an image")
+    with running_demo(colour_model) as url:
+        components = page_components(url)
+        assert "file" in components and not components & {"sketchpad", "imageeditor"}, components
+        page = urllib.request.urlopen(f"{url}/config", timeout=10).read().decode()
+        assert "shapes: upload an image" in page and "What the model saw (16x16, colour)" in page
+        client = Client(url, verbose=False)
+        name, top = client.predict(handle_file(tmp_path / "red.png"), api_name="/predict")
+        assert name in SHAPES and name == top[0]["class"] and len(top) == 3
+        assert sorted(t["class"] for t in top) == SHAPES and {t["label"] for t in top} == {0, 1, 2}
+        assert sum(t["probability"] for t in top) == pytest.approx(1, abs=1e-5)
+        with pytest.raises(AppError, match=r"^notes.png: not an image"):
+            client.predict(handle_file(tmp_path / "notes.png"), api_name="/predict")
 
 
 @pytest.fixture(scope="module")

@@ -1,19 +1,22 @@
-"""The draw-a-digit page: a Gradio app that shows what a trained model says about your own handwriting.
+"""The demo page: a Gradio app that shows what a trained model says about your own images or handwriting.
 
     python -m stages.tools.demo [--model URI] [--host 127.0.0.1] [--port 7860] [--auth | --no-auth]   (make demo)
 
-Draw a digit with the mouse or a finger, or upload a photo or scan: the page
-shows the answer, the ten class probabilities and the 28x28 image the model
-actually saw (``stages.tools.predict``'s preprocessing, the very same functions as
-``mnist-predict``). The model is the registry's champion by default, or what
+Upload a photo, scan or any image, or, for a digits model (``preprocess.style:
+digits``, 28x28 gray: MNIST's), draw one with the mouse or a finger: the page
+shows the answer, the class probabilities (named after the model's classes,
+``serving.json``) and the image the model actually saw, in the model's form
+(``stages.tools.predict``'s preprocessing, the very same functions as
+``mnist-predict``). Titles and texts follow the model's data set. The model is
+the champion of the data set ``params.yaml`` names by default, or what
 ``--model`` names, as ``mnist-predict --model`` accepts it (an MLflow model
 URI, a ``.keras`` file with its ``serving.json``, or its directory).
 
 Private and offline: bound to 127.0.0.1 unless told otherwise, no share link,
 Gradio's analytics off, nothing fetched from outside (fonts and scripts are
 Gradio's own, served by the app). The app also answers Gradio's API: the
-``/predict`` endpoint takes an image file and returns the digit and the top 3
-(``gradio_client``; see docs/demo.md).
+``/predict`` endpoint takes an image file and returns the answer and the top 3:
+MNIST's digit, or another data set's class name (``gradio_client``; see docs/demo.md).
 
 The server rule of ``stages.tools.server``: on a host other than loopback the
 page asks for a login (Gradio's ``auth``), user ``demo`` (``DEMO_USER``) and a
@@ -43,22 +46,76 @@ from stages.lib.images import from_image, mnist_style
 from stages.lib.redact import text as redact_text
 from stages.lib.redact import uri as redact_uri
 from stages.lib.registry import SCORE_TAG, champion_uri
-from stages.serving.classifier import DIGITS, IMAGE_SHAPE
-from stages.tools.predict import Outcome, prepare, ranked
+from stages.serving.classifier import DIGITS, IMAGE_SHAPE, output_columns
+from stages.tools.predict import Form, Outcome, prepare, ranked
 
 DEFAULT_MODEL = champion_uri()  # the champion of the data set params.yaml names
 DEFAULT_PORT = 7860
 CANVAS = 400  # the sketchpad's side, in pixels
 BRUSH = 14  # the pen's radius, in pixels: MNIST's strokes are about a tenth of the digit's height
 MAX_UPLOAD = "10mb"  # larger uploads are refused by Gradio before they reach the model
-SEEN_ZOOM = 8  # the 28x28 image, shown with each pixel as a square of this side
+SEEN_SIDE = 224  # the image the model saw, shown about this many pixels wide, each pixel a square
 TOP = 3
+MAX_BARS = 20  # more classes than this: the chart shows the MAX_BARS most likely
 DEMO_USER = "demo"  # the login's user name unless DEMO_USER says otherwise
 
 # Before Gradio is imported: no usage statistics, no version check, no Hugging Face telemetry.
 PRIVATE_ENVIRONMENT = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1"}
 
-Probabilities = Callable[[np.ndarray], np.ndarray]  # (N, 28, 28) raw pixels -> (N, 10)
+Probabilities = Callable[[np.ndarray], np.ndarray]  # (N, *image shape) raw pixels -> (N, classes)
+
+
+@dataclass(frozen=True)
+class Task:
+    """What the model answers, from its ``serving.json``: its data set's name, its classes and the form an image
+    is brought into (``predict.Form``). MNIST's when the config says nothing (older models)."""
+
+    dataset: str = "mnist"
+    classes: tuple[str, ...] = tuple(DIGITS)
+    form: Form = Form()
+
+    @classmethod
+    def of(cls, config: dict) -> Task:
+        return cls(str(config.get("dataset", "mnist")), tuple(config.get("classes", DIGITS)), Form.of(config))
+
+    @property
+    def digits(self) -> bool:
+        """Whether answers are MNIST's digits (``digit``), as the served model says them, or ``label`` and
+        ``class`` (``classifier.output_columns``)."""
+        return output_columns({"classes": list(self.classes)})[0] == "digit"
+
+    @property
+    def drawable(self) -> bool:
+        """Whether the sketchpad makes sense: a digits model (``preprocess.style: digits``) taking what a drawing
+        becomes in MNIST's form (``mnist_style``: 28x28 gray)."""
+        return self.form.style == "digits" and self.form.shape == IMAGE_SHAPE
+
+    @property
+    def noun(self) -> str:
+        return "digit" if self.digits else "image"
+
+    @property
+    def title(self) -> str:
+        if self.dataset == "mnist" and self.digits and self.drawable:
+            return "Draw a digit"
+        return f"{self.dataset}: {'draw or upload' if self.drawable else 'upload'} an image"
+
+    @property
+    def prompt(self) -> str:
+        """What the answer's place says before anything is drawn or uploaded."""
+        return f"{'Draw' if self.drawable else 'Upload'} {article(self.noun)} {self.noun}."
+
+    @property
+    def seen_label(self) -> str:
+        height, width = self.form.shape[:2]
+        return f"What the model saw ({height}x{width}{', colour' if len(self.form.shape) == 3 else ''})"
+
+
+MNIST = Task()
+
+
+def article(noun: str) -> str:
+    return "an" if noun[:1].lower() in "aeiou" else "a"
 
 
 @dataclass
@@ -66,19 +123,33 @@ class Answer:
     """What the page shows for one drawing or upload: a prediction, or a one-line message."""
 
     probabilities: np.ndarray | None = None
-    seen: np.ndarray | None = None  # the 28x28 image the model saw
+    seen: np.ndarray | None = None  # the image the model saw, in its form
     message: str = ""
+    task: Task = MNIST
+
+    @property
+    def label(self) -> int | None:
+        """The most likely class's index (for MNIST, the digit)."""
+        return None if self.probabilities is None else int(np.argmax(self.probabilities))
 
     @property
     def digit(self) -> int | None:
-        return None if self.probabilities is None else int(np.argmax(self.probabilities))
+        return self.label
 
-    def top(self, k: int = TOP) -> list[dict[str, float]]:
-        return (
-            []
-            if self.probabilities is None
-            else [{"digit": d, "probability": p} for d, p in ranked(self.probabilities, k)]
-        )
+    @property
+    def name(self) -> str | None:
+        """The most likely class's name (for MNIST, the digit as text)."""
+        return None if self.label is None else self.task.classes[self.label]
+
+    def top(self, k: int = TOP) -> list[dict]:
+        """The ``k`` most likely classes, as the served model and ``mnist-predict --json`` name them:
+        ``digit`` for MNIST, else ``label`` and ``class``."""
+        if self.probabilities is None:
+            return []
+        if self.task.digits:
+            return [{"digit": d, "probability": p} for d, p in ranked(self.probabilities, k)]
+        classes = self.task.classes
+        return [{"label": i, "class": classes[i], "probability": p} for i, p in ranked(self.probabilities, k)]
 
 
 # --- one drawing or file -> an answer --------------------------------------------
@@ -89,39 +160,42 @@ def one_line(exc: Exception) -> str:
     return redact_text(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)
 
 
-def answer_pixels(model: Probabilities, seen: np.ndarray) -> Answer:
+def answer_pixels(model: Probabilities, seen: np.ndarray, task: Task = MNIST) -> Answer:
     try:
         probabilities = np.asarray(model(seen[np.newaxis])[0], dtype=np.float64)
     except Exception as exc:  # the page stays up and says so; the server's log has the same line
         print(f"demo: error: the model failed: {one_line(exc)}", file=sys.stderr)
-        return Answer(seen=seen, message=f"The model failed: {one_line(exc)}")
-    return Answer(probabilities=probabilities, seen=seen)
+        return Answer(seen=seen, message=f"The model failed: {one_line(exc)}", task=task)
+    return Answer(probabilities=probabilities, seen=seen, task=task)
 
 
-def answer_drawing(model: Probabilities, drawing) -> Answer:
-    """The sketchpad's canvas (a PIL image, transparent where nothing is drawn) or None when cleared."""
+def answer_drawing(model: Probabilities, drawing, task: Task = MNIST) -> Answer:
+    """The sketchpad's canvas (a PIL image, transparent where nothing is drawn) or None when cleared; brought
+    into MNIST's form as ``mnist-predict`` brings a file (``from_image`` reads it as ``decode`` reads the file).
+    Only a ``task.drawable`` model has a sketchpad."""
     if drawing is None:
-        return Answer(message="Draw a digit.")
+        return Answer(message=task.prompt, task=task)
     try:
         seen = mnist_style(from_image(drawing))
     except ValueError as exc:  # predict.ImageError: blank, too large
         message = str(exc)
         if message.startswith("no digit found"):
-            message = "Draw a digit: the canvas is empty."
-        return Answer(message=message)
+            message = f"{task.prompt[:-1]}: the canvas is empty."
+        return Answer(message=message, task=task)
     except Exception as exc:  # a surprise in an odd canvas is this drawing's message, not a crash
-        return Answer(message=f"Cannot read the drawing: {one_line(exc)}")
-    return answer_pixels(model, seen)
+        return Answer(message=f"Cannot read the drawing: {one_line(exc)}", task=task)
+    return answer_pixels(model, seen, task)
 
 
-def answer_file(model: Probabilities, path: str | Path | None) -> Answer:
-    """An uploaded file: anything at all (read with ``predict.prepare``'s safety limits and one-line reasons)."""
+def answer_file(model: Probabilities, path: str | Path | None, task: Task = MNIST) -> Answer:
+    """An uploaded file: anything at all, brought into the model's form (``predict.prepare``, with its safety
+    limits and one-line reasons)."""
     if path is None:
-        return Answer(message="Upload a photo or scan of a digit.")
-    outcome = prepare(Outcome(str(path)))
+        return Answer(message=f"Upload a photo or scan of {article(task.noun)} {task.noun}.", task=task)
+    outcome = prepare(Outcome(str(path)), task.form)
     if outcome.error is not None:
-        return Answer(message=f"{Path(path).name}: {outcome.error}")
-    return answer_pixels(model, outcome.pixels)
+        return Answer(message=f"{Path(path).name}: {outcome.error}", task=task)
+    return answer_pixels(model, outcome.pixels, task)
 
 
 def drawn_image(value):
@@ -135,39 +209,56 @@ def drawn_image(value):
 
 
 def answer_html(answer: Answer) -> str:
-    """The big digit and its confidence, or the message (one line, escaped)."""
-    if answer.digit is None:
+    """The answer (the digit, or the class name) big, and its confidence; or the message (one line, escaped)."""
+    if answer.label is None:
         return f'<div id="demo-answer" class="demo-message">{html.escape(answer.message)}</div>'
-    confidence = answer.probabilities[answer.digit]
+    confidence = answer.probabilities[answer.label]
+    size = "demo-digit" if len(answer.name) <= 2 else "demo-name"  # a long class name in smaller letters
     return (
-        f'<div id="demo-answer"><span id="demo-digit" class="demo-digit">{answer.digit}</span> '
+        f'<div id="demo-answer"><span id="demo-class" class="{size}">{html.escape(answer.name)}</span> '
         f'<span class="demo-confidence">{confidence:.1%}</span></div>'
     )
 
 
 def chart_html(answer: Answer) -> str:
-    """Ten bars, one per digit; the top 3 labelled with their probability."""
+    """One bar per class, named (the MAX_BARS most likely of more, in the classes' order); the top 3 labelled
+    with their probability."""
     if answer.probabilities is None:
         return ""
-    top = {d for d, _ in ranked(answer.probabilities, TOP)}
+    probabilities, classes = answer.probabilities, answer.task.classes
+    top = {i for i, _ in ranked(probabilities, TOP)}
+    shown = sorted(i for i, _ in ranked(probabilities, MAX_BARS))
     bars = []
-    for digit, p in enumerate(answer.probabilities):
-        label = ("<1%" if p < 0.005 else f"{p:.0%}") if digit in top else ""
-        kind = "demo-bar demo-best" if digit == answer.digit else "demo-bar"
+    for i in shown:
+        p, name = probabilities[i], html.escape(classes[i])
+        label = ("<1%" if p < 0.005 else f"{p:.0%}") if i in top else ""
+        kind = "demo-bar demo-best" if i == answer.label else "demo-bar"
         bars.append(
-            f'<div class="demo-col" title="{digit}: {p:.2%}"><span class="demo-value">{html.escape(label)}</span>'
+            f'<div class="demo-col" title="{name}: {p:.2%}"><span class="demo-value">{html.escape(label)}</span>'
             f'<div class="{kind}" style="height:{max(p * 100, 1):.1f}%"></div>'
-            f'<span class="demo-label">{digit}</span></div>'
+            f'<span class="demo-label">{name}</span></div>'
         )
-    return f'<div id="demo-chart" class="demo-chart">{"".join(bars)}</div>'
+    note = (
+        f'<div class="demo-note">the {len(shown)} most likely of {len(classes)} classes</div>'
+        if len(shown) < len(classes)
+        else ""
+    )
+    return f'<div id="demo-chart" class="demo-chart">{"".join(bars)}</div>{note}'
+
+
+def seen_zoom(shape: tuple[int, ...]) -> int:
+    """The side of the square each of the model's pixels is shown as (browsers blur small images): 8 for 28x28."""
+    return max(1, SEEN_SIDE // max(shape[:2]))
 
 
 def seen_image(answer: Answer) -> np.ndarray | None:
-    """The 28x28 input as 8-bit gray, each pixel a SEEN_ZOOM-sided square (browsers blur small images)."""
+    """The model's input as 8-bit gray or RGB, each pixel a ``seen_zoom``-sided square."""
     if answer.seen is None:
         return None
     pixels = np.clip(np.rint(answer.seen), 0, 255).astype(np.uint8)
-    return np.kron(pixels, np.ones((SEEN_ZOOM, SEEN_ZOOM), dtype=np.uint8))
+    zoom = seen_zoom(pixels.shape)
+    block = np.ones((zoom, zoom) if pixels.ndim == 2 else (zoom, zoom, 1), dtype=np.uint8)
+    return np.kron(pixels, block)
 
 
 def page_outputs(answer: Answer) -> tuple[str, str, np.ndarray | None]:
@@ -185,6 +276,7 @@ PICK_PEN = """() => {
 
 CSS = """
 .demo-digit { font-size: 6rem; font-weight: 700; line-height: 1; margin-right: 1rem; }
+.demo-name { font-size: 3rem; font-weight: 700; line-height: 1.1; margin-right: 1rem; overflow-wrap: anywhere; }
 .demo-confidence { font-size: 1.5rem; opacity: 0.7; }
 .demo-message { font-size: 1.1rem; padding: 1rem 0; }
 .demo-chart { display: flex; align-items: flex-end; gap: 6px; height: 180px; padding-top: 1.2rem; }
@@ -193,7 +285,9 @@ CSS = """
 .demo-bar { width: 100%; background: var(--neutral-400); border-radius: 3px 3px 0 0; }
 .demo-best { background: var(--color-accent); }
 .demo-value { font-size: 0.8rem; min-height: 1.1rem; }
-.demo-label { font-weight: 600; }
+.demo-label { font-weight: 600; font-size: 0.8rem; max-width: 100%; overflow: hidden; text-overflow: ellipsis;
+  white-space: nowrap; }
+.demo-note { font-size: 0.8rem; opacity: 0.7; }
 """
 
 
@@ -229,83 +323,91 @@ def describe_model(uri: str | None) -> str:
     return f"{uri}: version {version.version}" + (f" ({', '.join(details)})" if details else "")
 
 
-def load(uri: str | None) -> tuple[Probabilities, str]:
-    """The model as a probabilities function, warmed up (first call traced), and its description."""
+def load(uri: str | None) -> tuple[Probabilities, str, Task]:
+    """The model as a probabilities function, warmed up (first call traced), its description and its task."""
     from stages.tools.predict import load_model  # noqa: PLC0415
 
     model, config = load_model(uri)
-    if config.get("classes", DIGITS) != DIGITS or tuple(config.get("image_shape", IMAGE_SHAPE)) != IMAGE_SHAPE:
-        raise ValueError(
-            f"the page draws and reads MNIST-style digits; this model takes {config.get('dataset', 'other')} images "
-            "(use mnist-predict for it)"
-        )
-    model(np.zeros((1, *IMAGE_SHAPE), dtype=np.float32))
-    return model, describe_model(uri)
+    task = Task.of(config)
+    model(np.zeros((1, *task.form.shape), dtype=np.float32))
+    return model, describe_model(uri), task
 
 
-def build_app(model: Probabilities, description: str):
-    """The page (and the ``/predict`` API endpoint) around ``model``."""
+def build_app(model: Probabilities, description: str, task: Task = MNIST):
+    """The page (and the ``/predict`` API endpoint) around ``model``: an upload box for every model, the
+    sketchpad for a ``task.drawable`` one."""
     for key, value in PRIVATE_ENVIRONMENT.items():
         os.environ[key] = value
     import gradio as gr  # noqa: PLC0415
 
     def on_drawing(value):
-        return page_outputs(answer_drawing(model, drawn_image(value)))
+        return page_outputs(answer_drawing(model, drawn_image(value), task))
 
     def on_upload(path):
-        return page_outputs(answer_file(model, path))
+        return page_outputs(answer_file(model, path, task))
 
     def api_predict(image):
-        """The digit in an image file and the three most likely digits with their probabilities."""
-        answer = answer_file(model, image)
-        if answer.digit is None:
+        """The answer for an image file (MNIST's digit, or the class name) and the three most likely classes
+        with their probabilities."""
+        answer = answer_file(model, image, task)
+        if answer.label is None:
             raise gr.Error(answer.message, print_exception=False)
-        return answer.digit, answer.top()
+        return (answer.digit if task.digits else answer.name), answer.top()
 
+    height, width = task.form.shape[:2]
+    zoom = seen_zoom(task.form.shape)
     # Gradio keeps each request's files (the drawings, the images shown): hourly, those over an hour old go.
-    with gr.Blocks(title="Draw a digit", analytics_enabled=False, delete_cache=(3600, 3600)) as app:
-        gr.Markdown(f"## Draw a digit\nModel: `{description}`", elem_id="demo-model")
+    with gr.Blocks(title=task.title, analytics_enabled=False, delete_cache=(3600, 3600)) as app:
+        gr.Markdown(f"## {task.title}\nModel: `{description}`", elem_id="demo-model")
         with gr.Row():
             with gr.Column():
-                sketch = gr.Sketchpad(
-                    label="Draw here (one digit)",
-                    type="pil",
-                    image_mode="RGBA",
-                    canvas_size=(CANVAS, CANVAS),
-                    fixed_canvas=True,
-                    brush=gr.Brush(default_size=BRUSH, colors=["#000000"], color_mode="fixed"),
-                    layers=False,
-                    transforms=(),
-                    height=CANVAS + 110,  # the canvas at 100 %, with the toolbars
-                    elem_id="demo-sketchpad",
-                )
+                if task.drawable:
+                    sketch = gr.Sketchpad(
+                        label=f"Draw here (one {task.noun})",
+                        type="pil",
+                        image_mode="RGBA",
+                        canvas_size=(CANVAS, CANVAS),
+                        fixed_canvas=True,
+                        brush=gr.Brush(default_size=BRUSH, colors=["#000000"], color_mode="fixed"),
+                        layers=False,
+                        transforms=(),
+                        height=CANVAS + 110,  # the canvas at 100 %, with the toolbars
+                        elem_id="demo-sketchpad",
+                    )
                 upload = gr.File(
-                    label="Or upload a photo or scan", file_types=["image"], type="filepath", elem_id="demo-upload"
+                    label="Or upload a photo or scan" if task.drawable else f"Upload {article(task.noun)} {task.noun}",
+                    file_types=["image"],
+                    type="filepath",
+                    elem_id="demo-upload",
                 )
             with gr.Column():
-                answer = gr.HTML(answer_html(Answer(message="Draw a digit.")), elem_id="demo-answer-box")
+                answer = gr.HTML(answer_html(Answer(message=task.prompt)), elem_id="demo-answer-box")
                 chart = gr.HTML("", elem_id="demo-chart-box")
                 seen = gr.Image(
-                    label="What the model saw (28x28)",
+                    label=task.seen_label,
                     type="numpy",
-                    image_mode="L",
+                    image_mode="L" if len(task.form.shape) == 2 else "RGB",
                     interactive=False,
-                    height=28 * SEEN_ZOOM,
+                    height=height * zoom,
+                    width=width * zoom,
                     buttons=["download"],
                     elem_id="demo-seen",
                 )
         outputs = [answer, chart, seen]
         # One model call at a time, whichever event asks; a burst of strokes is answered once, for the last.
         common = {"concurrency_id": "model", "concurrency_limit": 1, "show_progress": "hidden"}
-        sketch.change(on_drawing, sketch, outputs, trigger_mode="always_last", api_visibility="private", **common)
+        if task.drawable:
+            sketch.change(on_drawing, sketch, outputs, trigger_mode="always_last", api_visibility="private", **common)
         upload.upload(on_upload, upload, outputs, api_visibility="private", **common)
-        upload.clear(lambda: page_outputs(Answer(message="Draw a digit.")), None, outputs, api_visibility="private")
-        # The API: an image file in, the digit and the top 3 out (hidden components carry the types).
+        upload.clear(lambda: page_outputs(Answer(message=task.prompt)), None, outputs, api_visibility="private")
+        # The API: an image file in, the answer and the top 3 out (hidden components carry the types).
         api_in = gr.File(visible=False, type="filepath")
-        api_digit, api_top = gr.Number(visible=False, precision=0), gr.JSON(visible=False)
-        gr.Button(visible=False).click(api_predict, api_in, [api_digit, api_top], api_name="predict", **common)
-        app.load(None, js=PICK_PEN)
-        sketch.clear(None, js=PICK_PEN)  # clearing goes back to the image tool
+        api_answer = gr.Number(visible=False, precision=0) if task.digits else gr.Textbox(visible=False)
+        api_top = gr.JSON(visible=False)
+        gr.Button(visible=False).click(api_predict, api_in, [api_answer, api_top], api_name="predict", **common)
+        if task.drawable:
+            app.load(None, js=PICK_PEN)
+            sketch.clear(None, js=PICK_PEN)  # clearing goes back to the image tool
     return app
 
 
@@ -355,9 +457,7 @@ def launch_options(host: str, port: int, auth: tuple[str, str] | None = None) ->
         "server_name": host,
         "server_port": port,
         "auth": auth,
-        "auth_message": "The draw-a-digit page: log in with the user and password `make demo` printed."
-        if auth
-        else None,
+        "auth_message": "The demo page: log in with the user and password `make demo` printed." if auth else None,
         "share": False,
         "inbrowser": False,
         "show_error": False,
@@ -404,11 +504,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     print(f"demo: loading {redact_uri(args.model)} ...", file=sys.stderr)
     try:
-        model, description = load(args.model or None)
+        model, description, task = load(args.model or None)
     except Exception as exc:  # any failure to load is reported in one line
         print(f"demo: error: cannot load the model: {redact_text(str(exc).splitlines()[0])}", file=sys.stderr)
         return 2
-    app = build_app(model, description)
+    app = build_app(model, description, task)
     try:
         serve(app, args.host, args.port, credentials)
     except OSError as exc:  # the port is taken, the address is not this machine's
@@ -419,6 +519,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
     print(f"demo: {description}", file=sys.stderr)
+    what = "draw or upload" if task.drawable else "upload"
+    print(f"demo: {task.dataset} ({len(task.classes)} classes), {what} an image", file=sys.stderr)
     if credentials and generated:
         print(f"demo: login: user {credentials[0]!r}, password {generated} (generated, shown this once)")
     elif credentials:
