@@ -204,3 +204,13 @@ def test_conv_blocks_are_checked_against_the_image_size():
     with pytest.raises(schema.ParamsError, match=r"but 16x64 images can be halved only 4 times"):
         model.check_image(cnn, 16, 64)
     model.check_image({"kind": "dense", "cnn": {"filters": [4] * 9}}, 8, 8)  # a dense network builds no blocks
+
+
+def test_augmentation_takes_gray_and_colour_images(raw):
+    cfg = schema.validate(raw, [train])["train"]
+    cfg["augment"] = True
+    for channels in (1, 3):
+        train.check_channels(cfg, channels)  # colour: every channel moved alike
+    with pytest.raises(schema.ParamsError, match=r"^params: train.augment works on images of 1 or 3 channels, got"):
+        train.check_channels(cfg, 2)
+    train.check_channels({**cfg, "augment": False}, 2)  # no augmentation: nothing to check

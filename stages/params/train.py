@@ -47,10 +47,13 @@ def effective(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if k not in unused}
 
 
+AUGMENTED_CHANNELS = (1, 3)  # gray, and colour: every channel of an image moved alike (stages.lib.augment)
+
+
 def check_channels(cfg: dict[str, Any], channels: int) -> None:
-    """The augmentation moves gray images (MNIST's): colour images (``preprocess.channels: 3``) train without it."""
-    if cfg["augment"] and channels != 1:
+    """The augmentation moves gray and colour images (``preprocess.channels`` 1 or 3) alike."""
+    if cfg["augment"] and channels not in AUGMENTED_CHANNELS:
         raise ParamsError(
-            "params: train.augment works on gray images only (preprocess.channels: 1); "
-            "set train.augment: false to train on colour images"
+            f"params: train.augment works on images of 1 or 3 channels, got preprocess.channels: {channels}; "
+            "set train.augment: false"
         )
