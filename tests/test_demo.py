@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -361,10 +362,11 @@ def colour_model(tmp_path_factory) -> Path:
 def running_demo(model: Path | str | None, timeout_s: float = 120, cwd: Path = ROOT, env: dict | None = None):
     """`python -m stages.tools.demo` on a free port of 127.0.0.1, as `make demo` starts it; stopped by its pid.
     ``model`` None: the page's default (the champion of the data set ``cwd/params.yaml`` names); ``env``: more
-    variables (MLflow's and Gradio's are not inherited)."""
+    variables (MLflow's and Gradio's are not inherited). Gradio's cache is a temporary directory, removed after."""
     port = free_port()
+    cache = tempfile.TemporaryDirectory(prefix="demo-cache-")
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "GRADIO_"))}, **(env or {})}
-    env["PYTHONPATH"] = str(ROOT)
+    env.update(PYTHONPATH=str(ROOT), GRADIO_TEMP_DIR=cache.name)
     proc = subprocess.Popen(
         [sys.executable, "-m", "stages.tools.demo", *(["--model", str(model)] if model else []), "--port", str(port)],
         cwd=cwd,
@@ -387,6 +389,7 @@ def running_demo(model: Path | str | None, timeout_s: float = 120, cwd: Path = R
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+        cache.cleanup()
 
 
 @pytest.mark.slow
@@ -486,8 +489,6 @@ def browser_programs() -> tuple[str | None, str | None]:
 
 def browser():
     """Chromium or Chrome, headless, through its chromedriver, logging every network request."""
-    import tempfile
-
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
 

@@ -1,18 +1,27 @@
 """Your own images end to end (slow): a class-folder data set of coloured shapes, any sizes and modes, through
-the real fetch, preprocess, train, evaluate and publish stages; class names checked at each step, the data set's
-own registered model and experiment, MNIST's untouched."""
+the real fetch, preprocess, train, evaluate and publish stages, then served over HTTP as `make serve` serves it,
+read by `mnist-predict`'s functions and answered by the demo page's API; class names checked at each step, the data
+set's own registered model and experiment, MNIST's untouched."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+from stages.tools.server import free_port
 from tests.conftest import mlflow_runs, run_in
+from tests.test_demo import page_components, running_demo
 
 pytestmark = pytest.mark.slow
 
@@ -86,13 +95,19 @@ def test_a_folder_of_your_images_trains_with_its_class_names(project):
     assert {row.split(",")[0] for row in predictions} == set(CLASSES)
 
 
-def test_it_is_published_under_its_own_name_and_serves_class_names(project):
+@pytest.fixture(scope="module")
+def published(project) -> str:
+    """The publish stage's output, run once: the shapes model registered as shapes-classifier version 1."""
+    result = run_stage("publish", project)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result.stdout
+
+
+def test_it_is_published_under_its_own_name_and_serves_class_names(project, published):
     import mlflow
 
     uri = f"sqlite:///{project}/mlflow.db"
-    result = run_stage("publish", project)
-    assert result.returncode == 0, result.stderr
-    assert "registered shapes-classifier version 1" in result.stdout, result.stdout
+    assert "registered shapes-classifier version 1" in published, published
     client = mlflow.MlflowClient(uri)
     assert client.get_experiment_by_name("mnist") is None and mlflow_runs(uri) == []
     assert [m.name for m in client.search_registered_models()] == ["shapes-classifier"]
@@ -111,6 +126,112 @@ def test_it_is_published_under_its_own_name_and_serves_class_names(project):
 
     again = run_stage("publish", project)
     assert "this result is already in" in again.stdout, again.stdout + again.stderr
+
+
+def post(url: str, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(url + "/invocations", data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def wait_until_up(proc: subprocess.Popen, url: str, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/ping", timeout=1):
+                return
+        except OSError:
+            assert proc.poll() is None, f"mlflow models serve exited with status {proc.returncode}"
+            assert time.monotonic() < deadline, "mlflow models serve did not start"
+            time.sleep(0.5)
+
+
+def test_the_champion_is_served_over_http_read_by_predict_and_answered_by_the_demo(project, published, monkeypatch):
+    """`make serve`'s command on 127.0.0.1 (the champion of the data set params.yaml names), mnist-predict's
+    functions and the demo page's API agree on the class of the same image files."""
+    from gradio_client import Client, handle_file
+
+    from stages.tools.predict import Form, Outcome, load_model, prepare
+
+    store = f"sqlite:///{project}/mlflow.db"
+    # The model `make serve` and `make demo` serve by default, read from this project's params.yaml.
+    champion = run_in(
+        [sys.executable, "-c", "from stages.lib.registry import champion_uri; print(champion_uri())"],
+        project,
+        PYTHONPATH=str(ROOT),
+    )
+    assert champion.stdout.strip() == "models:/shapes-classifier@champion", champion.stdout + champion.stderr
+    shapes = project / "data" / "external" / "shapes"
+    files = [next((shapes / kind).glob(f"{i}.*")) for kind in CLASSES for i in (1, 3)]  # a gray PNG, an RGB JPEG
+
+    # mnist-predict's functions: the files in the model's form, the answers named after its classes.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    probabilities, config = load_model(champion.stdout.strip())
+    assert config["classes"] == CLASSES and Form.of(config) == Form("plain", (16, 16, 3))
+    prepared = [prepare(Outcome(str(f)), Form.of(config)) for f in files]
+    assert [o.error for o in prepared] == [None] * len(files)
+    pixels = np.stack([o.pixels for o in prepared])
+    expected = probabilities(pixels)
+    expected_classes = [CLASSES[i] for i in expected.argmax(axis=1)]
+    assert sum(c == f.parent.name for c, f in zip(expected_classes, files, strict=True)) >= len(files) - 1
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env.update(MLFLOW_TRACKING_URI=store, PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
+    serve = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            champion.stdout.strip(),
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        # The demo page with no --model: the champion of the data set this project's params.yaml names.
+        with running_demo(None, timeout_s=300, cwd=project, env={"MLFLOW_TRACKING_URI": store}) as demo_url:
+            served = f"http://127.0.0.1:{port}"
+            wait_until_up(serve, served)
+
+            status, answer = post(served, json.dumps({"inputs": pixels.tolist()}).encode())
+            assert status == 200, answer
+            rows = answer["predictions"]
+            assert set(rows[0]) == {"label", "class", "probabilities"}
+            assert [r["class"] for r in rows] == expected_classes
+            assert [r["label"] for r in rows] == expected.argmax(axis=1).tolist()
+            np.testing.assert_allclose([r["probabilities"] for r in rows], expected, rtol=1e-4, atol=1e-6)
+            status, error = post(served, json.dumps({"inputs": np.zeros((1, 28, 28)).tolist()}).encode())
+            assert status == 400 and "16" in error.get("message", ""), error  # the wrong shape: a clear 400
+
+            components = page_components(demo_url)
+            assert "file" in components and not components & {"sketchpad", "imageeditor"}, components
+            client = Client(demo_url, verbose=False)
+            for file, want, probs in zip(files, expected_classes, expected, strict=True):
+                name, top = client.predict(handle_file(file), api_name="/predict")
+                assert name == want and top[0] == {
+                    "label": CLASSES.index(want),
+                    "class": want,
+                    "probability": top[0]["probability"],
+                }
+                assert top[0]["probability"] == pytest.approx(probs.max(), rel=1e-4, abs=1e-6)
+                assert sorted(t["class"] for t in top) == CLASSES
+    finally:
+        os.killpg(serve.pid, signal.SIGTERM)
+        serve.wait(timeout=30)
 
 
 def test_an_idx_data_set_with_class_names_goes_through_under_its_own_name(tmp_path):
