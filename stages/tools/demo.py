@@ -354,7 +354,7 @@ def build_app(model: Probabilities, description: str, task: Task = MNIST):
             raise gr.Error(answer.message, print_exception=False)
         return (answer.digit if task.digits else answer.name), answer.top()
 
-    height, width = task.form.shape[:2]
+    height = task.form.shape[0]
     zoom = seen_zoom(task.form.shape)
     # Gradio keeps each request's files (the drawings, the images shown): hourly, those over an hour old go.
     with gr.Blocks(title=task.title, analytics_enabled=False, delete_cache=(3600, 3600)) as app:
@@ -389,7 +389,6 @@ def build_app(model: Probabilities, description: str, task: Task = MNIST):
                     image_mode="L" if len(task.form.shape) == 2 else "RGB",
                     interactive=False,
                     height=height * zoom,
-                    width=width * zoom,
                     buttons=["download"],
                     elem_id="demo-seen",
                 )
