@@ -5,7 +5,18 @@
 # `make reproduce` re-runs the whole pipeline and checks the committed metrics (CI does).
 
 PYTHON ?= python3
+# INFERENCE=1: the inference-only environment instead (.venv-inference from requirements-inference.lock:
+# predict, serve and the demo through the model's ONNX form, without TensorFlow, DVC or Optuna).
+ifeq ($(INFERENCE),1)
+VENV   := .venv-inference
+LOCK   := requirements-inference.lock
+# Python compiles its bytecode on first import instead (the environment stays small).
+PIP_INSTALL_FLAGS := --no-compile
+else
 VENV   := .venv
+LOCK   := requirements.lock
+PIP_INSTALL_FLAGS :=
+endif
 BIN    := $(abspath $(VENV))/bin
 STAMP  := $(VENV)/.installed-lock
 
@@ -17,20 +28,30 @@ export PYTHONDONTWRITEBYTECODE := 1
 TOLERANCE ?= 0.002
 LOSS_RTOL ?= 0.10
 
-.PHONY: help cnn cnn-fast dense-best tune tune-worker tune-best install repro test test-fast lint reproduce report summary comment serve demo server server-stop remote lock-check lock clean clean-state ui
+.PHONY: help cnn cnn-fast dense-best tune tune-worker tune-best install install-inference repro test test-fast lint reproduce report summary comment serve demo server server-stop remote lock-check lock clean clean-state ui
 
 .DEFAULT_GOAL := help
 help:  ## Every target and what it does (this list)
 	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-z][a-zA-Z _-]*:.*## / {printf "  %-22s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): $(LOCK) pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "Installing the locked dependencies into $(VENV) (a few minutes the first time)..."
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(PIP_INSTALL_FLAGS) --require-hashes -r $(LOCK)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .  # the mnist-predict command
 	@touch $(STAMP)
 
 install: $(STAMP)  ## Create .venv and install the locked dependencies (again only when the lock changes)
+
+install-inference:  ## The inference-only environment .venv-inference (no TensorFlow): then `make serve INFERENCE=1`
+	@$(MAKE) --no-print-directory install INFERENCE=1
+
+# The demo page in the inference-only environment: Gradio on top (requirements-inference-demo.lock).
+DEMO_STAMP := $(VENV)/.installed-demo-lock
+$(DEMO_STAMP): requirements-inference-demo.lock $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(PIP_INSTALL_FLAGS) --require-hashes \
+	  -r requirements-inference-demo.lock
+	@touch $(DEMO_STAMP)
 
 # Ends with one line: the metrics reproduced HEAD's exactly, within tolerance
 # (a different CPU rounds differently), or not (a warning; the status stays 0).
@@ -109,12 +130,16 @@ tune-worker: install  ## Join study STUDY from this machine (TUNE_STORAGE=postgr
 tune-best: install  ## Run study STUDY's best trial as an ordinary DVC experiment
 	python -m stages.tools.tune best --study "$(STUDY)"
 
-# Serve the registry's champion over HTTP on 127.0.0.1:$(PORT) (docs/experiments.md, "Serving").
+# Serve the registry's champion over HTTP on 127.0.0.1:$(PORT) (docs/experiments.md, "Serving"), through its
+# ONNX form when it has one (RUNTIME=keras: through Keras), in WORKERS processes (default: one per usable core).
 PORT ?= 5001
+WORKERS_SERVE ?= $(if $(filter command line,$(origin WORKERS)),$(WORKERS),$$(python -c 'from stages.serving.cores import usable; print(usable())'))
+RUNTIME ?= auto
 serve: install  ## Serve the champion of params.yaml's data set (mnist-classifier) on 127.0.0.1:5001 (PORT=...)
-	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
+	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" MODEL_RUNTIME=$(RUNTIME) \
+	  MODEL_THREADS="$${MODEL_THREADS:-1}" \
 	  mlflow models serve -m "$$(python -c 'from stages.lib.registry import champion_uri; print(champion_uri())')" \
-	  --env-manager local -h 127.0.0.1 -p $(PORT)
+	  --env-manager local -h 127.0.0.1 -p $(PORT) -w $(WORKERS_SERVE)
 
 # The draw-a-digit page (Gradio) on http://127.0.0.1:7860: `make demo PORT=8000`,
 # `HOST=0.0.0.0` to listen beyond this machine (behind a login: user demo, a password
@@ -125,7 +150,7 @@ serve: install  ## Serve the champion of params.yaml's data set (mnist-classifie
 DEMO_PORT ?= $(if $(filter command line,$(origin PORT)),$(PORT),7860)
 DEMO_HOST ?= $(if $(filter command line,$(origin HOST)),$(HOST),127.0.0.1)
 MODEL ?=
-demo: install  ## The draw-a-digit page on http://127.0.0.1:7860 (docs/demo.md)
+demo: install $(if $(filter 1,$(INFERENCE)),$(DEMO_STAMP))  ## The draw-a-digit page on http://127.0.0.1:7860 (docs/demo.md)
 	python -m stages.tools.demo --host $(DEMO_HOST) --port $(DEMO_PORT) $(if $(MODEL),--model "$(MODEL)") \
 	  $(if $(filter 1 yes true,$(AUTH)),--auth)$(if $(filter 0 no false,$(AUTH)),--no-auth)
 
@@ -157,13 +182,19 @@ remote: export ENDPOINT := $(ENDPOINT)
 remote:  ## A shared DVC remote in .dvc/config.local: make remote REMOTE=s3://bucket/path [ENDPOINT=...]
 	@python -m stages.tools.remote
 
-# Regenerate requirements.lock from pyproject.toml (Linux x86-64, CPython 3.11).
-lock:  ## Regenerate requirements.lock from pyproject.toml
+# Regenerate requirements.lock from pyproject.toml (Linux x86-64, CPython 3.11), then the
+# inference-only environment's locks from requirements-inference*.in, pinned to its versions.
+lock:  ## Regenerate requirements.lock from pyproject.toml, and the inference-only locks from requirements-*.in
 	$(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/pip install --quiet uv==0.13.8
 	.venv-lock/bin/uv pip compile pyproject.toml --extra dev --extra server --extra demo --python-version 3.11 \
 	  --python-platform x86_64-manylinux_2_28 --generate-hashes --no-header \
 	  --index-url https://pypi.org/simple -o requirements.lock
+	for env in inference inference-demo; do \
+	  .venv-lock/bin/uv pip compile requirements-$$env.in -c requirements.lock --python-version 3.11 \
+	    --python-platform x86_64-manylinux_2_28 --generate-hashes --no-header \
+	    --index-url https://pypi.org/simple -o requirements-$$env.lock || exit 1; \
+	done
 	rm -rf .venv-lock
 
 # MLflow's UI on this clone's store (MLFLOW_TRACKING_URI if it names another sqlite:/// file),

@@ -20,6 +20,18 @@ def test_a_tie_keeps_the_champion():
     assert d.champion == 3 and "a tie keeps the champion" in d.message
 
 
+def test_on_a_tie_a_version_with_an_onnx_form_takes_over_from_one_without():
+    d = decide(4, {3: 0.98, 4: 0.98}, 3, portable={4})
+    assert d.champion == 4
+    assert d.message == (
+        "version 4 (val_accuracy 0.9800) is the new champion, was version 3 (0.9800): "
+        "the same score, and it answers without TensorFlow (ONNX form)"
+    )
+    assert decide(4, {3: 0.98, 4: 0.98}, 3, portable={3, 4}).champion == 3  # both have one: the tie keeps it
+    assert decide(4, {3: 0.98, 4: 0.97}, 3, portable={4}).champion == 3  # the score comes first
+    assert decide(None, {3: 0.98, 4: 0.98}, None, portable={4}).champion == 4  # no alias: the same rule
+
+
 def test_a_lower_score_does_not_take_over():
     d = decide(4, {3: 0.98, 4: 0.97}, 3)
     assert d.champion == 3 and "version 4 (val_accuracy 0.9700) is not the champion" in d.message

@@ -99,8 +99,15 @@ def canonical(proto: Any) -> bytes:
         if any(attr.g.node or attr.graphs for attr in node.attribute):
             raise Refused(f"the ONNX graph has a subgraph (node {node.op_type}), which cannot be renamed safely")
     names = {graph.input[0].name: ONNX_INPUT, graph.output[0].name: ONNX_OUTPUT}
-    for i, init in enumerate(graph.initializer):
-        names[init.name] = f"w{i}"
+    # Weights by first use (the converter lists them in an order of its own that varies), then tensors.
+    weights = {init.name for init in graph.initializer}
+    for node in graph.node:
+        for name in node.input:
+            if name in weights and name not in names:
+                names[name] = f"w{len(names) - 2}"
+    unused = sorted((init for init in graph.initializer if init.name not in names), key=lambda i: i.SerializeToString())
+    for init in unused:
+        names[init.name] = f"w{len(names) - 2}"
     tensors = 0
     for node in graph.node:
         for out in node.output:
@@ -114,6 +121,12 @@ def canonical(proto: Any) -> bytes:
         node.output[:] = [names.get(x, x) for x in node.output]
     for init in graph.initializer:
         init.name = names[init.name]
+    ordered = sorted(graph.initializer, key=lambda init: int(init.name[1:]))
+    copies = [type(init)() for init in ordered]
+    for copy, init in zip(copies, ordered, strict=True):
+        copy.CopyFrom(init)
+    del graph.initializer[:]
+    graph.initializer.extend(copies)
     for value in (*graph.input, *graph.output):
         value.name = names[value.name]
         value.doc_string = ""

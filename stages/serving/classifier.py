@@ -40,6 +40,7 @@ ONNX_INPUT = "pixels"
 ONNX_OUTPUT = "outputs"
 RUNTIME_ENV = "MODEL_RUNTIME"  # which form answers: auto (ONNX when sound, else Keras), onnx, keras
 RUNTIMES = ("auto", "onnx", "keras")
+THREADS_ENV = "MODEL_THREADS"  # onnxruntime's threads per process (make serve: one per worker, a worker per core)
 
 
 class BadInput(ValueError):
@@ -90,12 +91,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def onnx_session(source: bytes | str | Path, threads: int | None = None) -> Any:
-    """An onnxruntime session on ONNX bytes or a file, on ``threads`` threads (default: the cores this process
-    may use, ``cores.usable``, rather than onnxruntime's count of the machine's cores)."""
+    """An onnxruntime session on ONNX bytes or a file, on ``threads`` threads (default: ``$MODEL_THREADS``, else
+    the cores this process may use, ``cores.usable``, rather than onnxruntime's count of the machine's cores)."""
     import onnxruntime as ort  # noqa: PLC0415 - only when an ONNX form is loaded
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or usable_cores()
+    options.intra_op_num_threads = threads or int(os.environ.get(THREADS_ENV) or 0) or usable_cores()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: no warnings about unused initializers on stderr
     return ort.InferenceSession(source if isinstance(source, bytes) else str(source), options, ["CPUExecutionProvider"])
