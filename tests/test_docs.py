@@ -1,19 +1,33 @@
-"""The README and docs/ tell the truth about the tree: links resolve, shown make targets and modules exist."""
+"""The README and docs/ tell the truth about the tree: links resolve, shown make targets, modules and paths exist."""
 
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 import sys
+from fnmatch import fnmatch
+from functools import cache
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 MAKE = re.compile(r"(?:^|&&|;)[ \t]*make (?:-\w+ )*([a-z][\w-]*)", re.M)  # make as a command, not a word
 MODULE = re.compile(r"python -m (stages(?:\.\w+)+)")
+# A path in the repository's own folders, as a command argument (`@file` for curl) or named in code.
+TOP = r"(?:examples|notebooks|docs|tests|stages|reports|data|\.ci|\.github)"
+PATH = re.compile(rf"(?<![\w./:@-])@?({TOP}/[^\s'\"`),;=]*|{TOP}(?=[\s'\"`]|$))", re.M)
+PLACEHOLDER = re.compile(r"[<>{}…]|\.\.\.")  # stages/<name>.py, data/prepared/{x,y}_...: a pattern, not a path
+# Paths the docs name that no commit holds and no stage writes, and who makes them.
+MADE_ELSEWHERE = {
+    "data/external": "your own files (docs/your-data.md); git-ignored",
+    "reports/pr": "written by make report",
+}
+PREDICT = re.compile(r"(?:mnist-predict|python -m stages\.tools\.predict)((?:[ \t]+[^\s#|&;]+)+)")
 
 
 def code(text: str) -> str:
@@ -46,6 +60,57 @@ def shown_modules() -> set[str]:
     return {m for page in PAGES for m in MODULE.findall(code(page.read_text()))}
 
 
+@cache
+def repository_files() -> frozenset[str]:
+    """The files a commit of this checkout holds: tracked, or new and not ignored (a fresh clone has them)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return frozenset(listed.splitlines())
+
+
+@cache
+def pipeline_outputs() -> frozenset[str]:
+    """What `dvc repro` writes: every stage's outs, metrics and plots in dvc.yaml."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    entries = [e for stage in stages.values() for key in ("outs", "metrics", "plots") for e in stage.get(key, [])]
+    return frozenset(str(next(iter(e)) if isinstance(e, dict) else e).rstrip("/") for e in entries)
+
+
+def path_exists(path: str) -> bool:
+    """Whether ``path`` (a file, a folder or a glob pattern) is there on a fresh clone after `make repro`."""
+    path = path.rstrip("/").removeprefix("./")
+    files = repository_files()
+    if any(ch in path for ch in "*?["):
+        return any(fnmatch(f, path) for f in files)
+    if path in files or any(f.startswith(path + "/") for f in files):
+        return True
+    made = [*pipeline_outputs(), *MADE_ELSEWHERE]
+    return any(path == out or path.startswith(out + "/") or out.startswith(path + "/") for out in made)
+
+
+def shown_paths(text: str) -> set[str]:
+    """The repository paths a page's commands and code name: `mnist-predict examples/x.png`,
+    `curl -d @examples/x.json`, `stages/lib/paths.py`; and every file `mnist-predict` is given."""
+    commands = code(text)
+    found = {m.rstrip(".:") for m in PATH.findall(commands) if not PLACEHOLDER.search(m)}
+    for match in PREDICT.finditer(commands):
+        try:
+            words = shlex.split(match.group(1))
+        except ValueError:
+            words = match.group(1).split()
+        for before, word in zip(["", *words], words, strict=False):
+            if word.startswith("-") or before in ("--top", "--save-inputs"):  # options; --save-inputs DIR is made
+                continue
+            if (before != "--model" or ":/" not in word) and not PLACEHOLDER.search(word):  # a URI is no path
+                found.add(word)
+    return found
+
+
 def test_the_readme_is_a_front_door():
     lines = (ROOT / "README.md").read_text().splitlines()
     assert len(lines) <= 250, f"README.md has {len(lines)} lines: move details to docs/"
@@ -74,6 +139,14 @@ def test_make_targets_shown_exist(page):
     assert shown <= targets, f"{page.name} shows make targets the Makefile lacks: {sorted(shown - targets)}"
 
 
+@pytest.mark.parametrize("page", PAGES, ids=page_ids())
+def test_paths_shown_exist(page):
+    missing = sorted(p for p in shown_paths(page.read_text()) if not path_exists(p))
+    assert not missing, (
+        f"{page.name} shows paths a fresh clone does not have after make repro (use files under examples/): {missing}"
+    )
+
+
 def test_modules_shown_exist():
     missing = sorted(m for m in shown_modules() if not module_path(m).exists())
     assert not missing, f"the docs show modules that do not exist: {missing}"
@@ -85,6 +158,14 @@ def test_the_checks_can_fail(tmp_path):
     assert LINK.findall("see [a](docs/x.md) and ![b](docs/y.png)") == ["docs/x.md", "docs/y.png"]
     shown = code("a make target, `make repro`\n```bash\nmake test  # x\n```\n")
     assert MAKE.findall(shown) == ["test", "repro"]
+    page = "```bash\nmnist-predict photos/ README.md --model m/x.keras --save-inputs seen/  # x\n```\n"
+    page += "`curl -d @examples/a.json`"
+    assert shown_paths(page) == {"photos/", "README.md", "m/x.keras", "examples/a.json"}
+    placeholders = "`stages/<name>.py`, `data/prepared/{x,y}_test.npy`, `mnist-predict a.png <b> --model models:/m@c`"
+    assert shown_paths(placeholders) == {"a.png"}
+    assert not path_exists("photos/") and not path_exists("examples/no-such.png") and not path_exists("tests/*.nope")
+    assert path_exists("examples/") and path_exists("README.md") and path_exists("stages/serving/*.py")
+    assert path_exists("data/model/model.keras") and path_exists("data/") and path_exists("data/external/shapes")
 
 
 @pytest.mark.slow
