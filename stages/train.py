@@ -89,7 +89,6 @@ def main() -> int:
 
     try:
         model_params.check_image(cfg["model"], *cfg["preprocess"]["image_size"])  # before TensorFlow, not after
-        train_params.check_channels(cfg["train"], cfg["preprocess"]["channels"])
         stats = read_stats(STATS_PATH)
     except schema.ParamsError as exc:
         print(f"train: error: {exc}", file=sys.stderr)

@@ -198,7 +198,7 @@ def train(prepared: Path, directory: Path, recipe: str = "dense", params_file: P
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "params.yaml").write_text(yaml.safe_dump(raw))
     cfg = schema.load(model_params, train_params, path=directory / "params.yaml")
-    backend = training.backend_settings(cfg["model"])
+    backend = training.backend_settings(cfg["model"], cfg["train"]["threads"])
     from stages.lib import model as nn  # TensorFlow, after the backend settings
 
     nn.configure(cfg["train"]["seed"], threads=backend["threads"])

@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from stages.lib.images import decode, from_image, mnist_style
 from stages.tools import demo
@@ -189,9 +189,13 @@ def test_the_task_follows_the_models_serving_config():
     letters = demo.Task.of({"dataset": "letters", "classes": list("abc"), "image_shape": [28, 28], "style": "digits"})
     assert letters.drawable and not letters.digits and letters.title == "letters: draw or upload an image"
     assert letters.prompt == "Draw an image."
-    # Digits at another size: uploads only (a drawing becomes MNIST's 28x28).
+    # Digits at another size: drawn too (a drawing is brought to 14x14 as a file is).
     small = demo.Task.of({"dataset": "mini", "image_shape": [14, 14], "style": "digits"})
-    assert small.digits and not small.drawable and small.prompt == "Upload a digit."
+    assert small.digits and small.drawable and small.prompt == "Draw a digit."
+    canvas = Image.new("RGBA", (demo.CANVAS, demo.CANVAS))
+    ImageDraw.Draw(canvas).line([(140, 60), (140, 220)], fill=(0, 0, 0, 255), width=16)
+    seen = demo.answer_drawing(lambda x: np.full((len(x), 10), 0.1), canvas, small).seen
+    assert seen.shape == (14, 14) and seen.max() > 100
 
 
 def test_an_upload_to_a_colour_model_is_answered_with_class_names(tmp_path):

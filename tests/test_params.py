@@ -62,6 +62,8 @@ def test_committed_params_are_valid(raw):
         ("train", "shift", 14, r"train.shift must be a number in \[0, 14\)"),
         ("train", "rotation", 181, r"train.rotation must be a number in \[0, 180\]"),
         ("train", "zoom", -0.1, r"train.zoom must be a number in \[0, 1\)"),
+        ("train", "threads", 0, "train.threads must be one of auto, or an integer >= 1, got 0"),
+        ("train", "threads", "all", "train.threads must be one of auto, or an integer >= 1, got 'all'"),
     ],
 )
 def test_bad_values_name_key_and_allowed(raw, section, key, value, message):
@@ -204,13 +206,3 @@ def test_conv_blocks_are_checked_against_the_image_size():
     with pytest.raises(schema.ParamsError, match=r"but 16x64 images can be halved only 4 times"):
         model.check_image(cnn, 16, 64)
     model.check_image({"kind": "dense", "cnn": {"filters": [4] * 9}}, 8, 8)  # a dense network builds no blocks
-
-
-def test_augmentation_takes_gray_and_colour_images(raw):
-    cfg = schema.validate(raw, [train])["train"]
-    cfg["augment"] = True
-    for channels in (1, 3):
-        train.check_channels(cfg, channels)  # colour: every channel moved alike
-    with pytest.raises(schema.ParamsError, match=r"^params: train.augment works on images of 1 or 3 channels, got"):
-        train.check_channels(cfg, 2)
-    train.check_channels({**cfg, "augment": False}, 2)  # no augmentation: nothing to check

@@ -159,7 +159,7 @@ def test_a_python_without_the_dependencies_says_which_environment_to_activate(tm
     assert "lacks the project's packages" in lines[0] and "source .venv/bin/activate" in lines[0]
 
 
-def test_augmenting_colour_images_fails_before_tensorflow(tmp_path):
+def test_augmenting_colour_images_passes_the_checks_before_tensorflow(tmp_path):
     def edit(params):
         params["preprocess"]["channels"] = 3
         params["train"]["augment"] = True
@@ -167,4 +167,4 @@ def test_augmenting_colour_images_fails_before_tensorflow(tmp_path):
     result = run_stage("train", tmp_path, edit)
     assert result.returncode == 2 and result.stdout.strip() == "TF_NOT_IMPORTED"
     [line] = result.stderr.strip().splitlines()
-    assert "train.augment works on gray images only (preprocess.channels: 1)" in line
+    assert "stats.json is missing: run the preprocess stage first" in line

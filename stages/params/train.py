@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stages.params.schema import ParamsError, Schema, boolean, choice, either, integer, number
+from stages.params.schema import Schema, boolean, choice, either, integer, number
 
 NAME = "train"
 AUGMENT_KEYS = ("shift", "rotation", "zoom", "augment_kernel")
@@ -45,15 +45,3 @@ def effective(cfg: dict[str, Any]) -> dict[str, Any]:
     if not cfg["augment"]:
         unused.update(AUGMENT_KEYS)
     return {k: v for k, v in cfg.items() if k not in unused}
-
-
-AUGMENTED_CHANNELS = (1, 3)  # gray, and colour: every channel of an image moved alike (stages.lib.augment)
-
-
-def check_channels(cfg: dict[str, Any], channels: int) -> None:
-    """The augmentation moves gray and colour images (``preprocess.channels`` 1 or 3) alike."""
-    if cfg["augment"] and channels not in AUGMENTED_CHANNELS:
-        raise ParamsError(
-            f"params: train.augment works on images of 1 or 3 channels, got preprocess.channels: {channels}; "
-            "set train.augment: false"
-        )

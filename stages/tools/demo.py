@@ -42,12 +42,12 @@ from pathlib import Path
 import numpy as np
 
 from stages import finish
-from stages.lib.images import from_image, mnist_style
+from stages.lib.images import from_image
 from stages.lib.redact import text as redact_text
 from stages.lib.redact import uri as redact_uri
 from stages.lib.registry import SCORE_TAG, champion_uri
-from stages.serving.classifier import DIGITS, IMAGE_SHAPE, output_columns
-from stages.tools.predict import Form, Outcome, prepare, ranked
+from stages.serving.classifier import DIGITS, output_columns
+from stages.tools.predict import Form, Outcome, digit_in_form, prepare, ranked, ranking
 
 DEFAULT_MODEL = champion_uri()  # the champion of the data set params.yaml names
 DEFAULT_PORT = 7860
@@ -86,9 +86,9 @@ class Task:
 
     @property
     def drawable(self) -> bool:
-        """Whether the sketchpad makes sense: a digits model (``preprocess.style: digits``) taking what a drawing
-        becomes in MNIST's form (``mnist_style``: 28x28 gray)."""
-        return self.form.style == "digits" and self.form.shape == IMAGE_SHAPE
+        """Whether the sketchpad makes sense: a digits model (``preprocess.style: digits``), whatever its image
+        shape (a drawing is brought into it as a file is: ``predict.digit_in_form``)."""
+        return self.form.style == "digits"
 
     @property
     def noun(self) -> str:
@@ -146,10 +146,7 @@ class Answer:
         ``digit`` for MNIST, else ``label`` and ``class``."""
         if self.probabilities is None:
             return []
-        if self.task.digits:
-            return [{"digit": d, "probability": p} for d, p in ranked(self.probabilities, k)]
-        classes = self.task.classes
-        return [{"label": i, "class": classes[i], "probability": p} for i, p in ranked(self.probabilities, k)]
+        return ranking(self.probabilities, k, DIGITS if self.task.digits else self.task.classes)
 
 
 # --- one drawing or file -> an answer --------------------------------------------
@@ -171,12 +168,12 @@ def answer_pixels(model: Probabilities, seen: np.ndarray, task: Task = MNIST) ->
 
 def answer_drawing(model: Probabilities, drawing, task: Task = MNIST) -> Answer:
     """The sketchpad's canvas (a PIL image, transparent where nothing is drawn) or None when cleared; brought
-    into MNIST's form as ``mnist-predict`` brings a file (``from_image`` reads it as ``decode`` reads the file).
+    into the model's form as ``mnist-predict`` brings a file (``from_image`` reads it as ``decode`` reads it).
     Only a ``task.drawable`` model has a sketchpad."""
     if drawing is None:
         return Answer(message=task.prompt, task=task)
     try:
-        seen = mnist_style(from_image(drawing))
+        seen = digit_in_form(from_image(drawing), task.form)
     except ValueError as exc:  # predict.ImageError: blank, too large
         message = str(exc)
         if message.startswith("no digit found"):

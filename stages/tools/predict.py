@@ -111,13 +111,20 @@ def in_form(path: Path, form: Form) -> np.ndarray:
     channels = 3 if len(form.shape) == 3 else 1
     if form.style == "plain":
         return decoding.to_array(path, decoding.Shape(height, width, channels)).astype(np.float32)
-    digit = mnist_style(decode(path))  # 28x28 gray
+    return digit_in_form(decode(path), form)
+
+
+def digit_in_form(gray: np.ndarray, form: Form) -> np.ndarray:
+    """A grayscale image of a digit (a file's, a drawing's) in a digits model's form: MNIST's (``mnist_style``),
+    resized to the model's image shape and repeated over its channels (float32, 0-255)."""
+    height, width = form.shape[:2]
+    digit = mnist_style(gray)  # 28x28 gray
     if digit.shape != (height, width):
         from PIL import Image  # noqa: PLC0415
 
         digit = np.asarray(Image.fromarray(digit, mode="F").resize((width, height), Image.Resampling.BILINEAR))
-    if channels == 3:
-        digit = np.repeat(digit[..., None], 3, axis=2)
+    if len(form.shape) == 3:
+        digit = np.repeat(digit[..., None], form.shape[2], axis=2)
     return np.clip(digit, 0, 255).astype(np.float32)
 
 
@@ -188,22 +195,27 @@ def table(outcomes: list[Outcome], top: int, classes: list[str] = DIGITS) -> str
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
+def ranking(probs: np.ndarray, k: int, classes: list[str] = DIGITS, digits: int | None = None) -> list[dict]:
+    """The ``k`` most likely classes as the served model names them: ``digit`` for MNIST, else ``label`` and
+    ``class``; each with its ``probability`` (rounded to ``digits`` decimals if given)."""
+    top = []
+    for i, p in ranked(probs, k):
+        name = {"digit": i} if classes == DIGITS else {"label": i, "class": classes[i]}
+        top.append({**name, "probability": p if digits is None else round(p, digits)})
+    return top
+
+
 def as_json(o: Outcome, top: int, classes: list[str] = DIGITS) -> str:
     if o.error is not None:
         return json.dumps({"path": o.path, "error": o.error})
-    best = ranked(o.probabilities, top)
-    if classes == DIGITS:
-        head = {"digit": best[0][0]}
-        ranking = [{"digit": d, "probability": round(p, 6)} for d, p in best]
-    else:
-        head = {"label": best[0][0], "class": classes[best[0][0]]}
-        ranking = [{"label": d, "class": classes[d], "probability": round(p, 6)} for d, p in best]
+    best = ranking(o.probabilities, top, classes, digits=6)
+    head = {k: v for k, v in best[0].items() if k != "probability"}
     return json.dumps(
         {
             "path": o.path,
             **head,
-            "confidence": round(best[0][1], 6),
-            "top": ranking,
+            "confidence": best[0]["probability"],
+            "top": best,
             "probabilities": [round(float(p), 6) for p in o.probabilities],
         }
     )

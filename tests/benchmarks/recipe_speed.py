@@ -75,7 +75,7 @@ def train(flags: list[str], seed: int) -> dict:
     from stages.lib.training import backend_settings, fit
 
     cfg = recipe_params(flags, seed)
-    backend = backend_settings(cfg["model"])  # before TensorFlow is imported
+    backend = backend_settings(cfg["model"], cfg["train"]["threads"])  # before TensorFlow is imported
     from stages.lib import model as nn
     from stages.lib.data import load_split
     from stages.lib.paths import PREPARED_DIR, STATS_PATH

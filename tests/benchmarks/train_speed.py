@@ -131,7 +131,7 @@ def pipeline(network: str, epochs: int) -> dict:
     from stages.lib.training import backend_settings, fit
 
     model_cfg, train_cfg = params(network, epochs)
-    backend = backend_settings(model_cfg)  # before TensorFlow is imported
+    backend = backend_settings(model_cfg, train_cfg["threads"])  # before TensorFlow is imported
     from stages.lib import model as nn
     from stages.lib.data import load_split
     from stages.lib.paths import PREPARED_DIR
