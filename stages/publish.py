@@ -352,7 +352,19 @@ def publish_claimed(
         if new
         else (f"the same served model is already {model} version {version}: no new version")
     )
-    return f"{head}; {what}\nregistry: {decision.message}"
+    compared = decision.previous if decision.champion == version else decision.champion
+    return f"{head}; {what}\nregistry: {decision.message}{data_change(client, model, compared, data_digest)}"
+
+
+def data_change(client: Any, model: str, version: int | None, digest: str) -> str:
+    """``; on other data than version N (digest a… -> b…)`` when the version this result was judged against was
+    trained on data of another digest under the same data set name, else nothing."""
+    if version is None:
+        return ""
+    other = client.get_model_version(model, str(version)).tags.get("data.digest")
+    if not other or other == digest:
+        return ""
+    return f"; on other data than version {version} (data digest {other[:12]}... -> {digest[:12]}...)"
 
 
 def judge(uri: str, model: str) -> str:

@@ -8,6 +8,7 @@ sees exactly what it sees after `dvc repro`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -175,6 +176,51 @@ def test_champion_moves_only_on_a_higher_validation_accuracy(project, tmp_path):
     assert again.returncode == 0, again.stderr
     assert "the same served model is already mnist-classifier version 4: no new version" in again.stdout
     assert len(c.search_model_versions("name = 'mnist-classifier'")) == 4 and len(mlflow_runs(c.tracking_uri)) == 5
+
+
+def test_the_onnx_form_takes_a_tie_over_and_a_data_change_is_shown(project, tmp_path):
+    copy = tmp_path / "onnx"
+    shutil.copytree(project, copy, ignore=shutil.ignore_patterns("*.db", "mlartifacts"))
+    model_dir = copy / "data" / "model"
+    with_onnx = json.loads((model_dir / "serving.json").read_text())
+    assert with_onnx["onnx"]["file"] == "model.onnx"  # the train stage made one
+    keras_only = {k: v for k, v in with_onnx.items() if k != "onnx"}  # as models trained before it existed
+    (model_dir / "serving.json").write_text(json.dumps(keras_only))
+    first = run_stage("publish", copy)
+    assert first.returncode == 0, first.stderr
+    (model_dir / "serving.json").write_text(json.dumps(with_onnx))
+    second = run_stage("publish", copy)
+    assert second.returncode == 0, second.stderr
+    assert "registry: version 2 (val_accuracy" in second.stdout
+    assert "is the new champion, was version 1" in second.stdout
+    assert "the same score, and it answers without TensorFlow (ONNX form)" in second.stdout
+    c = client(f"sqlite:///{copy}/mlflow.db")
+    assert c.get_model_version("mnist-classifier", "2").tags["pipeline.onnx"] == with_onnx["onnx"]["sha256"]
+    assert "pipeline.onnx" not in c.get_model_version("mnist-classifier", "1").tags
+
+    # Other data under the same name: compared as ever, and the line says so.
+    stats_path = copy / "data" / "prepared" / "stats.json"
+    stats = json.loads(stats_path.read_text())
+    old = stats["sha256"]
+    stats["sha256"] = "f" * 64
+    stats_path.write_text(json.dumps(stats))
+    distinct_model(copy, 7)
+    third = run_stage("publish", copy)
+    assert third.returncode == 0, third.stderr
+    registry_line = next(line for line in third.stdout.splitlines() if line.startswith("registry:"))
+    assert "(a tie keeps the champion); on other data than version 2 " in registry_line
+    assert f"(data digest {old[:12]}... -> ffffffffffff...)" in registry_line
+
+    # A damaged ONNX form is refused before anything is logged.
+    (model_dir / "model.onnx").write_bytes(b"damaged")
+    distinct_model(copy, 8)
+    fourth = run_stage("publish", copy)
+    assert fourth.returncode == 2
+    assert fourth.stderr.strip() == (
+        "publish: error: its ONNX form (model.onnx) is damaged: sha256 "
+        f"{hashlib.sha256(b'damaged').hexdigest()[:12]}..., recorded "
+        f"{with_onnx['onnx']['sha256'][:12]}...: restore the train stage's outputs (dvc checkout data/model)"
+    )
 
 
 def test_params_that_cannot_change_the_model_do_not_make_a_new_result(project, tmp_path):
