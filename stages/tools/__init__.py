@@ -1,6 +1,6 @@
 """What a person runs beside the pipeline: ``python -m stages.tools.<name>`` (most through ``make``).
 
-predict (``mnist-predict``), demo (the draw-a-digit page), tune (Optuna
+predict (``mnist-predict``), demo (the demo page), tune (Optuna
 studies), server (the team's tracking server), report (the pull-request
 report), lock_check and metrics_check (CI's gates). None is a DVC stage.
 """
