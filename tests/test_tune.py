@@ -3,6 +3,7 @@ overrides and `dvc exp run -S` values, and a study's bookkeeping on the journal 
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import socket
@@ -67,6 +68,15 @@ def test_a_space_that_breaks_the_schema_is_one_line_naming_the_key(raw, message)
     with pytest.raises(TuneError) as info:
         space.validate_space("s", raw, BASE)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_cnn_too_deep_for_the_data_sets_images_is_refused_before_any_trial():
+    small = copy.deepcopy(BASE)
+    small["preprocess"]["image_size"] = [8, 8]  # halved 3 times at most
+    deep = raw_space({"model.cnn.filters": {"choice": [[8, 8], [4, 4, 4, 4]]}}, fixed={"model.kind": "cnn"})
+    with pytest.raises(TuneError, match=r"model.cnn.filters=\[4, 4, 4, 4\] gives invalid params .*8x8 images"):
+        space.validate_space("s", deep, small)
+    space.validate_space("s", deep, BASE)  # MNIST's 28x28 takes 4 blocks
 
 
 def test_trial_params_are_a_valid_params_yaml_override():

@@ -32,7 +32,7 @@ from stages.params import schema
 from stages.tools.tune import TuneError
 from stages.tools.tune.figures import draw_figures, summary
 from stages.tools.tune.liveness import counted, fail_dead_trials, retry
-from stages.tools.tune.runs import EXPERIMENT, Runs
+from stages.tools.tune.runs import Runs, experiment_name
 from stages.tools.tune.space import SPACE_FILE, exp_run_command, load_space, trial_config
 from stages.tools.tune.storage import (
     TUNE_DIR,
@@ -171,7 +171,7 @@ def run(
     existing = len(counted(study.get_trials(deepcopy=False)))
     print(
         f"tune: study '{study_name}' (space {space.name}) in {describe_storage(url)}: {existing} of {trials} "
-        f"trials exist; {workers} worker(s); MLflow {redact.uri(runs.uri)} experiment {EXPERIMENT}, run {parent}"
+        f"trials exist; {workers} worker(s); MLflow {redact.uri(runs.uri)} experiment {experiment_name()}, run {parent}"
     )
 
     since = datetime.datetime.now()  # Optuna's trial times are naive local times

@@ -23,11 +23,16 @@ from stages.params import schema
 from stages.tools.tune.space import Space
 from stages.tools.tune.storage import describe_storage, storage_url
 
-EXPERIMENT = "mnist-tune"
+
+def experiment_name() -> str:
+    """The studies' MLflow experiment: ``<data set>-tune`` of the data set params.yaml names (``mnist-tune``)."""
+    from stages.lib.registry import dataset_name  # noqa: PLC0415
+
+    return f"{dataset_name()}-tune"
 
 
 class Runs:
-    """The study's runs in the project's MLflow store (``tracking.store``), experiment ``mnist-tune``.
+    """The study's runs in the project's MLflow store (``tracking.store``), experiment ``<data set>-tune``.
 
     Every write holds ``tracking.store_lock``: K workers share a SQLite store safely on one machine.
     """
@@ -47,7 +52,7 @@ class Runs:
 
     def experiment(self) -> str:
         with self.lock() as client:
-            return tracking.ensure_experiment(client, self.artifact_location, EXPERIMENT)
+            return tracking.ensure_experiment(client, self.artifact_location, experiment_name())
 
     def parent(self, study: Any, space: Space, trials: int) -> str:
         """The study's parent run: created once, marked RUNNING again when the study continues."""

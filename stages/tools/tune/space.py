@@ -143,10 +143,12 @@ def validate_space(name: str, raw: Any, base: Mapping[str, Any], where: str = "t
         _check_value(f"{at}.fixed.{key}", key, value, keys[key])
     # Every value of every key, each with everything else at its first value: each is a valid params override.
     first = {key: values[0] for key, values in candidates.items()}
+    image_size = schema.validate(base, [preprocess_params])["preprocess"]["image_size"]
     for key, values in candidates.items():
         for value in values:
             try:
-                trial_config(base, {**fixed, **first, key: value})
+                config = trial_config(base, {**fixed, **first, key: value})
+                model_params.check_image(config["model"], *image_size)  # a CNN's blocks fit the images
             except schema.ParamsError as exc:
                 raise TuneError(f"{at}: {key}={value!r} gives invalid params ({exc})") from None
     backends = _backends(base, fixed, candidates)

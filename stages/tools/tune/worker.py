@@ -105,7 +105,7 @@ def work(study_name: str, workers: int = 1, threads: int | None = None, log: Cal
     space = study.user_attrs["space"]
     runs = Runs()
 
-    from stages.lib.data import load_split  # noqa: PLC0415
+    from stages.lib.data import dataset, load_split, read_stats  # noqa: PLC0415
     from stages.lib.training import backend_settings, background_value  # noqa: PLC0415
 
     first = {k: next(iter(d.values()))[0] for k, d in space["search"].items()}
@@ -117,6 +117,12 @@ def work(study_name: str, workers: int = 1, threads: int | None = None, log: Cal
     nn.configure(0, threads=n_threads)
     nn.tf.get_logger().setLevel("ERROR")  # each trial traces its own functions: TensorFlow's retracing warning
     data = {split: load_split(PREPARED_DIR, split) for split in ("train", "val")}
+    stats = read_stats()
+    shape = {  # the prepared data's, as the train stage builds its network
+        "input_shape": tuple(stats["shapes"]["x_train"][1:]),
+        "classes": len(dataset(stats)["classes"]),
+        "name": dataset(stats)["name"],
+    }
     background = background_value()
     log(
         f"worker {socket.gethostname()}:{os.getpid()}: study '{study_name}', {n_threads} thread(s), "
@@ -136,7 +142,7 @@ def work(study_name: str, workers: int = 1, threads: int | None = None, log: Cal
                 warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize": see Heartbeat
                 trial = study.ask()
             trial.set_user_attr("worker", worker_id())
-        run_trial(study, trial, space, base, data, background, backend["jit_compile"], n_threads, runs, log)
+        run_trial(study, trial, space, base, data, background, backend["jit_compile"], n_threads, runs, log, shape)
         done += 1
     return done
 
@@ -152,11 +158,13 @@ def run_trial(
     threads: int,
     runs: Runs,
     log: Callable[[str], None],
+    shape: Mapping[str, Any] | None = None,
 ) -> Any:
     """Train one trial with the train stage's functions, report each epoch, tell Optuna and MLflow how it ended.
 
     Its overrides record the worker's thread count as ``train.threads``: results are byte-reproducible for a
-    given CPU and thread count, so ``tune best`` passes it on to ``dvc exp run``."""
+    given CPU and thread count, so ``tune best`` passes it on to ``dvc exp run``. ``shape``: the prepared
+    data's input shape, class count and name, as the train stage builds its network (``nn.build``)."""
     import keras  # noqa: PLC0415
     import optuna  # noqa: PLC0415
 
@@ -190,7 +198,7 @@ def run_trial(
         try:
             keras.backend.clear_session(free_memory=False)  # Keras' global state; the gc pass took 0.8 s a trial
             nn.configure(config["train"]["seed"])  # same seeds as the train stage: same weights
-            model = nn.build(**config["model"])
+            model = nn.build(**config["model"], **(shape or {}))
             fit(
                 model,
                 data["train"],
@@ -235,8 +243,9 @@ def final_val_accuracy(
         return history[-1][OBJECTIVE]
     from stages.lib import model as nn  # noqa: PLC0415
 
-    labels, output = config["train"]["labels"], config["model"]["output"]
-    _, accuracy, _ = nn.evaluate(model, val[0], nn.encode_labels(val[1], labels), nn.loss_function(labels, output))
+    labels, output, classes = config["train"]["labels"], config["model"]["output"], model.output_shape[-1]
+    y = nn.encode_labels(val[1], labels, classes)
+    _, accuracy, _ = nn.evaluate(model, val[0], y, nn.loss_function(labels, output, classes=classes))
     return accuracy
 
 
