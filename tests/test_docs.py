@@ -104,7 +104,7 @@ def shown_paths(text: str) -> set[str]:
         except ValueError:
             words = match.group(1).split()
         for before, word in zip(["", *words], words, strict=False):
-            if word.startswith("-") or before in ("--top", "--save-inputs"):  # options; --save-inputs DIR is made
+            if word.startswith("-") or before in ("--top", "--save-inputs", "--runtime"):  # options; --save-inputs DIR is made
                 continue
             if (before != "--model" or ":/" not in word) and not PLACEHOLDER.search(word):  # a URI is no path
                 found.add(word)

@@ -10,10 +10,12 @@ into MNIST's form (``mnist_style``: light on dark, size-normalized into a
 20x20 box and centred by its centre of mass; a model fed anything else
 guesses), with ``plain`` simply resized to the model's image shape
 (``stages.lib.decoding``). Answers name the class (``digit`` for MNIST). The
-model is the pipeline's ``data/model/model.keras`` with the normalization it
-was trained with, or any MLflow model URI (``models:/mnist-classifier@champion``,
-``runs:/<id>/model``). A file that cannot be read gets a one-line error, the
-others are still predicted, and the exit status is 1.
+model is the pipeline's ``data/model/`` (its ONNX form through onnxruntime
+when it has a sound one, else ``model.keras``; ``--runtime`` forces one) with
+the normalization it was trained with, or any MLflow model URI
+(``models:/mnist-classifier@champion``, ``runs:/<id>/model``). A file that
+cannot be read gets a one-line error, the others are still predicted, and the
+exit status is 1.
 """
 
 from __future__ import annotations
@@ -252,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         "--model",
         metavar="URI",
         help="an MLflow model URI (runs:/..., models:/...), or a .keras file with serving.json beside it "
-        "(default: the pipeline's data/model/model.keras)",
+        "(default: the pipeline's data/model/)",
     )
     parser.add_argument(
         "--runtime",
