@@ -97,7 +97,7 @@ CML ?= cml
 comment:  ## Post the report as one pull-request comment (CML)
 	$(CML) comment update --target=pr --watermark-title="MNIST pipeline report" reports/pr/report.md
 
-# Recipes (README, "Results"): each is one ordinary DVC experiment, e.g.
+# Recipes (docs/recipes.md): each is one ordinary DVC experiment, e.g.
 # `make cnn SEED=2`; the same as `dvc exp run -n cnn-seed2 <its -S flags> -S train.seed=2`.
 SEED ?= 1
 RECIPE_cnn := -S model.kind=cnn -S model.dropout=0.25 -S train.augment=true -S train.schedule=onecycle \
@@ -131,13 +131,13 @@ tune-best: install  ## Run study STUDY's best trial as an ordinary DVC experimen
 	python -m stages.tools.tune best --study "$(STUDY)"
 
 # Serve the registry's champion over HTTP on 127.0.0.1:$(PORT) (docs/experiments.md, "Serving"), through its
-# ONNX form when it has one (RUNTIME=keras: through Keras), in WORKERS processes (default: one per usable core).
+# ONNX form when it has one (RUNTIME=keras: through Keras), in WORKERS processes (default 1: a second uvicorn
+# worker raised requests/s under 16 clients by a sixth here but a single client's latency fourfold; docs/speed.md).
 PORT ?= 5001
-WORKERS_SERVE ?= $(if $(filter command line,$(origin WORKERS)),$(WORKERS),$$(python -c 'from stages.serving.cores import usable; print(usable())'))
+WORKERS_SERVE ?= $(if $(filter command line,$(origin WORKERS)),$(WORKERS),1)
 RUNTIME ?= auto
 serve: install  ## Serve the champion of params.yaml's data set (mnist-classifier) on 127.0.0.1:5001 (PORT=...)
 	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" MODEL_RUNTIME=$(RUNTIME) \
-	  MODEL_THREADS="$${MODEL_THREADS:-1}" \
 	  mlflow models serve -m "$$(python -c 'from stages.lib.registry import champion_uri; print(champion_uri())')" \
 	  --env-manager local -h 127.0.0.1 -p $(PORT) -w $(WORKERS_SERVE)
 
