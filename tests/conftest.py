@@ -1,7 +1,12 @@
-"""Shared fixtures: tiny synthetic MNIST-like data and a loopback HTTP server; and CI's rule that a skip fails.
+"""Shared fixtures: tiny synthetic MNIST-like data and a loopback HTTP server; CI's rule that a skip fails; and
+how the tests are shared out among parallel workers.
 
 Under ``CI=true`` (GitHub Actions sets it; so does ``.ci/run``) a skipped test fails, naming what was missing,
-unless its reason matches a pattern of ``tests/ci-allowed-skips.txt``."""
+unless its reason matches a pattern of ``tests/ci-allowed-skips.txt``.
+
+``make test`` runs the suite on pytest-xdist workers with ``--dist loadgroup``: the tests that share a
+module-scoped fixture (a server, a trained model, a clone) go to one worker together, in order; every other test
+goes to whichever worker is free, the slow ones first."""
 
 from __future__ import annotations
 
@@ -309,3 +314,49 @@ def pytest_make_collect_report(collector):
     """A module's skip at import (``pytest.importorskip`` at the top) fails under ``CI=true``."""
     outcome = yield
     fail_skip_under_ci(outcome.get_result())
+
+
+# --- parallel workers (pytest-xdist, --dist loadgroup) -----------------------------------------
+
+SHARED_SCOPES = ("class", "module", "package")
+
+
+def shared_fixtures(item: pytest.Item) -> list[str]:
+    """The fixtures of this project that ``item`` uses, directly or through others, and that live longer than
+    one test but not for the whole session (a session-scoped fixture is made once per worker anyway)."""
+    defs = item._fixtureinfo.name2fixturedefs  # pytest keeps no public view of a test's fixture definitions
+    return sorted(
+        name
+        for name in item.fixturenames
+        if name in defs and defs[name][-1].scope in SHARED_SCOPES and defs[name][-1].baseid  # "": pytest's own
+    )
+
+
+def share_groups(items: list[pytest.Item]) -> dict[pytest.Item, str]:
+    """A group name for each test that shares a fixture with others of its module: the tests linked through
+    shared fixtures (directly or through a chain) form one group, named by the module and its first fixture."""
+    keys = {item: [f"{Path(item.path).stem}:{name}" for name in shared_fixtures(item)] for item in items}
+    parent = {key: key for linked in keys.values() for key in linked}
+
+    def root(key: str) -> str:
+        while parent[key] != key:
+            key = parent[key]
+        return key
+
+    for linked in keys.values():
+        for key in linked[1:]:
+            first, other = sorted((root(linked[0]), root(key)))
+            parent[other] = first  # the group is named by its smallest key: the same on every worker
+    return {item: root(linked[0]) for item, linked in keys.items() if linked}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On an xdist worker: each test that shares a fixture gets its group; the slow tests come first, so that
+    the long ones start early rather than leave one worker busy at the end (the order is the same on every
+    worker, as xdist requires)."""
+    if not hasattr(config, "workerinput"):  # not an xdist worker: the files' own order, no groups
+        return
+    for item, group in share_groups(items).items():
+        item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -48,9 +48,9 @@ def test_expected_to_fail():
 """
 
 
-def run_pytest(tmp_path: Path, ci: bool) -> subprocess.CompletedProcess:
+def run_pytest(tmp_path: Path, ci: bool, *more: str) -> subprocess.CompletedProcess:
     """Run pytest on three tiny test files with this repository's conftest as a plugin, PATH an empty directory
-    (no program is found), and ``CI=true`` or no ``CI`` at all."""
+    (no program is found), and ``CI=true`` or no ``CI`` at all; ``more``: further options."""
     empty = tmp_path / "empty-path"
     empty.mkdir(exist_ok=True)
     tiny = {"test_program.py": NEEDS_A_PROGRAM, "test_package.py": NEEDS_A_PACKAGE, "test_marks.py": SKIPIF_AND_XFAIL}
@@ -61,7 +61,7 @@ def run_pytest(tmp_path: Path, ci: bool) -> subprocess.CompletedProcess:
     # Without --continue-on-collection-errors the failed import would stop the run before the other files.
     options = ["-p", "tests.conftest", "-p", "no:cacheprovider", "-rA", "--continue-on-collection-errors"]
     return subprocess.run(
-        [sys.executable, "-m", "pytest", *options, *tiny],
+        [sys.executable, "-m", "pytest", *options, *more, *tiny],
         cwd=tmp_path,
         env=environ,
         capture_output=True,
@@ -82,6 +82,20 @@ def test_a_skip_for_a_missing_program_or_package_fails_under_ci_and_names_it(tmp
     plain = run_pytest(tmp_path, ci=False)
     assert plain.returncode == 0, plain.stdout + plain.stderr
     assert "3 skipped, 1 xfailed" in plain.stdout and "npm is not on PATH" in plain.stdout
+
+
+def test_the_rule_holds_on_parallel_workers(tmp_path):
+    """As `make test` runs the suite, on pytest-xdist's workers: the skips happen there, and their reports reach
+    the main process already failed."""
+    under_ci = run_pytest(tmp_path, True, "-n", "2", "--dist", "loadgroup")
+    out = under_ci.stdout
+    assert under_ci.returncode == 1, out + under_ci.stderr
+    assert "created: 2/2 workers" in out, out
+    assert (
+        "skipped under CI=true: npm is not on PATH" in out and "skipped under CI=true: chromedriver is missing" in out
+    )
+    assert "skipped under CI=true: could not import 'no_such_package_for_the_ci_rule'" in out
+    assert "1 xfailed" in out and "skipped" not in out.splitlines()[-1], out.splitlines()[-1]
 
 
 class Skipped:
