@@ -109,6 +109,20 @@ def expected(synthetic: Synthetic) -> Expected:
     return Expected(files=synthetic.sha256, keras_sha256=hashlib.sha256(synthetic.npz_bytes()).hexdigest())
 
 
+@pytest.fixture(autouse=True)
+def mlflow_uri_left_as_found():
+    """Each test finds MLflow's process-wide tracking URI unset and the ``MLFLOW_*`` variables as the session
+    had them: ``mlflow.set_tracking_uri`` (a test's, or predict's) also sets ``MLFLOW_TRACKING_URI`` and
+    outranks it, and would send a later test on the same worker to a store or server of its own."""
+    environ = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    yield
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(None)  # also unsets MLFLOW_TRACKING_URI when it had set one
+    for name in [k for k in os.environ if k.startswith("MLFLOW_") and k not in environ]:
+        del os.environ[name]
+    os.environ.update(environ)
+
+
 # --- a scripted HTTP server on 127.0.0.1 ---------------------------------------
 
 
