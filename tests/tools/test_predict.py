@@ -16,7 +16,7 @@ from stages.tools import predict
 from stages.tools.predict import expand, prepare
 from tests.photos import write_photos
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def drawn_seven(size=(300, 200), ink=30, paper=235, width=12) -> Image.Image:

@@ -32,7 +32,7 @@ from tests.conftest import commit_all, mlflow_runs, postgres_workdir, queue_seed
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 

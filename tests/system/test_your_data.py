@@ -21,11 +21,11 @@ import yaml
 
 from stages.tools.server import free_port
 from tests.conftest import mlflow_runs, run_in
-from tests.test_demo import page_components, running_demo
+from tests.tools.test_demo import page_components, running_demo
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CLASSES = ["circle", "square", "triangle"]
 
 

@@ -281,7 +281,7 @@ def run_train_stage(prepared, root, model=None, train=None, python_flags=()):
 
     from tests.conftest import run_in
 
-    code = Path(__file__).resolve().parents[1]
+    code = Path(__file__).resolve().parents[2]
     shutil.copytree(prepared, root / "data" / "prepared")
     params = yaml.safe_load((code / "params.yaml").read_text())
     params["model"].update(model or {})

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 REBUILT = [".venv/bin/python", ".venv-lock/x", ".ruff_cache/x", ".pytest_cache/x", "stages/__pycache__/x.pyc",
            "tests/__pycache__/x.pyc", "mnist_pipeline.egg-info/PKG-INFO"]  # fmt: skip

@@ -16,7 +16,7 @@ import pytest
 
 from stages.tools.server import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def environ(**extra: str) -> dict[str, str]:

@@ -14,7 +14,7 @@ import pytest
 from stages.tools.lock_check import stale_entries
 from tests.conftest import commit_all
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 WORKFLOW = ROOT / ".github" / "workflows" / "ci.yml"
 

@@ -19,7 +19,7 @@ from stages.params import schema as params
 from stages.serving import cores
 from stages.tools.tune import TuneError, cli, figures, liveness, space, storage, worker
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BASE = params.read_raw(ROOT / "params.yaml")
 
 

@@ -30,7 +30,7 @@ from tests.conftest import make_synthetic, mlflow_runs, run_in
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import commit_all, run_in, tiny_clone
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "explore.ipynb"
 
 

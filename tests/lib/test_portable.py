@@ -20,9 +20,9 @@ import pytest
 
 from stages.serving import classifier
 from stages.serving.classifier import Classifier, ModelUnavailable, onnx_problem
-from tests.test_predict import default_model, drawn_seven, png  # noqa: F401 - fixtures and helpers
+from tests.tools.test_predict import default_model, drawn_seven, png  # noqa: F401 - fixtures and helpers
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHAPE = (28, 28)
 
 

@@ -34,7 +34,7 @@ from stages.tools import demo
 from stages.tools.server import free_port
 from tests.drawn import STYLES, accuracy, pose, render, train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PREPARED = ROOT / "data" / "prepared"
 
 

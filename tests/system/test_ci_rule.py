@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tests import conftest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 NEEDS_A_PROGRAM = """
 import shutil
@@ -142,7 +142,7 @@ def test_the_allow_list_is_short_and_says_why():
 def test_the_browser_test_finds_chromium_or_the_runners_chrome(tmp_path, monkeypatch):
     """Debian's chromium + chromedriver on PATH; GitHub's runners: google-chrome on PATH, chromedriver in
     $CHROMEWEBDRIVER."""
-    from tests.test_demo import browser_programs
+    from tests.tools.test_demo import browser_programs
 
     def program(directory: Path, name: str) -> str:
         directory.mkdir(exist_ok=True)
