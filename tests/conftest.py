@@ -254,11 +254,11 @@ def postgres_workdir(prefix: str):
     import shutil
     import tempfile
 
-    from stages.tools import server
+    from stages.lib import cluster
 
     try:
-        server.pg_bin("initdb")
-    except server.ServerError as exc:
+        cluster.pg_bin("initdb")
+    except cluster.ClusterError as exc:
         pytest.skip(f"PostgreSQL's server programs are missing ({exc}); .ci/run installs them")
     path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     path.chmod(0o755)

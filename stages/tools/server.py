@@ -49,7 +49,6 @@ from stages.lib.cluster import (
     ClusterError,
     Postgres,
     cluster_directory,
-    pg_bin,  # noqa: F401 - tests/conftest.py finds PostgreSQL's programs through here
     write_private,
 )
 from stages.lib.files import write_json
