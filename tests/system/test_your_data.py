@@ -21,6 +21,7 @@ import yaml
 
 from stages.tools.server import free_port
 from tests.conftest import mlflow_runs, run_in
+from tests.stages.test_publish import post
 from tests.tools.test_demo import page_components, running_demo
 
 pytestmark = pytest.mark.slow
@@ -126,15 +127,6 @@ def test_it_is_published_under_its_own_name_and_serves_class_names(project, publ
 
     again = run_stage("publish", project)
     assert "this result is already in" in again.stdout, again.stdout + again.stderr
-
-
-def post(url: str, body: bytes) -> tuple[int, dict]:
-    request = urllib.request.Request(url + "/invocations", data=body, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
 
 
 def wait_until_up(proc: subprocess.Popen, url: str, timeout_s: float = 300) -> None:
