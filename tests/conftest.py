@@ -215,12 +215,12 @@ def run_in(args: list[str], cwd: Path, timeout: float = 600, **env: str) -> subp
     return subprocess.run(args, cwd=cwd, env=environ, capture_output=True, text=True, timeout=timeout)
 
 
-def mlflow_runs(uri: str, status: str | None = None) -> list:
-    """The runs of the ``mnist`` experiment in the store at ``uri`` (with that status, if given)."""
+def mlflow_runs(uri: str, status: str | None = None, experiment: str = "mnist") -> list:
+    """The runs of ``experiment`` (the data set's name) in the store at ``uri`` (with that status, if given)."""
     import mlflow
 
     client = mlflow.MlflowClient(uri)
-    experiment = client.get_experiment_by_name("mnist")
+    experiment = client.get_experiment_by_name(experiment)
     if experiment is None:
         return []
     return client.search_runs([experiment.experiment_id], f"attributes.status = '{status}'" if status else "")
@@ -238,7 +238,7 @@ def queue_seeds(repo: Path, seeds: tuple[int, ...], timeout_s: float = 480, **en
         if "Queued" not in status and "Running" not in status:
             return status
         assert time.monotonic() < deadline, status
-        time.sleep(3)
+        time.sleep(8)  # each `dvc queue status` takes a core for 1.5 s, which the experiments need
 
 
 def commit_all(repo: Path, message: str) -> None:
@@ -349,7 +349,7 @@ def shared_fixtures(item: pytest.Item) -> list[str]:
 def share_groups(items: list[pytest.Item]) -> dict[pytest.Item, str]:
     """A group name for each test that shares a fixture with others of its module: the tests linked through
     shared fixtures (directly or through a chain) form one group, named by the module and its first fixture."""
-    keys = {item: [f"{Path(item.path).stem}:{name}" for name in shared_fixtures(item)] for item in items}
+    keys = {item: [f"{item.nodeid.split('::')[0]}:{name}" for name in shared_fixtures(item)] for item in items}
     parent = {key: key for linked in keys.values() for key in linked}
 
     def root(key: str) -> str:

@@ -1,4 +1,5 @@
-"""The MLflow rule through real DVC commands on a clone (slow: real MNIST, 1-epoch trainings).
+"""The MLflow rule through real DVC commands on a clone (slow: 1-epoch trainings of a tiny network on a tiny
+synthetic data set, ``tiny``: what is shown here is what DVC and the rule do, whatever the data).
 
 One run per distinct result per store: a fresh store gets the result, the same
 store twice gets nothing, queued experiments (`dvc queue start -j 2`) publishing
@@ -14,15 +15,29 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.conftest import commit_all, mlflow_runs, queue_seeds, run_in, tiny_clone
+from tests import conftest
+from tests.conftest import commit_all, make_synthetic, queue_seeds, run_in, tiny_clone
 
 pytestmark = pytest.mark.slow
+MODEL = "tiny-classifier"
+
+
+def mlflow_runs(uri: str, status: str | None = None) -> list:
+    return conftest.mlflow_runs(uri, status, experiment="tiny")
 
 
 @pytest.fixture
 def clone(tmp_path) -> Path:
+    """A clone whose data set is four IDX files of 200 synthetic images in data/external/tiny (git-ignored, as a
+    user's data would be), published as ``tiny``."""
     path = tiny_clone(tmp_path / "clone")
+    make_synthetic(n_train_per_class=20, n_test_per_class=5).write(path / "data" / "external" / "tiny")
+    params = yaml.safe_load((path / "params.yaml").read_text())
+    params["fetch"].update(dataset="idx", name="tiny", path="data/external/tiny")
+    params["evaluate"].update(gallery_size=4, sample_size=4)
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     commit_all(path, "tiny")
     return path
 
@@ -54,9 +69,9 @@ def test_repro_queue_run_cache_and_stores(clone):
     names = {r.data.tags.get("dvc.exp_name") for r in runs}
     assert None not in names and len(names) == 2 and all(r.info.run_name in names for r in runs)
     client = mlflow.MlflowClient(fresh)
-    versions = client.search_model_versions("name = 'mnist-classifier'")
+    versions = client.search_model_versions(f"name = '{MODEL}'")
     assert len(versions) == 2
-    champion = client.get_model_version_by_alias("mnist-classifier", "champion")
+    champion = client.get_model_version_by_alias(MODEL, "champion")
     assert float(champion.tags["val_accuracy"]) == max(float(v.tags["val_accuracy"]) for v in versions)
 
     # An experiment's outputs back in the workspace: `dvc exp apply` restores params and dvc.lock through git
