@@ -14,11 +14,14 @@ import base64
 import contextlib
 import hashlib
 import io
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 import zipfile
@@ -251,9 +254,6 @@ def commit_all(repo: Path, message: str) -> None:
 def postgres_workdir(prefix: str):
     """A temporary directory for a throw-away PostgreSQL cluster, readable by the postgres user (PostgreSQL runs
     as it when the tests run as root); the test is skipped when PostgreSQL's server programs are missing."""
-    import shutil
-    import tempfile
-
     from stages.lib import cluster
 
     try:
@@ -331,8 +331,13 @@ def pytest_make_collect_report(collector):
 
 
 # --- parallel workers (pytest-xdist, --dist loadgroup) -----------------------------------------
+#
+# xdist's own loadgroup reads ``xdist_group`` marks through the tests' node ids, which pytest 9.2 no longer lets it
+# change (pytest-xdist issue 1386): the groups were silently ignored. Here the workers write the groups they find to
+# a file, and the main process schedules each group as one unit from it.
 
 SHARED_SCOPES = ("class", "module", "package")
+GROUPS = pytest.StashKey[Path]()
 
 
 def shared_fixtures(item: pytest.Item) -> list[str]:
@@ -346,10 +351,18 @@ def shared_fixtures(item: pytest.Item) -> list[str]:
     )
 
 
-def share_groups(items: list[pytest.Item]) -> dict[pytest.Item, str]:
-    """A group name for each test that shares a fixture with others of its module: the tests linked through
-    shared fixtures (directly or through a chain) form one group, named by the module and its first fixture."""
-    keys = {item: [f"{item.nodeid.split('::')[0]}:{name}" for name in shared_fixtures(item)] for item in items}
+def share_groups(items: list[pytest.Item]) -> dict[str, str]:
+    """The group of each test (by node id) that shares a fixture with others of its module, or carries an
+    ``xdist_group`` mark: the tests linked through shared fixtures (directly or through a chain) form one group,
+    named by the module and its first fixture."""
+    keys = {}
+    for item in items:
+        marks = [
+            str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")
+        ]
+        keys[item.nodeid] = [f"group:{m}" for m in marks] + [
+            f"{item.nodeid.split('::')[0]}:{name}" for name in shared_fixtures(item)
+        ]
     parent = {key: key for linked in keys.values() for key in linked}
 
     def root(key: str) -> str:
@@ -361,16 +374,53 @@ def share_groups(items: list[pytest.Item]) -> dict[pytest.Item, str]:
         for key in linked[1:]:
             first, other = sorted((root(linked[0]), root(key)))
             parent[other] = first  # the group is named by its smallest key: the same on every worker
-    return {item: root(linked[0]) for item, linked in keys.items() if linked}
+    return {nodeid: root(linked[0]) for nodeid, linked in keys.items() if linked}
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """Main process: tell each worker where to write the groups."""
+    config = node.config
+    if GROUPS not in config.stash:
+        config.stash[GROUPS] = Path(tempfile.mkdtemp(prefix="pytest-groups-")) / "groups.json"
+    node.workerinput["test_groups"] = str(config.stash[GROUPS])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if GROUPS in config.stash:
+        shutil.rmtree(config.stash[GROUPS].parent, ignore_errors=True)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """On an xdist worker: each test that shares a fixture gets its group; the slow tests come first, so that
-    the long ones start early rather than leave one worker busy at the end (the order is the same on every
-    worker, as xdist requires)."""
-    if not hasattr(config, "workerinput"):  # not an xdist worker: the files' own order, no groups
+    """On an xdist worker: the slow tests first, so that the long ones start early rather than leave one worker
+    busy at the end (the same order on every worker, as xdist requires); and the groups, for the main process."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None:  # not an xdist worker: the files' own order
         return
-    for item, group in share_groups(items).items():
-        item.add_marker(pytest.mark.xdist_group(group))
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    if "test_groups" in workerinput:
+        path = Path(workerinput["test_groups"])
+        partial = path.with_name(f"{path.name}.{workerinput['workerid']}")
+        partial.write_text(json.dumps(share_groups(items)))
+        partial.replace(path)  # every worker finds the same groups: the last one's file is as good as the first's
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Main process, ``--dist loadgroup``: each group is one unit of work, sent to one worker, in order; every
+    other test is a unit of its own; the units with most tests first (as xdist's loadscope orders them)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling  # here: xdist calls this hook only when it is installed
+
+    path = config.stash.get(GROUPS, None)
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:  # the workers wrote the file while collecting, before xdist schedules
+                self.groups = json.loads(path.read_text()) if path and path.exists() else {}
+            return self.groups.get(nodeid, nodeid)
+
+    return SharedFixtureScheduling(config, log)
