@@ -33,6 +33,7 @@ def write_serving_config(
     output: str,
     onnx: dict[str, str] | None = None,
     refused: str | None = None,
+    *,
     stats_path: Path = STATS_PATH,
     path: Path = SERVING_CONFIG_PATH,
 ) -> None:

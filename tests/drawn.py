@@ -214,5 +214,8 @@ def train(prepared: Path, directory: Path, recipe: str = "dense", params_file: P
     )
     path = directory / "model.keras"
     nn.save_model(model, path)
-    stage.write_serving_config(cfg["model"]["output"], prepared / "stats.json", directory / "serving.json")
+    output = cfg["model"]["output"]
+    form, refused = stage.make_portable(model, load_split(prepared, "val")[0], output, directory / "model.onnx")
+    config = directory / "serving.json"
+    stage.write_serving_config(output, form, refused, stats_path=prepared / "stats.json", path=config)
     return path
