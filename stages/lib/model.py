@@ -91,6 +91,9 @@ def build(
     values'). ``cnn["pooling"]`` (one value, or one per block) ``"stride"``
     halves the side with the convolution itself, moving 2 pixels at a time:
     no pooling layer, and a quarter of the convolution's multiply-adds.
+    ``cnn["convs"]`` (one value, or one per block) stacks that many
+    convolutions in a block, each with its batch norm and activation, the
+    pooling after the last.
     """
     input_shape = tuple(input_shape)
     layers: list[keras.layers.Layer] = [keras.Input(shape=input_shape, name="image")]
@@ -112,33 +115,40 @@ def _conv_blocks(
     batch_norm: bool,
     pooling: str | list[str],
     pool_first: bool = False,
+    convs: int | list[int] = 1,
     input_shape: tuple[int, ...] = IMAGE_SHAPE,
 ) -> list[keras.layers.Layer]:
     poolings = pooling if isinstance(pooling, list) else [pooling] * len(filters)
+    counts = convs if isinstance(convs, list) else [convs] * len(filters)
     pools = {"max": keras.layers.MaxPooling2D, "average": keras.layers.AveragePooling2D, "stride": None}
     # Gray images are (H, W), as MNIST's: the convolutions need a channel axis.
     layers: list[keras.layers.Layer] = (
         [keras.layers.Reshape((*input_shape, 1), name="channel")] if len(input_shape) == 2 else []
     )
-    for i, (n, how) in enumerate(zip(filters, poolings, strict=True), start=1):
-        # A bias before batch normalization is cancelled by it: leave it out.
-        conv = keras.layers.Conv2D(
-            n,
-            kernel_size,
-            strides=2 if how == "stride" else 1,
-            padding="same",
-            use_bias=not batch_norm,
-            name=f"conv_{i}",
-        )
-        pool = pools[how]  # None: the stride-2 convolution halves the side itself
-        layers.append(conv)
-        if pool and pool_first:
-            layers.append(pool(2, name=f"pool_{i}"))
-        if batch_norm:
-            layers.append(keras.layers.BatchNormalization(name=f"batch_norm_{i}"))
-        layers.append(keras.layers.Activation(activation, name=f"{activation}_{i}"))
-        if pool and not pool_first:
-            layers.append(pool(2, name=f"pool_{i}"))
+    for i, (n, how, count) in enumerate(zip(filters, poolings, counts, strict=True), start=1):
+        # A block of several convolutions (VGG's): each but the last keeps the side, with its own
+        # [batch norm] and activation; the block's pooling (or stride) belongs to the last. The first
+        # keeps the one-convolution block's names (conv_1, ...), the others are conv_1_2, conv_1_3, ...
+        for j in range(1, count + 1):
+            last, tag = j == count, f"{i}" if j == 1 else f"{i}_{j}"
+            # A bias before batch normalization is cancelled by it: leave it out.
+            conv = keras.layers.Conv2D(
+                n,
+                kernel_size,
+                strides=2 if last and how == "stride" else 1,
+                padding="same",
+                use_bias=not batch_norm,
+                name=f"conv_{tag}",
+            )
+            pool = pools[how] if last else None  # None: no pooling, or the stride-2 convolution halves the side
+            layers.append(conv)
+            if pool and pool_first:
+                layers.append(pool(2, name=f"pool_{i}"))
+            if batch_norm:
+                layers.append(keras.layers.BatchNormalization(name=f"batch_norm_{tag}"))
+            layers.append(keras.layers.Activation(activation, name=f"{activation}_{tag}"))
+            if pool and not pool_first:
+                layers.append(pool(2, name=f"pool_{i}"))
     return layers
 
 

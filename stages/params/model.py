@@ -22,6 +22,7 @@ SCHEMA: Schema = {
         "batch_norm": boolean(),
         "pooling": one_or_list(choice(*POOLING)),
         "pool_first": boolean(),
+        "convs": one_or_list(integer(1)),
     },
 }
 
@@ -38,12 +39,14 @@ def max_blocks(side: int = IMAGE_SIDE) -> int:
 def check(cfg: dict[str, Any]) -> None:
     if cfg["kind"] != "cnn":
         return
-    blocks, pooling = len(cfg["cnn"]["filters"]), cfg["cnn"]["pooling"]
-    if isinstance(pooling, list) and len(pooling) != blocks:
-        raise ParamsError(
-            f"params: model.cnn.pooling lists {len(pooling)} entries for {blocks} blocks (model.cnn.filters): "
-            f"give one of {', '.join(POOLING)} for every block, or one per block"
-        )
+    blocks = len(cfg["cnn"]["filters"])
+    for key, allowed in (("pooling", f"one of {', '.join(POOLING)}"), ("convs", "an integer >= 1")):
+        value = cfg["cnn"][key]
+        if isinstance(value, list) and len(value) != blocks:
+            raise ParamsError(
+                f"params: model.cnn.{key} lists {len(value)} entries for {blocks} blocks (model.cnn.filters): "
+                f"give {allowed} for every block, or one per block"
+            )
 
 
 def check_image(cfg: dict[str, Any], height: int = IMAGE_SIDE, width: int = IMAGE_SIDE) -> None:

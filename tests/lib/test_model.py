@@ -139,6 +139,26 @@ def test_a_stride_block_halves_the_side_with_its_convolution():
     assert nn.multiply_adds(pooled) - nn.multiply_adds(model) == 14 * 14 * 8 * 25 * 4 * 3 // 4
 
 
+def test_a_block_of_several_convolutions_pools_after_the_last():
+    cnn = {"filters": [4, 8], "kernel_size": 3, "batch_norm": True, "pooling": ["max", "stride"], "convs": [2, 3]}
+    model = nn.build([16], "relu", 0.0, "softmax", kind="cnn", cnn=cnn)
+    unit = ["Conv2D", "BatchNormalization", "Activation"]
+    assert [type(layer).__name__ for layer in model.layers] == (
+        ["Reshape"] + unit * 2 + ["MaxPooling2D"] + unit * 3 + ["Flatten", "Dense", "Dense"]
+    )
+    names = [layer.name for layer in model.layers if type(layer).__name__ == "Conv2D"]
+    assert names == ["conv_1", "conv_1_2", "conv_2", "conv_2_2", "conv_2_3"]
+    assert model.get_layer("conv_1").output.shape[1:] == model.get_layer("conv_1_2").output.shape[1:] == (28, 28, 4)
+    # Only the block's last convolution strides.
+    assert [model.get_layer(n).strides for n in names[2:]] == [(1, 1), (1, 1), (2, 2)]
+    assert model.get_layer("conv_2_3").output.shape[1:] == (7, 7, 8)
+    assert model.get_layer("conv_1_2").input.shape[-1] == 4 and model.get_layer("conv_2_2").input.shape[-1] == 8
+    # One convolution per block is the plain block, layer for layer and name for name.
+    plain = {k: v for k, v in cnn.items() if k != "convs"}
+    one, base = (nn.build([16], "relu", 0.0, "softmax", kind="cnn", cnn=c) for c in ({**cnn, "convs": 1}, plain))
+    assert [layer.get_config() for layer in one.layers] == [layer.get_config() for layer in base.layers]
+
+
 def test_multiply_adds_count_the_convolutions_and_dense_layers():
     assert nn.multiply_adds(nn.build([128], "relu", 0.0, "softmax")) == 784 * 128 + 128 * 10
     recipe = {"filters": [16, 32], "kernel_size": 5, "batch_norm": True, "pooling": "max"}
@@ -147,6 +167,9 @@ def test_multiply_adds_count_the_convolutions_and_dense_layers():
     assert nn.multiply_adds(cnn) == conv + 7 * 7 * 32 * 128 + 128 * 10 == 3_024_384
     k3 = nn.build([128], "relu", 0.25, "softmax", kind="cnn", cnn={**recipe, "kernel_size": 3, "pool_first": True})
     assert nn.multiply_adds(k3) == 28 * 28 * 16 * 9 + 14 * 14 * 32 * 9 * 16 + 7 * 7 * 32 * 128 + 128 * 10
+    two = nn.build([128], "relu", 0.25, "softmax", kind="cnn", cnn={**recipe, "kernel_size": 3, "convs": 2})
+    extra = 28 * 28 * 16 * 9 * 16 + 14 * 14 * 32 * 9 * 32
+    assert nn.multiply_adds(two) == 28 * 28 * 16 * 9 + 14 * 14 * 32 * 9 * 16 + extra + 7 * 7 * 32 * 128 + 128 * 10
 
 
 def test_label_smoothing_spreads_the_targets():

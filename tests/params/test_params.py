@@ -53,6 +53,7 @@ def test_committed_params_are_valid(raw):
         ("model.cnn", "pooling", "min", "model.cnn.pooling must be one of max, average, stride, or a list of them"),
         ("model.cnn", "pooling", ["max", "min"], "model.cnn.pooling must be one of max, average, stride, or a list"),
         ("model.cnn", "pool_first", "no", "model.cnn.pool_first must be true or false, got 'no'"),
+        ("model.cnn", "convs", 0, "model.cnn.convs must be an integer >= 1, or a list of them, got 0"),
         ("train", "optimizer", "sgd", "train.optimizer must be one of adam, adamw"),
         ("train", "weight_decay", -1e-4, r"train.weight_decay must be a number in \[0, inf\)"),
         ("train", "schedule", "step", "train.schedule must be one of constant, cosine, onecycle"),
@@ -140,6 +141,11 @@ def test_flatten():
             "model",
             {"kind": "cnn", "cnn": {"filters": [4, 8], "pooling": ["max"]}},
             r"model.cnn.pooling lists 1 entries for 2 blocks.*one of max, average, stride for every block",
+        ),
+        (
+            "model",
+            {"kind": "cnn", "cnn": {"filters": [4, 8], "convs": [2, 2, 1]}},
+            r"model.cnn.convs lists 3 entries for 2 blocks.*an integer >= 1 for every block, or one per block",
         ),
     ],
 )

@@ -95,6 +95,7 @@ def test_variants_train(prepared, model_cfg, train_cfg):
         ({**CNN, "dropout": 0.2, "hidden_units": [16]}, {"augment": True, "schedule": "onecycle", "epochs": 10}),
         ({**CNN, "cnn": {**CNN["cnn"], "pool_first": True}}, {}),
         ({**CNN, "cnn": {**CNN["cnn"], "pooling": ["max", "stride"]}}, {}),
+        ({**CNN, "cnn": {**CNN["cnn"], "convs": [2, 1], "pool_first": True}}, {}),
         ({**CNN, "dropout": 0.2}, {"augment": True, "augment_kernel": "fused"}),
         ({}, {"augment": True}),
         ({}, {"augment": True, "augment_kernel": "fused"}),
