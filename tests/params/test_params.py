@@ -178,7 +178,7 @@ def test_only_the_params_that_take_effect_count(raw):
     assert model.effective(cleaned["model"])["cnn"] == cleaned["model"]["cnn"]
 
 
-@pytest.mark.parametrize("recipe", ["cnn", "cnn-fast", "dense-best"])
+@pytest.mark.parametrize("recipe", ["cnn", "cnn-fast", "cnn-best", "dense-best"])
 def test_makefile_recipes_are_valid_params(raw, recipe):
     """Each recipe target is one `dvc exp run` whose -S flags give valid params."""
     import shlex
