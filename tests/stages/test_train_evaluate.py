@@ -111,6 +111,7 @@ def test_variants_train(prepared, model_cfg, train_cfg):
         "cnn-augment-onecycle",
         "cnn-pool-first",
         "cnn-stride",
+        "cnn-two-convs",
         "cnn-augment-fused",
         "augment",
         "augment-fused-xla-off",

@@ -42,7 +42,7 @@ SPACES = {
         },
         "slow": {  # a few seconds per trial: time to kill a worker in the middle of one
             "fixed": {"model.kind": "dense", "model.dropout": 0.0, "train.batch_size": 32},
-            "search": {"train.learning_rate": {"log": [0.0005, 0.005]}, "train.epochs": {"int": [2, 3]}},
+            "search": {"train.learning_rate": {"log": [0.0005, 0.005]}, "train.epochs": {"int": [4, 5]}},
             "pruner": {"n_startup_trials": 10, "n_warmup_steps": 0},
         },
     }
@@ -168,8 +168,12 @@ def test_a_worker_killed_mid_trial_leaves_no_trial_running(clone, storage):
             time.sleep(0.5)
             with_epochs = []
             with contextlib.suppress(KeyError):  # the study is not there yet
+                # two epochs or more still to go: the kill lands mid-trial, not after the trial has ended
                 with_epochs = [
-                    t for t in study_trials(storage, "kill") if t.state.name == "RUNNING" and t.intermediate_values
+                    t
+                    for t in study_trials(storage, "kill")
+                    if t.state.name == "RUNNING"
+                    and 0 < len(t.intermediate_values) <= t.user_attrs["epochs_planned"] - 2
                 ]
             if with_epochs:
                 victim = with_epochs[0]
