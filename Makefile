@@ -60,7 +60,7 @@ repro: install  ## Run the DVC pipeline, then say whether the metrics reproduced
 	@python -m stages.tools.metrics_check --verdict --tolerance $(TOLERANCE) --loss-rtol $(LOSS_RTOL)
 
 test: lint  ## Lint and the whole test suite, slow tests included (what CI runs)
-	python -m pytest -m "slow or not slow" -n auto --dist loadgroup
+	python -m pytest -m "slow or not slow" -n auto --dist loadgroup --durations=20
 
 test-fast: install  ## The fast tests only (seconds)
 	python -m pytest

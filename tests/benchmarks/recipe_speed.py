@@ -1,6 +1,7 @@
 """The CNN recipes side by side: seconds, test accuracy, multiply-adds, and how long to 99.5 %.
 
     python tests/benchmarks/recipe_speed.py [--recipes cnn cnn-fast] [--seeds 1 2 3] [--target 0.995]
+    python tests/benchmarks/recipe_speed.py --recipes cnn-fast --seeds 1 2 3 4 5 --probabilities DIR
     python tests/benchmarks/recipe_speed.py --recipes cnn --try 'k3=-S model.cnn.kernel_size=3 -S train.epochs=8'
 
 Needs the prepared arrays (``make repro`` or ``dvc repro preprocess``).
@@ -24,6 +25,9 @@ the test and validation accuracy, training seconds (the sum of the epochs;
 the stage's own figure adds data loading) and seconds to the target; their
 means; and each recipe's training time relative to the first recipe's
 (median of the per-seed ratios). Compare seconds only within one run.
+With ``--probabilities DIR``, each training's test-set probabilities go to
+``DIR/NAME-seedN.npy`` and the JSON line adds, per recipe, the test
+accuracy of its seeds' networks averaged into one (an ensemble).
 """
 
 from __future__ import annotations
@@ -70,8 +74,9 @@ def recipe_params(flags: list[str], seed: int) -> dict:
     return schema.validate(raw, [model, train])
 
 
-def train(flags: list[str], seed: int) -> dict:
-    """One training as the train stage does it, with the test accuracy after each epoch."""
+def train(flags: list[str], seed: int, probabilities: Path | None = None) -> dict:
+    """One training as the train stage does it, with the test accuracy after each epoch; ``probabilities``:
+    where to write the trained model's test-set probabilities (``.npy``)."""
     from stages.lib.training import backend_settings, fit
 
     cfg = recipe_params(flags, seed)
@@ -101,6 +106,14 @@ def train(flags: list[str], seed: int) -> dict:
         background=background_value(ROOT / STATS_PATH),
         jit_compile=backend["jit_compile"],
     )
+    if probabilities:
+        import numpy as np
+
+        probabilities.parent.mkdir(parents=True, exist_ok=True)
+        partial = probabilities.with_suffix(".partial.npy")
+        outputs = model.predict(x_test, batch_size=1000, verbose=0)
+        np.save(partial, nn.probabilities(outputs, cfg["model"]["output"]).astype(np.float32), allow_pickle=False)
+        partial.replace(probabilities)
     return {
         "epoch_seconds": [row["seconds"] for row in history],
         "val_accuracy": [row["val_accuracy"] for row in history],
@@ -109,9 +122,10 @@ def train(flags: list[str], seed: int) -> dict:
     }
 
 
-def run_worker(flags: list[str], seed: int) -> dict:
+def run_worker(flags: list[str], seed: int, probabilities: Path | None = None) -> dict:
+    extra = ["--probabilities", str(probabilities)] if probabilities else []
     result = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(flags), "--seeds", str(seed)],
+        [sys.executable, __file__, "--worker", json.dumps(flags), "--seeds", str(seed), *extra],
         stdout=subprocess.PIPE,
         text=True,
         check=True,
@@ -147,6 +161,22 @@ def summary(flags: list[str], runs: list[dict], target: float) -> dict:
     }
 
 
+def ensemble(directory: Path, name: str, seeds: list[int]) -> dict:
+    """The test accuracy of the seeds' networks combined (their probabilities averaged), as one model would
+    answer: what an ensemble of this recipe would buy, for the training time of all its seeds."""
+    import numpy as np
+
+    from stages.lib.data import load_split
+    from stages.lib.paths import PREPARED_DIR
+
+    _, y_test = load_split(ROOT / PREPARED_DIR, "test")
+    probs = [np.load(directory / f"{name}-seed{seed}.npy", allow_pickle=False) for seed in seeds]
+    return {
+        "networks": len(probs),
+        "test_accuracy": round(float(np.mean(np.mean(probs, axis=0).argmax(axis=1) == y_test)), 4),
+    }
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -163,13 +193,19 @@ def main() -> None:
     parser.add_argument("--try", dest="tries", action="append", default=[], metavar="NAME=FLAGS", help="more recipes")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--target", type=float, default=0.995, help="test accuracy to time (default 0.995)")
+    parser.add_argument(
+        "--probabilities",
+        type=Path,
+        metavar="DIR",
+        help="write each training's test-set probabilities to DIR/NAME-seedN.npy (to try ensembles)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         import contextlib
 
         with contextlib.redirect_stdout(sys.stderr):  # only the result on stdout
-            result = train(json.loads(args.worker), args.seeds[0])
+            result = train(json.loads(args.worker), args.seeds[0], args.probabilities)
         print(json.dumps(result))
         return
     if not (ROOT / "data/prepared/x_train.npy").exists():
@@ -184,7 +220,8 @@ def main() -> None:
     for seed in args.seeds:
         for name, flags in recipes.items():
             print(f"{name}, seed {seed}:", file=sys.stderr, flush=True)
-            runs[name].append(run_worker(flags, seed))
+            probs = args.probabilities / f"{name}-seed{seed}.npy" if args.probabilities else None
+            runs[name].append(run_worker(flags, seed, probs))
     first = next(iter(runs))
     out = {
         "cpu": cpu_model(),
@@ -201,6 +238,8 @@ def main() -> None:
             for name, r in runs.items()
         },
     }
+    if args.probabilities:
+        out["ensembles"] = {name: ensemble(args.probabilities, name, args.seeds) for name in runs}
     print(json.dumps(out))
 
 
