@@ -35,7 +35,7 @@ TRAIN = {
     "zoom": 0.1,
     "augment_kernel": "gather",
 }
-CNN = {"kind": "cnn", "cnn": {"filters": [4, 8], "kernel_size": 3, "batch_norm": True, "pooling": "max"}}
+CNN = {"kind": "cnn", "cnn": {"filters": [4, 8], "kernel_size": 3, "batch_norm": True, "pooling": "max", "convs": 1}}
 EVAL = {"batch_size": 128, "top_confusions": 5, "gallery_size": 6, "sample_size": 8}
 
 
