@@ -79,9 +79,9 @@ def errors_figure(x_test, y_test, probs, name: str, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     plots.image_grid(
         x_test[wrong].astype(np.float32),
-        [f"#{i}: true {y_test[i]} / pred {answers[i]}\n{probs[i, answers[i]]:.0%}" for i in wrong],
+        [f"#{i}: {y_test[i]} as {answers[i]}\n{probs[i, answers[i]]:.0%}" for i in wrong],
         path,
-        title=f"{name}: all {len(wrong)} misclassified test images, most confident first",
+        title=f"{name}: all {len(wrong)} misclassified test images (index: true digit as answer), most confident first",
         highlight=[True] * len(wrong),
         columns=10,
     )
