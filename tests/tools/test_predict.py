@@ -269,29 +269,33 @@ def test_the_installed_command_prints_everything_and_skips_unused_imports(tiny_m
 
 
 @pytest.fixture(scope="module")
-def default_model() -> Path:
-    """The pipeline's model; `dvc repro train` first when this checkout has none (a fresh clone)."""
+def default_model(tmp_path_factory) -> Path:
+    """The pipeline's default network (params.yaml), trained as the train stage does into a temporary
+    directory, so the checkout's outputs and dvc.lock stay as they are; `dvc repro preprocess` first when
+    this checkout has no prepared data (a fresh clone). The model file, with serving.json beside it."""
     import os
     import subprocess
     import sys
 
-    if not (ROOT / "data" / "model" / "model.keras").exists():
+    from tests.drawn import train
+
+    prepared = ROOT / "data" / "prepared"
+    if not (prepared / "x_train.npy").exists():
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-        result = subprocess.run(["dvc", "repro", "train"], cwd=ROOT, env=env, capture_output=True, text=True)
+        result = subprocess.run(["dvc", "repro", "preprocess"], cwd=ROOT, env=env, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr[-2000:]
-    return ROOT
+    return train(prepared, tmp_path_factory.mktemp("default"), "dense", ROOT / "params.yaml")
 
 
 @pytest.mark.slow
-def test_quality_gate_on_photo_like_digits(default_model, tmp_path, monkeypatch, capsys):
+def test_quality_gate_on_photo_like_digits(default_model, tmp_path, capsys):
     from stages.lib import idx
     from stages.serving.classifier import Classifier
 
-    raw = default_model / "data" / "raw"
+    raw = ROOT / "data" / "raw"
     images = idx.read(raw / "t10k-images-idx3-ubyte")[:1000]
     labels = idx.read(raw / "t10k-labels-idx1-ubyte")[:1000]
-    monkeypatch.chdir(default_model)
-    model = Classifier(predict.MODEL_PATH, predict.SERVING_CONFIG_PATH)
+    model = Classifier(default_model, default_model.with_name("serving.json"), default_model.with_name("model.onnx"))
     clean = model.probabilities(images.astype(np.float32)).argmax(axis=1)
 
     # MNIST images saved as PNG files come out nearly unchanged and get the evaluate stage's answers.
@@ -303,13 +307,13 @@ def test_quality_gate_on_photo_like_digits(default_model, tmp_path, monkeypatch,
         changes.append(np.abs(mnist_style(image.astype(float)) - image).mean())
     # Mostly identical; a digit whose centre of mass sits half-way between pixels may move by one.
     assert np.median(changes) < 0.5 and np.mean(np.array(changes) < 2) >= 0.9
-    assert predict.main([str(pngs), "--json"]) == 0
+    assert predict.main([str(pngs), "--json", "--model", str(default_model)]) == 0
     answers = [json.loads(line)["digit"] for line in capsys.readouterr().out.splitlines()]
     assert np.mean(np.array(answers) == clean[:300]) >= 0.995
 
     # Photos and scans: dark on light, 100-400 px, off-centre, tilted, blurred or noisy, JPEG.
     write_photos(images, tmp_path / "photos")
-    assert predict.main([str(tmp_path / "photos"), "--json"]) == 0
+    assert predict.main([str(tmp_path / "photos"), "--json", "--model", str(default_model)]) == 0
     answers = np.array([json.loads(line)["digit"] for line in capsys.readouterr().out.splitlines()])
     photo_accuracy, clean_accuracy = np.mean(answers == labels), np.mean(clean == labels)
     # Without the preprocessing: the photo squeezed to 28x28, as it is.
