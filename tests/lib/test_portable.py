@@ -224,10 +224,11 @@ def test_a_refused_or_failed_export_writes_nothing_and_says_why(tmp_path, monkey
 def test_the_pipelines_onnx_form_agrees_with_keras_on_all_10000_test_images(default_model):  # noqa: F811
     from stages.lib import idx
 
-    directory = default_model / "data" / "model"
+    directory = default_model.parent  # the default network, trained and exported as the train stage does
     config = json.loads((directory / "serving.json").read_text())
     assert config["onnx"]["file"] == "model.onnx", config.get("onnx_refused")
-    images = idx.read(default_model / "data" / "raw" / "t10k-images-idx3-ubyte").astype(np.float32)
+    raw = Path(__file__).resolve().parents[2] / "data" / "raw"
+    images = idx.read(raw / "t10k-images-idx3-ubyte").astype(np.float32)
     paths = (directory / "model.keras", directory / "serving.json", directory / "model.onnx")
     light, keras = Classifier(*paths, runtime="onnx"), Classifier(*paths, runtime="keras")
     assert (light.runtime, keras.runtime) == ("onnxruntime", "keras")
