@@ -123,7 +123,7 @@ def train(flags: list[str], seed: int, probabilities: Path | None = None) -> dic
 
 
 def run_worker(flags: list[str], seed: int, probabilities: Path | None = None) -> dict:
-    extra = ["--probabilities", str(probabilities)] if probabilities else []
+    extra = ["--probabilities-file", str(probabilities)] if probabilities else []
     result = subprocess.run(
         [sys.executable, __file__, "--worker", json.dumps(flags), "--seeds", str(seed), *extra],
         stdout=subprocess.PIPE,
@@ -200,12 +200,13 @@ def main() -> None:
         help="write each training's test-set probabilities to DIR/NAME-seedN.npy (to try ensembles)",
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--probabilities-file", type=Path, help=argparse.SUPPRESS)  # a worker's own file
     args = parser.parse_args()
     if args.worker:
         import contextlib
 
         with contextlib.redirect_stdout(sys.stderr):  # only the result on stdout
-            result = train(json.loads(args.worker), args.seeds[0], args.probabilities)
+            result = train(json.loads(args.worker), args.seeds[0], args.probabilities_file)
         print(json.dumps(result))
         return
     if not (ROOT / "data/prepared/x_train.npy").exists():
