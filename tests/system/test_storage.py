@@ -198,14 +198,17 @@ def test_bad_set_ups_are_one_line_within_seconds(workdir, s3, origin, case, expe
     line = one_error_line(configured, "remote: error:")
     assert expected in line and remote in line, line
     assert aws["AWS_SECRET_ACCESS_KEY"] not in configured.stdout + configured.stderr
-    # The remote is configured all the same: `dvc pull` fails too, saying why, without a long hang
-    # (DVC's S3 client tries each output's listing five times with back-off: about a minute here).
+    # The remote is configured all the same: `dvc pull` fails too, saying why. Against an endpoint that is not
+    # there, botocore tries each request five times with back-off (a minute or more in all): what
+    # docs/troubleshooting.md tells a user, AWS_MAX_ATTEMPTS=1, makes it fail at once.
+    if case == "unreachable endpoint":
+        env["AWS_MAX_ATTEMPTS"] = "1"
     started = time.monotonic()
     pulled = run_in(["dvc", "pull"], repo, **env)
     seconds = time.monotonic() - started
     print(f"\ndvc pull with {case}: failed in {seconds:.1f}s")
     assert pulled.returncode != 0
-    assert seconds < 150
+    assert seconds < 30
     errors = [ln for ln in pulled.stderr.splitlines() if ln.startswith("ERROR")]
     assert errors, pulled.stderr
     reason = {
