@@ -10,12 +10,19 @@ PYTHON ?= python3
 ifeq ($(INFERENCE),1)
 VENV   := .venv-inference
 LOCK   := requirements-inference.lock
-# Python compiles its bytecode on first import instead (the environment stays small).
+# Python compiles its bytecode on first import instead, and pip and setuptools (the installer and the
+# editable install's build backend, 21 MB) leave once the install is done: the environment stays small.
+# ensurepip brings them back for the next install.
 PIP_INSTALL_FLAGS := --no-compile
+ENSURE_PIP := $(abspath $(VENV))/bin/python -m pip --version >/dev/null 2>&1 || \
+  $(abspath $(VENV))/bin/python -m ensurepip --default-pip >/dev/null
+DROP_PIP := $(abspath $(VENV))/bin/python -m pip uninstall --quiet --yes --disable-pip-version-check pip setuptools
 else
 VENV   := .venv
 LOCK   := requirements.lock
 PIP_INSTALL_FLAGS :=
+ENSURE_PIP := true
+DROP_PIP := true
 endif
 BIN    := $(abspath $(VENV))/bin
 STAMP  := $(VENV)/.installed-lock
@@ -36,9 +43,11 @@ help:  ## Every target and what it does (this list)
 
 $(STAMP): $(LOCK) pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(ENSURE_PIP)
 	@echo "Installing the locked dependencies into $(VENV) (a few minutes the first time)..."
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(PIP_INSTALL_FLAGS) --require-hashes -r $(LOCK)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .  # the mnist-predict command
+	@$(DROP_PIP)
 	@touch $(STAMP)
 
 install: $(STAMP)  ## Create .venv and install the locked dependencies (again only when the lock changes)
@@ -49,8 +58,10 @@ install-inference:  ## The inference-only environment .venv-inference (no Tensor
 # The demo page in the inference-only environment: Gradio on top (requirements-inference-demo.lock).
 DEMO_STAMP := $(VENV)/.installed-demo-lock
 $(DEMO_STAMP): requirements-inference-demo.lock $(STAMP)
+	@$(ENSURE_PIP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(PIP_INSTALL_FLAGS) --require-hashes \
 	  -r requirements-inference-demo.lock
+	@$(DROP_PIP)
 	@touch $(DEMO_STAMP)
 
 # Ends with one line: the metrics reproduced HEAD's exactly, within tolerance
@@ -135,15 +146,13 @@ tune-best: install  ## Run study STUDY's best trial as an ordinary DVC experimen
 	python -m stages.tools.tune best --study "$(STUDY)"
 
 # Serve the registry's champion over HTTP on 127.0.0.1:$(PORT) (docs/experiments.md, "Serving"), through its
-# ONNX form when it has one (RUNTIME=keras: through Keras), in WORKERS processes (default 1: a second uvicorn
-# worker raised requests/s under 16 clients by a sixth here but a single client's latency fourfold; docs/speed.md).
+# ONNX form when it has one (RUNTIME=keras: through Keras), in WORKERS processes (default auto: one per core
+# this process may use, each with its share of the cores for onnxruntime; docs/speed.md).
 PORT ?= 5001
-WORKERS_SERVE ?= $(if $(filter command line,$(origin WORKERS)),$(WORKERS),1)
+WORKERS_SERVE ?= $(if $(filter command line,$(origin WORKERS)),$(WORKERS),auto)
 RUNTIME ?= auto
 serve: install  ## Serve the champion of params.yaml's data set (mnist-classifier) on 127.0.0.1:5001 (PORT=...)
-	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" MODEL_RUNTIME=$(RUNTIME) \
-	  mlflow models serve -m "$$(python -c 'from stages.lib.registry import champion_uri; print(champion_uri())')" \
-	  --env-manager local -h 127.0.0.1 -p $(PORT) -w $(WORKERS_SERVE)
+	python -m stages.tools.serve --port $(PORT) --workers $(WORKERS_SERVE) --runtime $(RUNTIME)
 
 # The draw-a-digit page (Gradio) on http://127.0.0.1:7860: `make demo PORT=8000`,
 # `HOST=0.0.0.0` to listen beyond this machine (behind a login: user demo, a password

@@ -1,6 +1,6 @@
 """The light path (the champion's ONNX form through onnxruntime) against the Keras path, side by side in one run.
 
-    python tests/benchmarks/inference_speed.py [--seconds 10] [--repeats 5] [--skip serve,demo]
+    python tests/benchmarks/inference_speed.py [--seconds 10] [--repeats 5] [--workers auto] [--skip serve,demo]
 
 Needs the pipeline's model and a champion with an ONNX form (`make repro`).
 Each figure is measured for both runtimes, alternating, in this one run (the
@@ -8,9 +8,9 @@ machine's speed drifts minute to minute: compare the ratios):
 
 - predict: ``mnist-predict one.png`` end to end from a cold process (median of ``--repeats``);
   also in the inference-only environment (``make install-inference``) when it exists;
-- serve: ``make serve``'s command on 127.0.0.1; one client's single-image requests (p50), then 16
-  concurrent clients for ``--seconds`` (requests/s, p99, errors); one uvicorn worker each, as ``make serve``
-  runs by default;
+- serve: ``make serve``'s command (``stages.tools.serve``) on 127.0.0.1; one client's single-image requests
+  (p50), then 16 concurrent clients for ``--seconds`` (requests/s, p99, errors); ``--workers`` as ``make
+  serve``'s ``WORKERS`` (default ``auto``: one per usable core);
 - batch: images/s of ``Classifier.probabilities`` on batches of 1,000 test images, in this process;
 - demo: seconds from starting ``python -m stages.tools.demo`` until its page answers;
 - size: the inference-only environment on disk, beside ``.venv``.
@@ -154,6 +154,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the 16-client load")
     parser.add_argument("--repeats", type=int, default=5, help="cold predict runs per runtime")
+    parser.add_argument("--workers", default="auto", help="make serve's WORKERS (default auto: one per core)")
     parser.add_argument("--skip", default="", help="comma-separated: predict, serve, batch, demo, size")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -161,7 +162,6 @@ def main() -> None:
     import numpy as np
 
     from stages.lib import idx
-    from stages.lib.registry import champion_uri
     from stages.serving import cores
 
     images = idx.read(ROOT / "data" / "raw" / "t10k-images-idx3-ubyte")
@@ -188,23 +188,17 @@ def main() -> None:
                 results["onnx"]["predict_cold_inference_env_s"] = round(seconds, 2)
 
         if "serve" not in skip:
-            uri = champion_uri()
             bodies = [json.dumps({"inputs": images[i : i + 1].tolist()}).encode() for i in range(200)]
-            workers = {"onnx": "1", "keras": "1"}  # make serve's default
             for runtime in RUNTIMES:
                 port = free_port()
-                serve_env = {
-                    **env,
-                    "MLFLOW_TRACKING_URI": env.get("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT / 'mlflow.db'}"),
-                    "MODEL_RUNTIME": runtime,
-                }
-                command = [str(bin_dir / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local"]
-                command += ["-h", "127.0.0.1", "-p", str(port), "-w", workers[runtime]]
-                server = start(command, serve_env, Path(tmp) / f"serve-{runtime}.log")
+                command = [sys.executable, "-m", "stages.tools.serve", "--port", str(port), "--runtime", runtime]
+                command += ["--workers", args.workers]
+                server = start(command, env, Path(tmp) / f"serve-{runtime}.log")
                 try:
                     results[runtime]["serve_ready_s"] = round(wait_for(port, "/ping", server), 1)
                     results[runtime].update(load(port, bodies, 16, args.seconds))
-                    results[runtime]["serve_workers"] = int(workers[runtime])
+                    first = (Path(tmp) / f"serve-{runtime}.log").read_text().splitlines()[0]
+                    results[runtime]["serve_workers"] = int(first.split("(", 1)[1].split()[0])
                 finally:
                     stop(server)
 

@@ -171,22 +171,10 @@ def test_the_champion_is_served_over_http_read_by_predict_and_answered_by_the_de
     assert sum(c == f.parent.name for c, f in zip(expected_classes, files, strict=True)) >= len(files) - 1
 
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env.update(MLFLOW_TRACKING_URI=store, PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
-    serve = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "models",
-            "serve",
-            "-m",
-            champion.stdout.strip(),
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "MODEL_"))}
+    env.update(MLFLOW_TRACKING_URI=store, PATH=f"{Path(sys.executable).parent}:{env['PATH']}", PYTHONPATH=str(ROOT))
+    serve = subprocess.Popen(  # make serve's command: the champion of the project's params.yaml, two workers
+        [sys.executable, "-m", "stages.tools.serve", "--port", str(port), "--workers", "2"],
         cwd=project,
         env=env,
         stdout=subprocess.DEVNULL,

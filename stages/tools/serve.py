@@ -1,0 +1,99 @@
+"""Serve the registry's champion over HTTP on 127.0.0.1 (``make serve``), sized to the cores it may use.
+
+    python -m stages.tools.serve [--port 5001] [--workers auto|N] [--runtime auto|onnx|keras] [--model URI]
+
+Runs MLflow's own scoring server (``mlflow models serve --env-manager
+local``) on the champion of the data set ``params.yaml`` names
+(``models:/mnist-classifier@champion``), or ``--model``. By default it starts
+one worker process per usable core (``stages/serving/cores.py``: the CPU
+affinity within the cgroup's quota), and gives each worker's onnxruntime
+an equal share of those cores (``MODEL_THREADS``), so that the workers do
+not compete for them; a ``MODEL_THREADS`` already set is kept. The store is
+``MLFLOW_TRACKING_URI``, else this repository's ``mlflow.db``. The server listens
+on loopback only: it has no login.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from stages.lib.paths import MLFLOW_DB
+from stages.serving import cores
+from stages.serving.classifier import RUNTIME_ENV, RUNTIMES, THREADS_ENV
+
+HOST = "127.0.0.1"
+PROJECT = Path(__file__).resolve().parents[2]  # the repository, as for mnist-predict and the demo
+
+
+def plan(workers: str, usable: int) -> tuple[int, int]:
+    """(worker processes, onnxruntime threads in each) for ``workers`` (``auto``: one per usable core, or a
+    positive number) on ``usable`` cores."""
+    if workers == "auto":
+        count = usable
+    else:
+        try:
+            count = int(workers)
+        except ValueError:
+            count = 0
+        if count < 1:
+            raise ValueError(f"WORKERS={workers}: expected auto or a whole number of at least 1")
+    return count, max(1, usable // count)
+
+
+def command(model: str, port: int, workers: int) -> list[str]:
+    """``mlflow models serve`` of this environment (beside its Python), on loopback."""
+    mlflow = Path(sys.executable).parent / "mlflow"
+    return [
+        str(mlflow) if mlflow.exists() else "mlflow",
+        "models", "serve", "-m", model, "--env-manager", "local",
+        "-h", HOST, "-p", str(port), "-w", str(workers),
+    ]  # fmt: skip
+
+
+def environment(runtime: str, threads: int, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The server's environment: the runtime asked for, the threads per worker (unless set), the default store."""
+    env = dict(os.environ if base is None else base)
+    env[RUNTIME_ENV] = runtime
+    env[THREADS_ENV] = env.get(THREADS_ENV) or str(threads)
+    env["MLFLOW_TRACKING_URI"] = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT / MLFLOW_DB}"
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=5001, help="on 127.0.0.1 (default 5001)")
+    parser.add_argument("--workers", default="auto", help="worker processes: auto (one per usable core) or N")
+    parser.add_argument("--runtime", default="auto", choices=RUNTIMES, help="which form answers (default auto)")
+    parser.add_argument("--model", help="a model URI (default: the champion of params.yaml's data set)")
+    args = parser.parse_args(argv)
+    try:
+        workers, threads = plan(args.workers, cores.usable())
+    except ValueError as exc:
+        print(f"serve: error: {exc}", file=sys.stderr)
+        return 2
+    if args.model is None:
+        from stages.lib.registry import champion_uri  # noqa: PLC0415 - reads params.yaml
+
+        args.model = champion_uri()
+    env = environment(args.runtime, threads)
+    store = env["MLFLOW_TRACKING_URI"]
+    if store.startswith("sqlite:///") and not Path(store.removeprefix("sqlite:///")).exists():
+        print(f"serve: error: no MLflow store at {store}: run `make repro` first, or set MLFLOW_TRACKING_URI",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    share = env[THREADS_ENV]
+    print(
+        f"serve: {args.model} on http://{HOST}:{args.port}/invocations "
+        f"({workers} worker{'s' * (workers != 1)}, {share} onnxruntime thread{'s' * (share != '1')} each)",
+        flush=True,
+    )
+    run = command(args.model, args.port, workers)
+    os.execvpe(run[0], run, env)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

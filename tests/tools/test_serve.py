@@ -1,0 +1,87 @@
+"""`make serve`'s sizing and command (stages.tools.serve); the real server answers in tests/system/test_your_data.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from stages.tools import serve
+
+
+@pytest.mark.parametrize(
+    ("workers", "usable", "expected"),
+    [
+        ("auto", 2, (2, 1)),  # a worker per core, one onnxruntime thread each
+        ("auto", 1, (1, 1)),
+        ("auto", 16, (16, 1)),
+        ("1", 2, (1, 2)),  # one worker gets every core
+        ("2", 8, (2, 4)),
+        ("4", 2, (4, 1)),  # more workers than cores: never fewer than one thread
+    ],
+)
+def test_workers_and_threads_share_the_usable_cores(workers, usable, expected):
+    assert serve.plan(workers, usable) == expected
+
+
+@pytest.mark.parametrize("workers", ["0", "-1", "two", "1.5", ""])
+def test_a_bad_worker_count_is_refused_in_one_line(workers, capsys, monkeypatch):
+    monkeypatch.setattr(serve.os, "execvpe", lambda *a: pytest.fail("started a server"))
+    assert serve.main(["--workers", workers]) == 2
+    err = capsys.readouterr().err
+    assert err == f"serve: error: WORKERS={workers}: expected auto or a whole number of at least 1\n"
+
+
+def test_the_command_serves_on_loopback_with_the_workers_given():
+    run = serve.command("models:/mnist-classifier@champion", 5001, 2)
+    assert run[1:] == [
+        "models", "serve", "-m", "models:/mnist-classifier@champion", "--env-manager", "local",
+        "-h", "127.0.0.1", "-p", "5001", "-w", "2",
+    ]  # fmt: skip
+
+
+def test_the_environment_keeps_what_the_user_set_and_fills_the_rest():
+    env = serve.environment("onnx", 1, {"MODEL_RUNTIME": "keras", "PATH": "/bin"})
+    assert env["MODEL_RUNTIME"] == "onnx"  # --runtime (make serve RUNTIME=...) decides
+    assert env["MODEL_THREADS"] == "1" and env["PATH"] == "/bin"
+    assert env["MLFLOW_TRACKING_URI"] == f"sqlite:///{serve.PROJECT / 'mlflow.db'}"
+    mine = serve.environment("auto", 1, {"MODEL_THREADS": "3", "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"})
+    assert mine["MODEL_THREADS"] == "3" and mine["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"
+    empty = serve.environment("auto", 2, {"MODEL_THREADS": "", "MLFLOW_TRACKING_URI": ""})  # as make's ${X:-...}
+    assert empty["MODEL_THREADS"] == "2" and empty["MLFLOW_TRACKING_URI"].startswith("sqlite:///")
+
+
+def test_main_says_what_it_serves_and_hands_over_to_mlflow(capsys, monkeypatch):
+    calls = []
+    monkeypatch.setattr(serve.cores, "usable", lambda: 2)
+    monkeypatch.delenv("MODEL_THREADS", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")  # a server: nothing to find on disk
+    monkeypatch.setattr(serve.os, "execvpe", lambda file, args, env: calls.append((file, args, env)))
+    assert serve.main(["--port", "5077", "--model", "models:/shapes-classifier@champion"]) == 0
+    out = capsys.readouterr().out
+    assert out == (
+        "serve: models:/shapes-classifier@champion on http://127.0.0.1:5077/invocations "
+        "(2 workers, 1 onnxruntime thread each)\n"
+    )
+    [(file, args, env)] = calls
+    assert file == args[0] and args[-6:] == ["-h", "127.0.0.1", "-p", "5077", "-w", "2"]
+    assert env["MODEL_THREADS"] == "1" and env["MODEL_RUNTIME"] == "auto"
+
+
+def test_the_default_model_is_the_champion_of_params_yaml(capsys, monkeypatch, tmp_path):
+    (tmp_path / "params.yaml").write_text("fetch:\n  name: pets\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    monkeypatch.setattr(serve.os, "execvpe", lambda file, args, env: None)
+    assert serve.main(["--workers", "1"]) == 0
+    assert "models:/pets-classifier@champion" in capsys.readouterr().out
+
+
+def test_a_missing_sqlite_store_is_one_line_before_mlflow_starts(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(serve.os, "execvpe", lambda *a: pytest.fail("started a server"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert serve.main(["--model", "models:/mnist-classifier@champion"]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"serve: error: no MLflow store at sqlite:///{tmp_path / 'mlflow.db'}: run `make repro` first, "
+        "or set MLFLOW_TRACKING_URI\n"
+    )
+    assert not (tmp_path / "mlflow.db").exists()
