@@ -213,7 +213,8 @@ lock:  ## Regenerate requirements.lock from pyproject.toml, and the inference-on
 # MLflow's UI on this clone's store (MLFLOW_TRACKING_URI if it names another sqlite:/// file),
 # on 127.0.0.1:$(UI_PORT), a port of its own (make server: 5000, serve: 5001). It prints
 # first the URL of the "Model training" view of the experiment of params.yaml's data set (mnist):
-# MLflow 3.17 opens on its GenAI view. Ctrl-C stops it.
+# MLflow 3.17 opens on its GenAI view. Without MLflow's GenAI job runner (eight more processes), as make
+# server. Ctrl-C stops it.
 UI_PORT ?= 5050
 UI_EXPERIMENT_ID = import pathlib, sqlite3, sys; from stages.lib.registry import dataset_name; \
   db = sqlite3.connect(pathlib.Path(sys.argv[1]).resolve().as_uri() + "?mode=ro", uri=True); \
@@ -229,7 +230,7 @@ ui: install  ## MLflow's UI on the local store at http://127.0.0.1:5050 (UI_PORT
 	id=$$(python -c '$(UI_EXPERIMENT_ID)' "$$db" 2>/dev/null || true); \
 	url="http://127.0.0.1:$(UI_PORT)/#/experiments$${id:+/$$id/runs}?workflowType=machine_learning"; \
 	echo "ui: open $$url   (Ctrl-C stops the UI)"; \
-	exec mlflow server --backend-store-uri "$$uri" --artifacts-destination "$$(dirname "$$db")/mlartifacts" \
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} exec mlflow server --backend-store-uri "$$uri" --artifacts-destination "$$(dirname "$$db")/mlartifacts" \
 	  --host 127.0.0.1 --port $(UI_PORT) --workers 1
 
 # What can be rebuilt: the environment and the tools' caches. Never .dvc/cache (every version

@@ -446,6 +446,7 @@ def shared_server(tmp_path_factory):
             "--workers",
             "1",
         ],
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # as make server: no GenAI job runner
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
