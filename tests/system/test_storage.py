@@ -25,10 +25,18 @@ import pytest
 
 from stages.lib import cluster
 from stages.tools import remote, server
-from tests.conftest import commit_all, mlflow_runs, run_in, tiny_clone
+from tests import conftest
+from tests.conftest import commit_all, run_in, tiny_clone
 
 BIN = Path(sys.executable).parent
 BUCKET = "team-bucket"
+MODEL = "tiny-classifier"  # clone A's synthetic data set is published as `tiny` (tiny_clone)
+
+
+def mlflow_runs(uri: str, status: str | None = None) -> list:
+    return conftest.mlflow_runs(uri, status, experiment="tiny")
+
+
 # A client without S3 credentials: no key, no profile files, and no instance-metadata look-up (not loopback).
 NO_AWS = {
     "AWS_CONFIG_FILE": "/nonexistent/aws/config",
@@ -116,10 +124,10 @@ def clone(origin: Path, path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def origin(workdir, s3):
-    """Clone A (tiny params) has run the pipeline, logged to a store every clone shares, and pushed
-    its outputs to the S3 remote; ``origin.git`` is the team's bare git remote."""
+    """Clone A (tiny params, synthetic data) has run the pipeline, logged to a store every clone shares, and
+    pushed its outputs to the S3 remote; ``origin.git`` is the team's bare git remote."""
     url, aws = s3
-    a = tiny_clone(workdir / "a")
+    a = tiny_clone(workdir / "a", synthetic=True)
     ok(run_in(["make", "remote", f"REMOTE=s3://{BUCKET}/dvc", f"ENDPOINT={url}"], a, **aws))
     ok(run_in(["dvc", "repro"], a, MLFLOW_TRACKING_URI=f"sqlite:///{workdir / 'mlflow.db'}"))
     commit_all(a, "tiny pipeline")
@@ -227,11 +235,11 @@ PROXIED = {"MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false"}
 
 
 def serve_champion(cwd: Path, tracking: str, log: Path) -> dict:
-    """`mlflow models serve -m models:/mnist-classifier@champion` with no AWS variables; one request."""
+    """`mlflow models serve -m models:/tiny-classifier@champion` with no AWS variables; one request."""
     port = server.free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     environ.update({"PATH": f"{BIN}:{environ['PATH']}", "MLFLOW_TRACKING_URI": tracking, **NO_AWS, **PROXIED})
-    command = ["mlflow", "models", "serve", "-m", "models:/mnist-classifier@champion", "--env-manager", "local"]
+    command = ["mlflow", "models", "serve", "-m", f"models:/{MODEL}@champion", "--env-manager", "local"]
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [*command, "-h", "127.0.0.1", "-p", str(port)],

@@ -28,12 +28,18 @@ import pytest
 
 from stages.lib import cluster
 from stages.tools import server
-from tests.conftest import commit_all, mlflow_runs, postgres_workdir, queue_seeds, run_in, tiny_clone
+from tests import conftest
+from tests.conftest import commit_all, postgres_workdir, queue_seeds, run_in, tiny_clone
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+MODEL = "tiny-classifier"  # clone A's synthetic data set is published as `tiny` (tiny_clone)
+
+
+def mlflow_runs(uri: str, status: str | None = None) -> list:
+    return conftest.mlflow_runs(uri, status, experiment="tiny")
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +68,10 @@ def client(url: str):
 
 @pytest.fixture(scope="module")
 def clone_a(workdir, tracking):
-    """Clone A of this repository, tiny params committed, `dvc repro` logged to the server, pushed to a remote."""
+    """Clone A of this repository, tiny params and synthetic data committed, `dvc repro` logged to the server,
+    pushed to a remote."""
     url, _ = tracking
-    path = tiny_clone(workdir / "a")
+    path = tiny_clone(workdir / "a", synthetic=True)
     result = run_in(["dvc", "repro"], path, MLFLOW_TRACKING_URI=url)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     commit_all(path, "tiny pipeline")
@@ -103,9 +110,9 @@ def test_queued_experiments_against_the_server(tracking, clone_a):
     c = client(url)
     for run in exp_runs:
         assert len(c.get_metric_history(run.info.run_id, "val_accuracy")) == 1  # its full (1-epoch) history
-    versions = c.search_model_versions("name = 'mnist-classifier'")
+    versions = c.search_model_versions(f"name = '{MODEL}'")
     assert len(versions) == 3
-    champion = c.get_model_version_by_alias("mnist-classifier", "champion")
+    champion = c.get_model_version_by_alias(MODEL, "champion")
     assert float(champion.tags["val_accuracy"]) == max(float(v.tags["val_accuracy"]) for v in versions)
 
 
@@ -329,7 +336,7 @@ def test_the_auth_server_asks_for_credentials(auth_server, clone_a, monkeypatch)
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
     assert len(mlflow_runs(url, "FINISHED")) == 1
-    assert client(url).get_model_version_by_alias("mnist-classifier", "champion").version == "1"
+    assert client(url).get_model_version_by_alias(MODEL, "champion").version == "1"
 
 
 def test_bad_credentials_fail_in_one_line_before_training(auth_server, clone_a):
