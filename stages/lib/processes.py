@@ -29,12 +29,8 @@ def runs(pid: int, marker: bytes, proc: Path = PROC) -> bool | None:
     """Whether ``pid`` is alive and its command line holds ``marker``; None when it is alive but ``proc``
     cannot say (yet) what it runs."""
     # Not psutil: it reads the same /proc, and in another PID namespace's would describe another process.
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not _signalled(os.kill, pid):
         return False
-    except PermissionError:
-        pass  # alive, another user's
     if not own_proc(proc):
         return None
     try:
@@ -50,12 +46,8 @@ def group_running(pgid: int, proc: Path = PROC) -> bool:
     """Whether a process of process group ``pgid`` still runs. A process that has exited but that its parent
     has not reaped yet (a zombie: an orphan waits for the init process, which may take its time) counts as
     gone, though ``killpg(pgid, 0)`` still finds it."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
+    if not _signalled(os.killpg, pgid):
         return False
-    except PermissionError:
-        pass  # alive, another user's
     if not own_proc(proc):
         return True
     for stat in proc.glob("[0-9]*/stat"):
@@ -66,3 +58,14 @@ def group_running(pgid: int, proc: Path = PROC) -> bool:
         if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
             return True
     return False
+
+
+def _signalled(kill, target: int) -> bool:
+    """Whether signal 0 reaches ``target`` through ``kill`` (``os.kill``, ``os.killpg``): something is there."""
+    try:
+        kill(target, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    return True
