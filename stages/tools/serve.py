@@ -6,9 +6,10 @@ Runs MLflow's own scoring server (``mlflow models serve --env-manager
 local``) on the champion of the data set ``params.yaml`` names
 (``models:/mnist-classifier@champion``), or ``--model``. By default it starts
 one worker process per usable core (``stages/serving/cores.py``: the CPU
-affinity within the cgroup's quota), and gives each worker's onnxruntime
+affinity within the cgroup's quota), at most eight, and gives each worker's onnxruntime
 an equal share of those cores (``MODEL_THREADS``), so that the workers do
-not compete for them; a ``MODEL_THREADS`` already set is kept. The store is
+not compete for them; a ``MODEL_THREADS`` already set is kept (through Keras,
+each worker's TensorFlow sizes its own thread pools). The store is
 ``MLFLOW_TRACKING_URI``, else this repository's ``mlflow.db``. The server listens
 on loopback only: it has no login.
 """
@@ -25,14 +26,17 @@ from stages.serving import cores
 from stages.serving.classifier import RUNTIME_ENV, RUNTIMES, THREADS_ENV
 
 HOST = "127.0.0.1"
+# Each worker holds its own copy of the model and its runtime (about 175 MB for an ONNX form, more through
+# Keras): on a large machine, more than this many is a choice to make, not a default.
+MAX_AUTO_WORKERS = 8
 PROJECT = Path(__file__).resolve().parents[2]  # the repository, as for mnist-predict and the demo
 
 
 def plan(workers: str, usable: int) -> tuple[int, int]:
-    """(worker processes, onnxruntime threads in each) for ``workers`` (``auto``: one per usable core, or a
-    positive number) on ``usable`` cores."""
+    """(worker processes, onnxruntime threads in each) for ``workers`` (``auto``: one per usable core, at most
+    ``MAX_AUTO_WORKERS``; or a positive number) on ``usable`` cores."""
     if workers == "auto":
-        count = usable
+        count = min(usable, MAX_AUTO_WORKERS)
     else:
         try:
             count = int(workers)
@@ -56,6 +60,8 @@ def command(model: str, port: int, workers: int) -> list[str]:
 def environment(runtime: str, threads: int, base: dict[str, str] | None = None) -> dict[str, str]:
     """The server's environment: the runtime asked for, the threads per worker (unless set), the default store."""
     env = dict(os.environ if base is None else base)
+    # mlflow models serve starts `uvicorn` through the shell: this environment's, not whichever PATH finds.
+    env["PATH"] = os.pathsep.join(filter(None, [str(Path(sys.executable).parent), env.get("PATH")]))
     env[RUNTIME_ENV] = runtime
     env[THREADS_ENV] = env.get(THREADS_ENV) or str(threads)
     env["MLFLOW_TRACKING_URI"] = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT / MLFLOW_DB}"
@@ -65,7 +71,11 @@ def environment(runtime: str, threads: int, base: dict[str, str] | None = None) 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=5001, help="on 127.0.0.1 (default 5001)")
-    parser.add_argument("--workers", default="auto", help="worker processes: auto (one per usable core) or N")
+    parser.add_argument(
+        "--workers",
+        default="auto",
+        help=f"worker processes: auto (one per usable core, at most {MAX_AUTO_WORKERS}) or N",
+    )
     parser.add_argument("--runtime", default="auto", choices=RUNTIMES, help="which form answers (default auto)")
     parser.add_argument("--model", help="a model URI (default: the champion of params.yaml's data set)")
     args = parser.parse_args(argv)
@@ -80,16 +90,14 @@ def main(argv: list[str] | None = None) -> int:
         args.model = champion_uri()
     env = environment(args.runtime, threads)
     store = env["MLFLOW_TRACKING_URI"]
-    if store.startswith("sqlite:///") and not Path(store.removeprefix("sqlite:///")).exists():
+    if store.startswith("sqlite:///") and not Path(store.removeprefix("sqlite:///").split("?")[0]).exists():
         print(f"serve: error: no MLflow store at {store}: run `make repro` first, or set MLFLOW_TRACKING_URI",
               file=sys.stderr)  # fmt: skip
         return 1
     share = env[THREADS_ENV]
-    print(
-        f"serve: {args.model} on http://{HOST}:{args.port}/invocations "
-        f"({workers} worker{'s' * (workers != 1)}, {share} onnxruntime thread{'s' * (share != '1')} each)",
-        flush=True,
-    )
+    each = "through Keras" if args.runtime == "keras" else f"{share} onnxruntime thread{'s' * (share != '1')} each"
+    print(f"serve: {args.model} on http://{HOST}:{args.port}/invocations ({workers} worker{'s' * (workers != 1)}, "
+          f"{each})", flush=True)  # fmt: skip
     run = command(args.model, args.port, workers)
     os.execvpe(run[0], run, env)
     return 0  # not reached

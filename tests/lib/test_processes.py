@@ -6,6 +6,8 @@ import subprocess
 import threading
 import time
 
+import pytest
+
 from stages.lib import processes, tracking
 from stages.tools import server
 
@@ -65,6 +67,10 @@ def test_the_server_s_pid_behind_a_foreign_proc_counts_when_its_url_answers_as_m
     assert not server.is_mlflow(sleeper.pid, url)
 
 
+OWN_PROC = pytest.mark.skipif(not processes.own_proc(), reason="needs this PID namespace's /proc to see zombies")
+
+
+@OWN_PROC
 def test_a_group_whose_processes_exited_unreaped_is_not_running(tmp_path):
     """An orphaned server's exited processes wait for init to reap them: killpg(pgid, 0) still finds the
     zombies (stopping an auth server waited out the full 20 s for them), group_running does not."""
@@ -89,6 +95,7 @@ def test_a_group_whose_processes_exited_unreaped_is_not_running(tmp_path):
     assert not processes.group_running(child.pid)
 
 
+@OWN_PROC
 def test_stopping_a_server_group_returns_once_its_processes_have_exited(monkeypatch):
     child = subprocess.Popen(["sleep", "30"], start_new_session=True)
     monkeypatch.setattr(server, "is_mlflow", lambda pid, url=None: True)

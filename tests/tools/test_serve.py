@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from stages.tools import serve
@@ -12,7 +15,8 @@ from stages.tools import serve
     [
         ("auto", 2, (2, 1)),  # a worker per core, one onnxruntime thread each
         ("auto", 1, (1, 1)),
-        ("auto", 16, (16, 1)),
+        ("auto", 8, (8, 1)),
+        ("auto", 32, (8, 4)),  # at most 8 by default: each worker holds its own model and runtime
         ("1", 2, (1, 2)),  # one worker gets every core
         ("2", 8, (2, 4)),
         ("4", 2, (4, 1)),  # more workers than cores: never fewer than one thread
@@ -41,7 +45,8 @@ def test_the_command_serves_on_loopback_with_the_workers_given():
 def test_the_environment_keeps_what_the_user_set_and_fills_the_rest():
     env = serve.environment("onnx", 1, {"MODEL_RUNTIME": "keras", "PATH": "/bin"})
     assert env["MODEL_RUNTIME"] == "onnx"  # --runtime (make serve RUNTIME=...) decides
-    assert env["MODEL_THREADS"] == "1" and env["PATH"] == "/bin"
+    # mlflow models serve starts `uvicorn` through the shell: this environment's comes first.
+    assert env["MODEL_THREADS"] == "1" and env["PATH"] == f"{Path(sys.executable).parent}:/bin"
     assert env["MLFLOW_TRACKING_URI"] == f"sqlite:///{serve.PROJECT / 'mlflow.db'}"
     mine = serve.environment("auto", 1, {"MODEL_THREADS": "3", "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"})
     assert mine["MODEL_THREADS"] == "3" and mine["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"
@@ -85,3 +90,11 @@ def test_a_missing_sqlite_store_is_one_line_before_mlflow_starts(capsys, monkeyp
         "or set MLFLOW_TRACKING_URI\n"
     )
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_through_keras_the_line_says_so_and_a_store_with_options_is_found(capsys, monkeypatch, tmp_path):
+    (tmp_path / "mlflow.db").write_bytes(b"")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}?mode=ro")
+    monkeypatch.setattr(serve.os, "execvpe", lambda file, args, env: None)
+    assert serve.main(["--model", "models:/mnist-classifier@champion", "--runtime", "keras", "--workers", "1"]) == 0
+    assert capsys.readouterr().out.endswith("(1 worker, through Keras)\n")
