@@ -296,14 +296,22 @@ def log_run(
     """
     from mlflow.entities import Metric, Param  # noqa: PLC0415
 
-    run = client.create_run(
-        experiment_id,
-        start_time=start_ms,
-        run_name=run_name,
-        tags={**tags, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), ATTEMPT_TAG: attempt},
-    )
+    # A signal inside create_run would stop it after the store made the run but before its id came back: a
+    # run left RUNNING that nobody here could name. It waits until the id is known, then stops as any other.
+    held = hold_signals()
+    try:
+        run = client.create_run(
+            experiment_id,
+            start_time=start_ms,
+            run_name=run_name,
+            tags={**tags, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), ATTEMPT_TAG: attempt},
+        )
+    except BaseException:
+        held.release(raise_pending=False)  # the store's error, not a signal's, says what went wrong
+        raise
     run_id = run.info.run_id
     try:
+        held.release()  # a SIGTERM that came meanwhile is raised here, and the run is marked FAILED below
         created(run_id)
         for twin in client.search_runs([experiment_id], f"tags.`{ATTEMPT_TAG}` = '{attempt}'"):
             if twin.info.run_id != run_id:  # the first try of a create_run that MLflow's client retried
@@ -333,13 +341,41 @@ def log_run(
     return run_id
 
 
+class _Held:
+    """Signals that ``terminate_on_signals`` holds back instead of raising, until ``release``."""
+
+    current: _Held | None = None
+
+    def __init__(self) -> None:
+        self.pending: list[str] = []
+        self.outer, _Held.current = _Held.current, self
+
+    def release(self, raise_pending: bool = True) -> None:
+        """Stop holding; raise ``Terminated`` for the first signal that came meanwhile (if asked)."""
+        if _Held.current is self:
+            _Held.current = self.outer
+        if self.pending and raise_pending:
+            raise Terminated(self.pending[0])
+
+
+def hold_signals() -> _Held:
+    """From now until ``.release()``, a SIGTERM or SIGINT under ``terminate_on_signals`` waits instead of
+    interrupting what runs (``release`` raises it)."""
+    return _Held()
+
+
 @contextlib.contextmanager
 def terminate_on_signals() -> Iterator[None]:
-    """Within the block, SIGTERM and SIGINT raise ``Terminated`` (so ``log_run`` marks its run FAILED)."""
+    """Within the block, SIGTERM and SIGINT raise ``Terminated`` (so ``log_run`` marks its run FAILED), or wait
+    for the end of a ``hold_signals`` section."""
     import signal  # noqa: PLC0415
 
     def stop(signum: int, frame: Any) -> None:
-        raise Terminated(signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if _Held.current is not None:
+            _Held.current.pending.append(name)
+            return
+        raise Terminated(name)
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
