@@ -247,7 +247,6 @@ def queue_seeds(repo: Path, seeds: tuple[int, ...], timeout_s: float = 480, **en
                 return status
         assert time.monotonic() < deadline, status
         time.sleep(1)
-    raise AssertionError("not reached")
 
 
 def experiment_refs(repo: Path) -> set[str]:

@@ -12,9 +12,21 @@ name other processes. There, only ``kill(pid, 0)`` can tell, and the answer is
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 PROC = Path("/proc")
+
+
+def bin_dir() -> Path:
+    """Where this environment's programs are (dvc, mlflow, uvicorn, ...): beside its Python."""
+    return Path(sys.executable).parent
+
+
+def program(name: str) -> str:
+    """This environment's ``name``, whatever PATH says; else ``name``, for PATH to find."""
+    path = bin_dir() / name
+    return str(path) if path.exists() else name
 
 
 def own_proc(proc: Path = PROC) -> bool:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
+
+from stages.lib import processes
 
 
 def stale_entries(status: dict[str, Any]) -> list[str]:
@@ -39,11 +40,8 @@ def stale_entries(status: dict[str, Any]) -> list[str]:
 
 
 def main() -> int:
-    beside = Path(sys.executable).with_name("dvc")  # this environment's dvc, whatever PATH says
     try:
-        result = subprocess.run(
-            [str(beside if beside.exists() else "dvc"), "status", "--json"], capture_output=True, text=True
-        )
+        result = subprocess.run([processes.program("dvc"), "status", "--json"], capture_output=True, text=True)
     except FileNotFoundError:
         print(
             "lock-check: error: no dvc here: run it in the project's environment (`make lock-check`)", file=sys.stderr

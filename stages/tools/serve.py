@@ -21,6 +21,7 @@ import os
 import sys
 from pathlib import Path
 
+from stages.lib import processes
 from stages.lib.paths import MLFLOW_DB
 from stages.serving import cores
 from stages.serving.classifier import RUNTIME_ENV, RUNTIMES, THREADS_ENV
@@ -49,10 +50,8 @@ def plan(workers: str, usable: int) -> tuple[int, int]:
 
 def command(model: str, port: int, workers: int) -> list[str]:
     """``mlflow models serve`` of this environment (beside its Python), on loopback."""
-    mlflow = Path(sys.executable).parent / "mlflow"
     return [
-        str(mlflow) if mlflow.exists() else "mlflow",
-        "models", "serve", "-m", model, "--env-manager", "local",
+        processes.program("mlflow"), "models", "serve", "-m", model, "--env-manager", "local",
         "-h", HOST, "-p", str(port), "-w", str(workers),
     ]  # fmt: skip
 
@@ -61,7 +60,7 @@ def environment(runtime: str, threads: int, base: dict[str, str] | None = None) 
     """The server's environment: the runtime asked for, the threads per worker (unless set), the default store."""
     env = dict(os.environ if base is None else base)
     # mlflow models serve starts `uvicorn` through the shell: this environment's, not whichever PATH finds.
-    env["PATH"] = os.pathsep.join(filter(None, [str(Path(sys.executable).parent), env.get("PATH")]))
+    env["PATH"] = os.pathsep.join(filter(None, [str(processes.bin_dir()), env.get("PATH")]))
     env[RUNTIME_ENV] = runtime
     env[THREADS_ENV] = env.get(THREADS_ENV) or str(threads)
     env["MLFLOW_TRACKING_URI"] = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT / MLFLOW_DB}"

@@ -204,9 +204,8 @@ def start_mlflow(
 ) -> subprocess.Popen:
     """``mlflow server`` in its own process group (so that stopping it stops its workers). The backend URI
     (with its password) reaches it through the environment, never its command line."""
-    mlflow = Path(sys.executable).with_name("mlflow")
     command = [
-        str(mlflow if mlflow.exists() else "mlflow"), "server",
+        processes.program("mlflow"), "server",
         "--artifacts-destination", artifacts, "--host", host, "--port", str(port), "--workers", "1",
         *(["--app-name", "basic-auth"] if auth else []),
     ]  # fmt: skip

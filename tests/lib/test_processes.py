@@ -107,3 +107,10 @@ def test_stopping_a_server_group_returns_once_its_processes_have_exited(monkeypa
     finally:
         child.kill()
         child.wait()
+
+
+def test_programs_are_this_environment_s_whatever_path_says(monkeypatch, tmp_path):
+    monkeypatch.setattr(processes.sys, "executable", str(tmp_path / "python"))
+    (tmp_path / "mlflow").write_text("")
+    assert processes.program("mlflow") == str(tmp_path / "mlflow")
+    assert processes.program("dvc") == "dvc"  # not installed here: left for PATH to find
