@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from stages import finish
-from stages.lib import claims, identity, redact, registry, runtime, store, tracking
+from stages.lib import claims, identity, redact, registry, runtime, stopping, store, tracking
 from stages.lib.data import dataset, read_stats
 from stages.lib.files import dir_digest, sha256_file
 from stages.lib.paths import (
@@ -305,9 +305,12 @@ def publish_claimed(
 
     def rest(run_id: str) -> None:
         client.log_inputs(run_id, datasets=datasets(stats, runtime.recall("fetch", dir_digest(RAW_DIR))))
-        client.log_artifact(run_id, str(METRICS_PATH), "reports")
-        client.log_artifact(run_id, str(HISTORY_PATH), "reports/train")
+        for path, where in ((METRICS_PATH, "reports"), (HISTORY_PATH, "reports/train")):
+            stopping.checkpoint()
+            client.log_artifact(run_id, str(path), where)
+        stopping.checkpoint()
         client.log_artifacts(run_id, str(EVALUATE_DIR), "reports/evaluate")
+        stopping.checkpoint()
         logged["model"] = log_model(run_id, raw_test_pixels(2))
         if claim.lost():  # fenced: whoever took over logs the result; this run must not finish too
             raise RuntimeError("another publish took this result over (this one had stopped beating)")
@@ -344,9 +347,10 @@ def publish_claimed(
     try:
         version, new = registry.register(client, model_uri, model_id, run_id, model_key, version_tags, model)
         decision = registry.update_champion(client, version, model=model)
+        stopping.checkpoint()
         client.set_tag(run_id, tracking.REGISTERED_TAG, f"{model}/{version}")
-    except tracking.Terminated as exc:
-        raise tracking.Terminated(exc.args[0], run_id) from None
+    except stopping.Terminated as stop:
+        raise stop.about(run_id, "FINISHED") from None
     what = (
         f"registered {model} version {version}"
         if new
@@ -405,7 +409,7 @@ def main() -> int:
         return 2
     shown = redact.uri(uri)
     try:
-        with tracking.terminate_on_signals():
+        with stopping.stop_on_signals():
             if found and found.registered:
                 summary = f"publish: this result is already in {shown} as run {found.run_id} ({found.run_name}); "
                 summary += "nothing to log"
@@ -413,20 +417,9 @@ def main() -> int:
                     summary += "\n" + judge(uri, model)
             else:
                 summary = publish(uri, artifact_location, cfg, model_key, key, started)
-    except tracking.Terminated as exc:
-        signal_name, finished = exc.args[0], exc.args[1] if len(exc.args) > 1 else None
-        if finished:
-            print(
-                f"publish: error: stopped by {signal_name} after run {finished} finished; "
-                "the next publish registers its model",
-                file=sys.stderr,
-            )
-        else:
-            print(
-                f"publish: error: stopped by {signal_name}; the run was marked FAILED (nothing registered)",
-                file=sys.stderr,
-            )
-        return 143 if signal_name == "SIGTERM" else 130
+    except stopping.Terminated as stop:
+        print(f"publish: error: stopped by {stop.signal_name}{stopped(stop)}", file=sys.stderr)
+        return 143 if stop.signal_name == "SIGTERM" else 130
     except claims.ClaimTimeout as exc:
         print(
             f"publish: error: another publish is logging this result: {exc}; nothing logged here, "
@@ -440,6 +433,17 @@ def main() -> int:
     timed = not (found and found.registered) or "\n" in summary  # the fast path's line has no time
     print(summary + (f" ({time.time() - started:.1f}s)" if timed else ""))
     return 0
+
+
+def stopped(stop: stopping.Terminated) -> str:
+    """The rest of the line that says what a stop left behind."""
+    if stop.run_id is None:
+        return "; nothing logged"
+    if stop.state == "FINISHED":
+        return f" after run {stop.run_id} finished; the next publish registers its model"
+    if stop.state == "FAILED":
+        return f"; run {stop.run_id} was marked FAILED (nothing registered)"
+    return f"; run {stop.run_id} is left RUNNING: the next publish marks it FAILED"
 
 
 if __name__ == "__main__":

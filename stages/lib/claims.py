@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from stages.lib import processes
+from stages.lib import processes, stopping
 
 TOKEN_TAG = "pipeline.claim.token"
 HOST_TAG = "pipeline.claim.host"
@@ -205,6 +205,7 @@ def acquire(
     beats: dict[str, tuple[str, float]] = {}  # claim name -> (last beat seen, when it was first seen)
     announced: set[str] = set()
     while True:
+        stopping.checkpoint()
         if done():
             return None
         existing = generations(client, name_prefix)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stages.lib import claims, store
+from stages.lib import claims, stopping, store
 
 MODEL_NAME = "mnist-classifier"  # MNIST's; another data set's is model_name(fetch.name)
 CHAMPION = "champion"
@@ -200,6 +200,7 @@ def register(
                 return existing, False
             if claim.lost():  # fenced: whoever took this over registers the served model
                 raise RuntimeError("another publish took the registration of this served model over")
+            stopping.checkpoint()
             created = client.create_model_version(
                 model,
                 model_uri,
@@ -260,6 +261,7 @@ def update_champion(client: Any, new: int | None, attempts: int = 10, model: str
     last_version = int(last) if last and last.isdigit() else None
     decision = None
     for _ in range(attempts):
+        stopping.checkpoint()
         current = current_champion(client, model)
         every = versions(client, model)
         before = scores(client, every, model)

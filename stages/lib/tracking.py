@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stages.lib import processes, redact
+from stages.lib import processes, redact, stopping
 from stages.lib.store import EXPERIMENT, TrackingError, describe, is_server, rest
 
 RESULT_TAG = "pipeline.result"  # the result key: one FINISHED run per key
@@ -52,13 +52,6 @@ EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 PIPELINE_OUTPUTS = ("dvc.lock", "reports/", "data/")
 
 
-class Terminated(BaseException):
-    """SIGTERM or SIGINT arrived while publishing (a BaseException, so that nothing on the way swallows it).
-
-    ``args``: the signal's name, and the id of a run that had already FINISHED when it came (the
-    registration was interrupted: the next publish completes it), or None."""
-
-
 @dataclass(frozen=True)
 class Found:
     run_id: str
@@ -71,7 +64,7 @@ def quiet_mlflow(environ: dict[str, str] | None = None) -> None:
     import logging  # noqa: PLC0415
     import sys  # noqa: PLC0415
 
-    # Its database errors come with a traceback (from the claim's heartbeat thread too, or after SIGTERM
+    # Its database errors come with a traceback (from the claim's heartbeat thread too, or after a forced stop
     # interrupted a write): publish reports a failure in one line, and a heartbeat simply tries again.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     environ = os.environ if environ is None else environ
@@ -288,30 +281,25 @@ def log_run(
 
     Call while holding the result's claim, whose token is ``attempt``;
     ``created(run_id)`` is called as soon as the run exists. Returns
-    the run's id once it is FINISHED. Any failure on the way, SIGTERM and
-    SIGINT included, marks the run FAILED (never left RUNNING) and re-raises
-    the original error, even when marking it fails too (the store has gone:
-    the next publish on this host, or the one that takes the claim over,
-    mends it).
+    the run's id once it is FINISHED. Any failure on the way marks the run
+    FAILED (never left RUNNING) and re-raises the original error, even when
+    marking it fails too (the store has gone: the next publish on this host,
+    or the one that takes the claim over, mends it). Under
+    ``stopping.stop_on_signals``, SIGTERM and SIGINT stop it between two
+    requests, as ``stopping.Terminated`` naming the run and its state.
     """
     from mlflow.entities import Metric, Param  # noqa: PLC0415
 
-    # A signal inside create_run would stop it after the store made the run but before its id came back: a
-    # run left RUNNING that nobody here could name. It waits until the id is known, then stops as any other.
-    held = hold_signals()
-    try:
-        run = client.create_run(
-            experiment_id,
-            start_time=start_ms,
-            run_name=run_name,
-            tags={**tags, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), ATTEMPT_TAG: attempt},
-        )
-    except BaseException:
-        held.release(raise_pending=False)  # the store's error, not a signal's, says what went wrong
-        raise
+    stopping.checkpoint()
+    run = client.create_run(
+        experiment_id,
+        start_time=start_ms,
+        run_name=run_name,
+        tags={**tags, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), ATTEMPT_TAG: attempt},
+    )
     run_id = run.info.run_id
     try:
-        held.release()  # a SIGTERM that came meanwhile is raised here, and the run is marked FAILED below
+        stopping.checkpoint()
         created(run_id)
         for twin in client.search_runs([experiment_id], f"tags.`{ATTEMPT_TAG}` = '{attempt}'"):
             if twin.info.run_id != run_id:  # the first try of a create_run that MLflow's client retried
@@ -330,56 +318,28 @@ def log_run(
             for name, value in metrics.items()
         ]
         params_list = [Param(name, str(value)) for name, value in params.items()]
+        stopping.checkpoint()
         # MlflowClient.log_batch splits into requests the store accepts (100 params, 1000 metrics each).
         client.log_batch(run_id, metrics=epoch_metrics + final, params=params_list)
+        stopping.checkpoint()
         log_rest(run_id)
+        stopping.checkpoint()
         client.set_terminated(run_id, "FINISHED", end_time=end_ms)  # None: now
+    except stopping.Terminated as stop:
+        # A forced stop may have cut a request short: another one could wait for its lock. The next publish
+        # on this host, or the one that takes the claim over, marks the run.
+        state = "RUNNING" if stop.forced or not _mark_failed(client, run_id) else "FAILED"
+        raise stop.about(run_id, state) from None
     except BaseException:
-        with contextlib.suppress(Exception):  # keep the original error
-            client.set_terminated(run_id, "FAILED")
+        _mark_failed(client, run_id)  # or not: the original error is the one to report
         raise
     return run_id
 
 
-class _Held:
-    """Signals that ``terminate_on_signals`` holds back instead of raising, until ``release``."""
-
-    current: _Held | None = None
-
-    def __init__(self) -> None:
-        self.pending: list[str] = []
-        self.outer, _Held.current = _Held.current, self
-
-    def release(self, raise_pending: bool = True) -> None:
-        """Stop holding; raise ``Terminated`` for the first signal that came meanwhile (if asked)."""
-        if _Held.current is self:
-            _Held.current = self.outer
-        if self.pending and raise_pending:
-            raise Terminated(self.pending[0])
-
-
-def hold_signals() -> _Held:
-    """From now until ``.release()``, a SIGTERM or SIGINT under ``terminate_on_signals`` waits instead of
-    interrupting what runs (``release`` raises it)."""
-    return _Held()
-
-
-@contextlib.contextmanager
-def terminate_on_signals() -> Iterator[None]:
-    """Within the block, SIGTERM and SIGINT raise ``Terminated`` (so ``log_run`` marks its run FAILED), or wait
-    for the end of a ``hold_signals`` section."""
-    import signal  # noqa: PLC0415
-
-    def stop(signum: int, frame: Any) -> None:
-        name = signal.Signals(signum).name
-        if _Held.current is not None:
-            _Held.current.pending.append(name)
-            return
-        raise Terminated(name)
-
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+def _mark_failed(client: Any, run_id: str) -> bool:
+    """Mark the run FAILED; whether the store took it."""
     try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        client.set_terminated(run_id, "FAILED")
+    except Exception:
+        return False
+    return True

@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from stages.lib import tracking
+from stages.lib import stopping, tracking
 from stages.publish import run_name
 from tests.conftest import commit_all
 
@@ -53,50 +53,53 @@ def test_the_git_remote_is_tagged_without_credentials(tmp_path):
     assert tracking.git_facts(repo)["mlflow.source.git.repoURL"] == "https://***@git.example/x.git"
 
 
-class StoreThatIsSignalled:
-    """An MLflow client whose create_run makes the run, then receives SIGTERM before it answers (CI caught a
-    publish stopped there: its run was left RUNNING, yet it said it had marked it FAILED)."""
+class SignalledStore:
+    """An MLflow client that receives SIGTERM inside one of its requests (``at``), as a publish stopped
+    by a CI time-out does; it records every request."""
 
-    def __init__(self):
-        self.calls = []
+    def __init__(self, at):
+        self.at, self.calls = at, []
 
     def create_run(self, experiment_id, **kwargs):
-        self.calls.append(("create_run", experiment_id))
-        os.kill(os.getpid(), signal.SIGTERM)  # handled at the next bytecode: still inside create_run
-        for _ in range(1000):
-            pass
+        self._request("create_run", experiment_id)
         return types.SimpleNamespace(info=types.SimpleNamespace(run_id="r1"))
 
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: self.calls.append((name, *args)) or []
-
-
-def test_a_signal_inside_create_run_waits_for_the_run_id_and_the_run_is_marked_failed():
-    client = StoreThatIsSignalled()
-    with pytest.raises(tracking.Terminated, match="SIGTERM"), tracking.terminate_on_signals():
-        tracking.log_run(
-            client, "1", run_name="r", tags={}, params={}, history=[], metrics={}, start_ms=0, end_ms=None,
-            attempt="a", log_rest=lambda run_id: pytest.fail("went on logging after SIGTERM"),
-        )  # fmt: skip
-    assert ("set_terminated", "r1", "FAILED") in client.calls
-    assert [c[0] for c in client.calls] == ["create_run", "set_terminated"]  # nothing else was logged
-    assert tracking._Held.current is None  # and signals are no longer held
-
-
-def test_held_signals_are_raised_on_release_and_only_then():
-    with tracking.terminate_on_signals():
-        held = tracking.hold_signals()
-        os.kill(os.getpid(), signal.SIGINT)
-        for _ in range(1000):
-            pass  # not raised here
-        with pytest.raises(tracking.Terminated, match="SIGINT"):
-            held.release()
-        quiet = tracking.hold_signals()
-        os.kill(os.getpid(), signal.SIGTERM)
-        for _ in range(1000):
-            pass
-        quiet.release(raise_pending=False)  # dropped: the caller raises its own error
-        with pytest.raises(tracking.Terminated):
-            os.kill(os.getpid(), signal.SIGTERM)  # no longer held
+    def _request(self, name, *args):
+        self.calls.append((name, *args))
+        if name == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled at the next bytecode: still inside the request
             for _ in range(1000):
                 pass
+            self.calls.append(("answered", name))
+        return []
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: self._request(name, *args)
+
+
+def log_run(client, log_rest=lambda run_id: None):
+    tracking.log_run(
+        client, "1", run_name="r", tags={}, params={}, history=[], metrics={}, start_ms=0, end_ms=None,
+        attempt="a", log_rest=log_rest,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("at", ["create_run", "log_batch", "log_artifact"])
+def test_sigterm_inside_a_request_stops_after_it_and_the_run_is_marked_failed(at):
+    client = SignalledStore(at)
+    rest = lambda run_id: client.log_artifact(run_id, "metrics.json")  # noqa: E731
+    with pytest.raises(stopping.Terminated) as stop, stopping.stop_on_signals():
+        log_run(client, rest)
+    assert (stop.value.signal_name, stop.value.run_id, stop.value.state) == ("SIGTERM", "r1", "FAILED")
+    names = [c[0] for c in client.calls]
+    assert names[names.index(at) + 1] == "answered"  # the request was not cut short
+    assert names[names.index("answered") + 1 :] == ["set_terminated"]  # nothing else was logged
+    assert client.calls[-1] == ("set_terminated", "r1", "FAILED")
+
+
+def test_a_run_the_store_would_not_mark_is_said_to_be_running():
+    client = SignalledStore("log_batch")
+    client.set_terminated = lambda *args: (_ for _ in ()).throw(OSError("store gone"))
+    with pytest.raises(stopping.Terminated) as stop, stopping.stop_on_signals():
+        log_run(client)
+    assert (stop.value.run_id, stop.value.state) == ("r1", "RUNNING")

@@ -315,11 +315,11 @@ def test_sigterm_mid_log_marks_the_run_failed_and_keeps_the_champion(project, tm
     (copy / "reports" / "metrics.json").write_text(json.dumps({**metrics, "val_accuracy": 0.999}))
     proc = start_publish(copy)
     db = copy / "mlflow.db"
-    wait_for_run(db, "RUNNING")
+    run_id = wait_for_run(db, "RUNNING")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
-    assert "publish: error: stopped by SIGTERM; the run was marked FAILED" in err and "Traceback" not in err
+    assert f"publish: error: stopped by SIGTERM; run {run_id} was marked FAILED" in err and "Traceback" not in err
     c = client(f"sqlite:///{db}")
     assert [r.info.status for r in mlflow_runs(c.tracking_uri, "FAILED")] == ["FAILED"]
     assert mlflow_runs(c.tracking_uri, "RUNNING") == []
