@@ -10,19 +10,23 @@ PYTHON ?= python3
 ifeq ($(INFERENCE),1)
 VENV   := .venv-inference
 LOCK   := requirements-inference.lock
-# Python compiles its bytecode on first import instead, and pip and setuptools (the installer and the
-# editable install's build backend, 21 MB) leave once the install is done: the environment stays small.
-# ensurepip brings them back for the next install.
+# Python compiles its bytecode on first import instead; pip and setuptools (the installer and the
+# editable install's build backend, 21 MB) leave once the install is done (ensurepip brings them back for
+# the next install), and so do the packages' test suites: the environment stays small.
 PIP_INSTALL_FLAGS := --no-compile
 ENSURE_PIP := $(abspath $(VENV))/bin/python -m pip --version >/dev/null 2>&1 || \
   $(abspath $(VENV))/bin/python -m ensurepip --default-pip >/dev/null
 DROP_PIP := $(abspath $(VENV))/bin/python -m pip uninstall --quiet --yes --disable-pip-version-check pip setuptools
+# The test suites that NumPy, pandas and SciPy ship (42 MB) go too: nothing here runs them.
+DROP_TESTS := for pkg in numpy pandas scipy; do \
+  find $(abspath $(VENV))/lib/python3*/site-packages/$$pkg -type d -name tests -prune -exec rm -rf {} +; done
 else
 VENV   := .venv
 LOCK   := requirements.lock
 PIP_INSTALL_FLAGS :=
 ENSURE_PIP := true
 DROP_PIP := true
+DROP_TESTS := true
 endif
 BIN    := $(abspath $(VENV))/bin
 STAMP  := $(VENV)/.installed-lock
@@ -48,6 +52,7 @@ $(STAMP): $(LOCK) pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(PIP_INSTALL_FLAGS) --require-hashes -r $(LOCK)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .  # the mnist-predict command
 	@$(DROP_PIP)
+	@$(DROP_TESTS)
 	@touch $(STAMP)
 
 install: $(STAMP)  ## Create .venv and install the locked dependencies (again only when the lock changes)
@@ -62,6 +67,7 @@ $(DEMO_STAMP): requirements-inference-demo.lock $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(PIP_INSTALL_FLAGS) --require-hashes \
 	  -r requirements-inference-demo.lock
 	@$(DROP_PIP)
+	@$(DROP_TESTS)
 	@touch $(DEMO_STAMP)
 
 # Ends with one line: the metrics reproduced HEAD's exactly, within tolerance
