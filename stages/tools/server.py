@@ -55,13 +55,16 @@ from stages.lib.files import write_json
 from stages.lib.paths import SERVER_DIR
 
 # MLflow's basic-auth app (mlflow/server/auth/basic_auth.ini, keys as there). EDIT: every user of the team logs,
-# registers and moves the `champion` alias; only the admin manages users and permissions.
+# registers and moves the `champion` alias; only the admin manages users and permissions. A password is checked
+# against its scrypt hash (~0.1 s of CPU) once a minute per user, not on every request (a publish makes about a
+# hundred); the server runs one worker, where a password changed through the API takes effect at once.
 AUTH_INI = """\
 [mlflow]
 default_permission = EDIT
 database_uri = sqlite:///{db}
 admin_username = {admin}
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+auth_cache_ttl_seconds = 60
 """
 # One error for what `start`, `stop` and `remove` report, the cluster's included: one line each.
 ServerError = ClusterError
