@@ -18,8 +18,9 @@ ENSURE_PIP := $(abspath $(VENV))/bin/python -m pip --version >/dev/null 2>&1 || 
   $(abspath $(VENV))/bin/python -m ensurepip --default-pip >/dev/null
 DROP_PIP := $(abspath $(VENV))/bin/python -m pip uninstall --quiet --yes --disable-pip-version-check pip setuptools
 # The test suites that NumPy, pandas and SciPy ship (42 MB) go too: nothing here runs them.
-DROP_TESTS := for pkg in numpy pandas scipy; do \
-  find $(abspath $(VENV))/lib/python3*/site-packages/$$pkg -type d -name tests -prune -exec rm -rf {} +; done
+DROP_TESTS := for dir in "$(abspath $(VENV))"/lib/python3*/site-packages/numpy \
+  "$(abspath $(VENV))"/lib/python3*/site-packages/pandas "$(abspath $(VENV))"/lib/python3*/site-packages/scipy; do \
+  if [ -d "$$dir" ]; then find "$$dir" -type d -name tests -prune -exec rm -rf {} +; fi; done
 else
 VENV   := .venv
 LOCK   := requirements.lock

@@ -14,7 +14,6 @@ same served model) and applies the ``champion`` rule (``stages.lib.registry``).
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import json
 import os
@@ -214,11 +213,8 @@ def publish(
                 f"publish: run {found.run_id} ({found.run_name}) holds this result already "
                 f"(another publish got there first); nothing logged"
             )
-        try:
-            with claim.beating():
-                return publish_claimed(client, claim, uri, experiment_id, cfg, model_key, key, started, log)
-        finally:
-            claim.release()
+        with claim.holding():
+            return publish_claimed(client, claim, uri, experiment_id, cfg, model_key, key, started, log)
 
 
 def done(uri: str, key: str, experiment: str) -> bool:
@@ -227,15 +223,12 @@ def done(uri: str, key: str, experiment: str) -> bool:
     return found is not None and found.registered
 
 
-def take_over(client: Any, holder: claims.Holder) -> str:
-    """Fail the RUNNING run of a publisher whose claim went stale; the line that says so."""
-    failed = ""
-    if holder.run_id:
-        with contextlib.suppress(Exception):  # deleted meanwhile
-            if client.get_run(holder.run_id).info.status == "RUNNING":
-                client.set_terminated(holder.run_id, "FAILED")
-                failed = f"; marked its run {holder.run_id} FAILED"
-    return f"publish: took over from {holder.describe()}, whose heartbeat had stopped{failed}"
+def take_over(client: Any, holder: claims.Holder, experiment_id: str) -> str:
+    """Fail the RUNNING runs of a publisher whose claim went stale; the line that says so."""
+    token = holder.tags.get(claims.TOKEN_TAG, "")
+    failed = tracking.fail_attempt(client, experiment_id, token, [holder.run_id] if holder.run_id else [])
+    marked = f"; marked its run {', '.join(failed)} FAILED" if failed else ""
+    return f"publish: took over from {holder.describe()}, whose heartbeat had stopped{marked}"
 
 
 def publish_claimed(
@@ -255,7 +248,7 @@ def publish_claimed(
     from mlflow.utils import mlflow_tags  # noqa: PLC0415
 
     if claim.took_over is not None:
-        log(take_over(client, claim.took_over))
+        log(take_over(client, claim.took_over, experiment_id))
     shown = redact.uri(uri)
     stats = read_stats()
     model_sha = sha256_file(MODEL_PATH)
@@ -306,11 +299,11 @@ def publish_claimed(
     def rest(run_id: str) -> None:
         client.log_inputs(run_id, datasets=datasets(stats, runtime.recall("fetch", dir_digest(RAW_DIR))))
         for path, where in ((METRICS_PATH, "reports"), (HISTORY_PATH, "reports/train")):
-            stopping.checkpoint()
+            stopping.stop_if_signalled()
             client.log_artifact(run_id, str(path), where)
-        stopping.checkpoint()
+        stopping.stop_if_signalled()
         client.log_artifacts(run_id, str(EVALUATE_DIR), "reports/evaluate")
-        stopping.checkpoint()
+        stopping.stop_if_signalled()
         logged["model"] = log_model(run_id, raw_test_pixels(2))
         if claim.lost():  # fenced: whoever took over logs the result; this run must not finish too
             raise RuntimeError("another publish took this result over (this one had stopped beating)")
@@ -341,16 +334,14 @@ def publish_claimed(
         head = f"publish: logged run {run_id} to {shown}"
     else:  # logged and FINISHED, but its publisher stopped before registering or judging it
         run_id = found.run_id
+        stopping.concerning(run_id, "FINISHED")
         model_id = client.get_run(run_id).outputs.model_outputs[0].model_id
         model_uri = f"models:/{model_id}"
         head = f"publish: run {run_id} holds this result but its model was not registered and judged"
-    try:
-        version, new = registry.register(client, model_uri, model_id, run_id, model_key, version_tags, model)
-        decision = registry.update_champion(client, version, model=model)
-        stopping.checkpoint()
-        client.set_tag(run_id, tracking.REGISTERED_TAG, f"{model}/{version}")
-    except stopping.Terminated as stop:
-        raise stop.about(run_id, "FINISHED") from None
+    version, new = registry.register(client, model_uri, model_id, run_id, model_key, version_tags, model)
+    decision = registry.update_champion(client, version, model=model)
+    stopping.stop_if_signalled()
+    client.set_tag(run_id, tracking.REGISTERED_TAG, f"{model}/{version}")
     what = (
         f"registered {model} version {version}"
         if new
@@ -409,7 +400,7 @@ def main() -> int:
         return 2
     shown = redact.uri(uri)
     try:
-        with stopping.stop_on_signals():
+        with stopping.deferred_signals() as block:
             if found and found.registered:
                 summary = f"publish: this result is already in {shown} as run {found.run_id} ({found.run_name}); "
                 summary += "nothing to log"
@@ -432,18 +423,27 @@ def main() -> int:
         return 1
     timed = not (found and found.registered) or "\n" in summary  # the fast path's line has no time
     print(summary + (f" ({time.time() - started:.1f}s)" if timed else ""))
+    if block.signal:  # came after the last step that could stop: nothing was cut short
+        print(f"publish: {block.signal} came once all was done; nothing was cut short", file=sys.stderr)
     return 0
 
 
 def stopped(stop: stopping.Terminated) -> str:
     """The rest of the line that says what a stop left behind."""
-    if stop.run_id is None:
-        return "; nothing logged"
+    mended = (
+        "the next publish on this host marks it FAILED, as does any publish of this result once its claim "
+        "has gone stale"
+    )
     if stop.state == "FINISHED":
-        return f" after run {stop.run_id} finished; the next publish registers its model"
+        return f" after run {stop.run_id} finished; the next publish completes its registration"
     if stop.state == "FAILED":
         return f"; run {stop.run_id} was marked FAILED (nothing registered)"
-    return f"; run {stop.run_id} is left RUNNING: the next publish marks it FAILED"
+    if stop.forced:
+        what = f"run {stop.run_id}" if stop.run_id else "a run, if one was being made,"
+        return f" at once (a second signal); {what} may be left RUNNING: {mended}"
+    if stop.run_id is None:
+        return "; nothing logged"
+    return f"; run {stop.run_id} is left RUNNING (the store did not take FAILED): {mended}"
 
 
 if __name__ == "__main__":

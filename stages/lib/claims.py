@@ -151,6 +151,22 @@ class Claim:
             self._stop.set()
             thread.join(timeout=beat_s + 30)
 
+    @contextlib.contextmanager
+    def holding(self, beat_s: float = BEAT_S) -> Iterator[Claim]:
+        """Beat for the block, then release the claim; except after a stop that may leave a run RUNNING (a
+        forced one, or one whose run the store would not mark FAILED): the claim then goes stale, and whoever
+        takes it over, on any host, marks that run FAILED; a forced stop makes no more requests either."""
+        keep = False
+        try:
+            with self.beating(beat_s):
+                yield self
+        except stopping.Terminated as stop:
+            keep = stop.forced or stop.state == "RUNNING"
+            raise
+        finally:
+            if not keep:
+                self.release()
+
     def release(self) -> None:
         """Delete this claim and the older generations it superseded, only while it is still this process's
         (never a newer one, nor a claim someone made after this one was taken over and released). Never
@@ -205,7 +221,7 @@ def acquire(
     beats: dict[str, tuple[str, float]] = {}  # claim name -> (last beat seen, when it was first seen)
     announced: set[str] = set()
     while True:
-        stopping.checkpoint()
+        stopping.stop_if_signalled()
         if done():
             return None
         existing = generations(client, name_prefix)

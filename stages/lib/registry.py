@@ -193,28 +193,25 @@ def register(
     claim = claims.acquire(client, model, "version", model_key, done=lambda: _version_of(client, model_key, model))
     if claim is None:  # registered by another publisher meanwhile
         return _version_of(client, model_key, model), False
-    try:
-        with claim.beating():
-            existing = _version_of(client, model_key, model)
-            if existing is not None:
-                return existing, False
-            if claim.lost():  # fenced: whoever took this over registers the served model
-                raise RuntimeError("another publish took the registration of this served model over")
-            stopping.checkpoint()
-            created = client.create_model_version(
-                model,
-                model_uri,
-                run_id=run_id,
-                tags={**tags, MODEL_KEY_TAG: model_key, ATTEMPT_TAG: claim.token},
-                await_creation_for=0,
-                model_id=model_id,
-            )
-            for version in versions(client, model):  # a retried request's first, committed creation
-                if version.tags.get(ATTEMPT_TAG) == claim.token and str(version.version) != str(created.version):
-                    client.delete_model_version(model, version.version)
-            return int(created.version), True
-    finally:
-        claim.release()
+    with claim.holding():
+        existing = _version_of(client, model_key, model)
+        if existing is not None:
+            return existing, False
+        if claim.lost():  # fenced: whoever took this over registers the served model
+            raise RuntimeError("another publish took the registration of this served model over")
+        stopping.stop_if_signalled()
+        created = client.create_model_version(
+            model,
+            model_uri,
+            run_id=run_id,
+            tags={**tags, MODEL_KEY_TAG: model_key, ATTEMPT_TAG: claim.token},
+            await_creation_for=0,
+            model_id=model_id,
+        )
+        for version in versions(client, model):  # a retried request's first, committed creation
+            if version.tags.get(ATTEMPT_TAG) == claim.token and str(version.version) != str(created.version):
+                client.delete_model_version(model, version.version)
+        return int(created.version), True
 
 
 def scores(client: Any, every: list[Any] | None = None, model: str = MODEL_NAME) -> dict[int, float]:
@@ -261,7 +258,7 @@ def update_champion(client: Any, new: int | None, attempts: int = 10, model: str
     last_version = int(last) if last and last.isdigit() else None
     decision = None
     for _ in range(attempts):
-        stopping.checkpoint()
+        stopping.stop_if_signalled()
         current = current_champion(client, model)
         every = versions(client, model)
         before = scores(client, every, model)

@@ -15,7 +15,9 @@ retried after the store had committed it leaves a second run with the same
 token: it is deleted). A run whose process has gone (killed, or the store
 went away mid-way) is found by the next publish on the same host, or by the
 publish that takes its claim over, and marked FAILED. SIGTERM or SIGINT while
-logging marks the run FAILED, keeping the original error.
+logging stops it between two steps and marks the run FAILED
+(``stages.lib.stopping``); a second signal stops at once, and the run may
+stay RUNNING until a later publish mends it.
 
 The functions that log import MLflow when called, with its INFO logs,
 progress bars and URL banners turned off (``quiet_mlflow``).
@@ -29,8 +31,9 @@ import os
 import socket
 import sqlite3
 import subprocess
+import time
 import urllib.error
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,7 +96,13 @@ def file_lock(path: Path) -> Iterator[None]:
     # flock itself: the filelock package makes the same call, and would be one more dependency to declare.
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        while True:  # not a blocking flock: a SIGTERM noted meanwhile must not wait for the other holder
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                stopping.stop_if_signalled()
+                time.sleep(0.05)
         try:
             yield
         finally:
@@ -262,6 +271,22 @@ def mend_stale_runs(client: Any, experiment_id: str, host: str | None = None) ->
     return stale
 
 
+def fail_attempt(client: Any, experiment_id: str, attempt: str, run_ids: Iterable[str] = ()) -> list[str]:
+    """Mark FAILED the RUNNING runs of a publisher that stopped: those carrying its claim's token ``attempt``
+    (the run it was logging, named on its claim or not yet) and ``run_ids``; their ids."""
+    stale = set(run_ids)
+    if attempt:
+        query = f"tags.`{ATTEMPT_TAG}` = '{attempt}' and attributes.status = 'RUNNING'"
+        stale |= {run.info.run_id for run in client.search_runs([experiment_id], query)}
+    failed = []
+    for run_id in sorted(stale):
+        with contextlib.suppress(Exception):  # deleted meanwhile
+            if client.get_run(run_id).info.status == "RUNNING":
+                client.set_terminated(run_id, "FAILED")
+                failed.append(run_id)
+    return failed
+
+
 def log_run(
     client: Any,
     experiment_id: str,
@@ -290,7 +315,7 @@ def log_run(
     """
     from mlflow.entities import Metric, Param  # noqa: PLC0415
 
-    stopping.checkpoint()
+    stopping.stop_if_signalled()
     run = client.create_run(
         experiment_id,
         start_time=start_ms,
@@ -298,13 +323,14 @@ def log_run(
         tags={**tags, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), ATTEMPT_TAG: attempt},
     )
     run_id = run.info.run_id
+    stopping.concerning(run_id, "RUNNING")
     try:
-        stopping.checkpoint()
         created(run_id)
         for twin in client.search_runs([experiment_id], f"tags.`{ATTEMPT_TAG}` = '{attempt}'"):
             if twin.info.run_id != run_id:  # the first try of a create_run that MLflow's client retried
                 client.set_terminated(twin.info.run_id, "KILLED")
                 client.delete_run(twin.info.run_id)
+        stopping.stop_if_signalled()
         epoch_metrics = [
             Metric(name, float(row[name]), start_ms, int(row["epoch"]))
             for row in history
@@ -318,18 +344,21 @@ def log_run(
             for name, value in metrics.items()
         ]
         params_list = [Param(name, str(value)) for name, value in params.items()]
-        stopping.checkpoint()
         # MlflowClient.log_batch splits into requests the store accepts (100 params, 1000 metrics each).
         client.log_batch(run_id, metrics=epoch_metrics + final, params=params_list)
-        stopping.checkpoint()
+        stopping.stop_if_signalled()
         log_rest(run_id)
-        stopping.checkpoint()
+        stopping.stop_if_signalled()
         client.set_terminated(run_id, "FINISHED", end_time=end_ms)  # None: now
+        stopping.concerning(run_id, "FINISHED")
     except stopping.Terminated as stop:
-        # A forced stop may have cut a request short: another one could wait for its lock. The next publish
-        # on this host, or the one that takes the claim over, marks the run.
-        state = "RUNNING" if stop.forced or not _mark_failed(client, run_id) else "FAILED"
-        raise stop.about(run_id, state) from None
+        # After a forced stop, a request may have been cut short, holding the store's lock: no more requests
+        # (the next publish on this host, or the one that takes the claim over, marks the run). A second
+        # signal while marking it raises a forced stop naming the run as RUNNING, in place of this one.
+        if stop.forced or not _mark_failed(client, run_id):
+            raise
+        stopping.concerning(run_id, "FAILED")
+        raise stopping.Terminated(stop.signal_name, run_id, "FAILED") from None
     except BaseException:
         _mark_failed(client, run_id)  # or not: the original error is the one to report
         raise

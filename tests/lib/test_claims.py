@@ -4,6 +4,7 @@ staleness, one waiter takes a stale claim over, and nothing is left behind."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import time
 
 import pytest
 
-from stages.lib import claims
+from stages.lib import claims, stopping
 
 pytestmark = pytest.mark.slow
 MODEL = "mnist-classifier"
@@ -163,3 +164,34 @@ def test_release_never_raises_while_unwinding(client):
     claim.release()  # the original error, not this one, is what a failed publish reports
     claim.client = client
     claim.release()
+
+
+def test_a_signal_while_waiting_for_a_claim_stops_the_wait(client):
+    holder = claims.acquire(client, MODEL, "result", "k10")
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
+    started = time.monotonic()
+    with pytest.raises(stopping.Terminated, match="SIGTERM"), stopping.deferred_signals():
+        timer.start()
+        claims.acquire(client, MODEL, "result", "k10", wait_s=30, poll_s=0.05)
+    assert time.monotonic() - started < 10  # not the 30 s wait
+    assert names(client) == [holder.name]  # and nothing claimed
+    holder.release()
+
+
+@pytest.mark.parametrize(
+    ("stop", "kept"),
+    [
+        (stopping.Terminated("SIGTERM", "r1", "FAILED"), False),
+        (stopping.Terminated("SIGTERM", "r1", "FINISHED"), False),
+        (stopping.Terminated("SIGTERM", "r1", "RUNNING"), True),  # the store would not mark it
+        (stopping.Terminated("SIGTERM", "r1", "FINISHED", forced=True), True),  # no more requests
+        (RuntimeError("the store went away"), False),
+    ],
+)
+def test_a_claim_is_kept_after_a_stop_that_may_leave_a_run_running(client, stop, kept):
+    """Kept, it goes stale, and whoever takes it over marks that run FAILED, from any host."""
+    with pytest.raises(type(stop)), claims.acquire(client, MODEL, "result", "k11").holding():
+        raise stop
+    assert names(client) == ([claims.prefix(MODEL, "result", "k11") + "1"] if kept else [])
+    for name in names(client):
+        client.delete_registered_model(name)

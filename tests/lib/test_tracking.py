@@ -3,6 +3,9 @@
 import os
 import signal
 import subprocess
+import sys
+import threading
+import time
 import types
 
 import pytest
@@ -88,18 +91,91 @@ def log_run(client, log_rest=lambda run_id: None):
 def test_sigterm_inside_a_request_stops_after_it_and_the_run_is_marked_failed(at):
     client = SignalledStore(at)
     rest = lambda run_id: client.log_artifact(run_id, "metrics.json")  # noqa: E731
-    with pytest.raises(stopping.Terminated) as stop, stopping.stop_on_signals():
+    with pytest.raises(stopping.Terminated) as stop, stopping.deferred_signals():
         log_run(client, rest)
     assert (stop.value.signal_name, stop.value.run_id, stop.value.state) == ("SIGTERM", "r1", "FAILED")
     names = [c[0] for c in client.calls]
-    assert names[names.index(at) + 1] == "answered"  # the request was not cut short
-    assert names[names.index("answered") + 1 :] == ["set_terminated"]  # nothing else was logged
+    after = names[names.index(at) + 1 :]
+    assert after[0] == "answered"  # the request was not cut short
+    assert not {"log_batch", "log_artifact"} & set(after[1:])  # nothing else was logged
     assert client.calls[-1] == ("set_terminated", "r1", "FAILED")
 
 
 def test_a_run_the_store_would_not_mark_is_said_to_be_running():
     client = SignalledStore("log_batch")
     client.set_terminated = lambda *args: (_ for _ in ()).throw(OSError("store gone"))
-    with pytest.raises(stopping.Terminated) as stop, stopping.stop_on_signals():
+    with pytest.raises(stopping.Terminated) as stop, stopping.deferred_signals():
         log_run(client)
-    assert (stop.value.run_id, stop.value.state) == ("r1", "RUNNING")
+    assert (stop.value.run_id, stop.value.state, stop.value.forced) == ("r1", "RUNNING", False)
+
+
+class TwiceSignalledStore(SignalledStore):
+    """SIGTERM inside ``at``, and again inside ``again``."""
+
+    def __init__(self, at, again):
+        super().__init__(at)
+        self.again = again
+
+    def _request(self, name, *args):
+        if name == self.again and name != self.at and any(c[0] == "answered" for c in self.calls):
+            self.calls.append((name, *args))
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):
+                pass
+            self.calls.append(("answered", name))
+            return []
+        return super()._request(name, *args)
+
+
+def test_a_second_signal_while_marking_the_run_says_it_may_be_running():
+    client = TwiceSignalledStore("log_batch", "set_terminated")
+    with pytest.raises(stopping.Terminated) as stop, stopping.deferred_signals():
+        log_run(client)
+    assert (stop.value.run_id, stop.value.state, stop.value.forced) == ("r1", "RUNNING", True)
+
+
+def test_two_signals_in_one_request_stop_at_once_without_another_request():
+    client = SignalledStore("log_batch")
+
+    def twice(run_id, **kwargs):
+        client.calls.append(("log_batch", run_id))
+        signalled_twice = [signal.SIGTERM, signal.SIGINT]
+        for signum in signalled_twice:
+            os.kill(os.getpid(), signum)
+            for _ in range(1000):
+                pass
+        pytest.fail("went on after the second signal")
+
+    client.log_batch = twice
+    with pytest.raises(stopping.Terminated) as stop, stopping.deferred_signals():
+        log_run(client)
+    assert (stop.value.run_id, stop.value.state, stop.value.forced) == ("r1", "RUNNING", True)
+    assert [c[0] for c in client.calls][-1] == "log_batch"  # nothing after: not even marking the run
+
+
+def test_a_signal_stops_the_wait_for_a_store_lock_another_process_holds(tmp_path):
+    lock = tmp_path / "mlflow.db.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE, text=True
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
+        started = time.monotonic()
+        with pytest.raises(stopping.Terminated), stopping.deferred_signals():
+            timer.start()
+            with tracking.store_lock(f"sqlite:///{tmp_path}/mlflow.db"):
+                pytest.fail("took a lock another process holds")
+        assert time.monotonic() - started < 5  # the holder keeps it for 20 s
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+HOLD_LOCK = """
+import fcntl, sys, time
+with open(sys.argv[1], "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    print("held", flush=True)
+    time.sleep(20)
+"""

@@ -105,19 +105,23 @@ def copy_of(project, empty_store, tmp_path):
 
 
 def publish_here(cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    """What ``run_stage("publish", cwd, **env)`` does, in this process: ``stages.publish.main()`` without a new
-    interpreter importing MLflow (~2 s each). The tests of what only a process of its own shows (its imports,
-    its output, signals, its death) start one. MLflow's globals (tracking URI, active experiment, and the
-    variables it sets for child processes) and the environment are restored afterwards."""
+    """``stages.publish.main()`` in this process, in ``cwd``, its printed lines captured: what
+    ``run_stage("publish", cwd, **env)`` does, without a new interpreter importing MLflow (~2 s each). Only
+    what the stage prints itself is captured (MLflow's own log lines are not). The tests of what only a
+    process of its own shows (its imports, its output, signals, its death) start one; so do settings read at
+    import (``PUBLISH_CLAIM_*``). The environment and MLflow's active experiment are restored afterwards, and
+    its tracking URI unset (it also sets the variables a child process would inherit)."""
     import mlflow
     from mlflow.tracking import fluent
 
     from stages import publish
 
+    assert not [name for name in env if name.startswith("PUBLISH_CLAIM_")], "read at import: use run_stage"
     out, err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8"), io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
     saved = dict(os.environ)
     try:
         with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(fluent, "_active_experiment_id", fluent._active_experiment_id)  # set by publish
             patch.chdir(cwd)
             for name in [k for k in os.environ if k.startswith(("MLFLOW_", "DVC_"))]:
                 patch.delenv(name)
@@ -127,7 +131,6 @@ def publish_here(cwd: Path, **env: str) -> subprocess.CompletedProcess:
                 code = publish.main()
     finally:
         mlflow.set_tracking_uri(None)
-        fluent._active_experiment_id = None  # set by publish's mlflow.set_experiment
         os.environ.clear()
         os.environ.update(saved)
     texts = []
@@ -842,3 +845,39 @@ def test_a_damaged_local_store_stops_publish_in_one_line(project, tmp_path):
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("publish: error: MLflow store ") and "cannot be read: file is not a database" in line
     assert "intact" in line and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("stop", "line"),
+    [
+        (("SIGTERM",), "stopped by SIGTERM; nothing logged"),
+        (("SIGINT", "r1", "FAILED"), "stopped by SIGINT; run r1 was marked FAILED (nothing registered)"),
+        (("SIGTERM", "r1", "FINISHED"), "after run r1 finished; the next publish completes its registration"),
+        (("SIGTERM", "r1", "FINISHED", True), "after run r1 finished; the next publish completes its registration"),
+        (("SIGTERM", "r1", "RUNNING"), "run r1 is left RUNNING (the store did not take FAILED): the next publish"),
+        (("SIGTERM", "r1", "RUNNING", True), "at once (a second signal); run r1 may be left RUNNING: the next"),
+        (("SIGTERM", None, None, True), "at once (a second signal); a run, if one was being made, may be left"),
+    ],
+)
+def test_a_stop_says_what_it_left_behind(stop, line):
+    from stages.lib import stopping
+    from stages.publish import stopped
+
+    terminated = stopping.Terminated(*stop)
+    assert line in f"stopped by {terminated.signal_name}{stopped(terminated)}"
+
+
+def test_taking_a_stale_claim_over_fails_the_runs_its_holder_was_making(tmp_path):
+    """The holder's run is found by the claim's token, whether or not the claim had named it yet."""
+    from stages.lib import claims, tracking
+    from stages.publish import take_over
+
+    c = client(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment_id = c.create_experiment("mnist")
+    named, unnamed, other = (
+        c.create_run(experiment_id, tags={tracking.ATTEMPT_TAG: token}).info.run_id for token in ["t1", "t1", "t2"]
+    )
+    holder = claims.Holder("mnist-classifier.claim.result.k.1", 1, {claims.TOKEN_TAG: "t1", claims.RUN_TAG: named})
+    line = take_over(c, holder, experiment_id)
+    assert line.endswith(f"; marked its run {', '.join(sorted([named, unnamed]))} FAILED"), line
+    assert [c.get_run(r).info.status for r in (named, unnamed, other)] == ["FAILED", "FAILED", "RUNNING"]
