@@ -56,8 +56,8 @@ from stages.lib.paths import SERVER_DIR
 
 # MLflow's basic-auth app (mlflow/server/auth/basic_auth.ini, keys as there). EDIT: every user of the team logs,
 # registers and moves the `champion` alias; only the admin manages users and permissions. A password is checked
-# against its scrypt hash (~0.1 s of CPU) once a minute per user, not on every request (a publish makes about a
-# hundred); the server runs one worker, where a password changed through the API takes effect at once.
+# against its scrypt hash (~0.1 s of CPU) once a minute per user, not on every request (a publish makes a couple
+# of hundred); the server runs one worker, where a password changed through the API takes effect at once.
 AUTH_INI = """\
 [mlflow]
 default_permission = EDIT
