@@ -162,20 +162,13 @@ def accuracy(model: Callable[[np.ndarray], np.ndarray], per_style: int = 10, see
 
 def recipe_overrides(recipe: str) -> list[tuple[str, object]]:
     """The ``-S key=value`` settings of a Makefile recipe (``make cnn``), as DVC parses them; none for "dense"."""
-    import shlex
-    import subprocess
-
     import yaml
+
+    from tests.recipes import recipe_settings
 
     if recipe == "dense":  # params.yaml as it is: the pipeline's default model
         return []
-    root = Path(__file__).resolve().parents[1]
-    out = subprocess.run(
-        ["make", "-s", "-n", recipe, "STAMP=Makefile"], cwd=root, capture_output=True, text=True, check=True
-    ).stdout
-    (command,) = [line for line in out.splitlines() if line.startswith("dvc exp run")]
-    flags = shlex.split(command)[5:]
-    return [(key, yaml.safe_load(value)) for key, value in (s.split("=", 1) for s in flags[1::2])]
+    return [(key, yaml.safe_load(value)) for key, value in (s.split("=", 1) for s in recipe_settings(recipe))]
 
 
 def train(prepared: Path, directory: Path, recipe: str = "dense", params_file: Path = Path("params.yaml")) -> Path:

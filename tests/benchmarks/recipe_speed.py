@@ -44,15 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-
-def makefile_flags(recipe: str) -> list[str]:
-    """The ``-S`` flags of ``make <recipe>`` (its ``dvc exp run`` command, not run)."""
-    out = subprocess.run(
-        ["make", "-s", "-n", recipe, "STAMP=Makefile"], capture_output=True, text=True, check=True, cwd=ROOT
-    ).stdout
-    (command,) = [line for line in out.splitlines() if line.startswith("dvc exp run")]
-    args = shlex.split(command)[5:]  # after `dvc exp run -n <name>`
-    return [a for a in args if a != "-S" and not a.startswith("train.seed=")]
+from tests.recipes import recipe_settings  # noqa: E402
 
 
 def recipe_params(flags: list[str], seed: int) -> dict:
@@ -211,7 +203,7 @@ def main() -> None:
         return
     if not (ROOT / "data/prepared/x_train.npy").exists():
         sys.exit("no prepared data: run `make repro` (or `dvc repro preprocess`) first")
-    recipes = {name: makefile_flags(name) for name in args.recipes}
+    recipes = {name: recipe_settings(name) for name in args.recipes}
     for spec in args.tries:
         name, _, flags = spec.partition("=")
         recipes[name] = [a for a in shlex.split(flags) if a != "-S"]

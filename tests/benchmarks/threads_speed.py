@@ -23,9 +23,9 @@ sys.path.insert(0, str(ROOT))
 
 def epoch_seconds(prefix: list[str], recipe: str, epochs: int, seed: int) -> tuple[float, float]:
     """(median seconds per epoch after the first, test accuracy) of the recipe shortened to ``epochs``."""
-    from tests.benchmarks.recipe_speed import makefile_flags
+    from tests.recipes import recipe_settings
 
-    flags = [*makefile_flags(recipe), f"train.epochs={epochs}"]
+    flags = [*recipe_settings(recipe), f"train.epochs={epochs}"]
     command = [*prefix, sys.executable, str(ROOT / "tests" / "benchmarks" / "recipe_speed.py")]
     command += ["--worker", json.dumps(flags), "--seeds", str(seed)]
     out = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True).stdout

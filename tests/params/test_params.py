@@ -181,14 +181,9 @@ def test_only_the_params_that_take_effect_count(raw):
 @pytest.mark.parametrize("recipe", ["cnn", "cnn-fast", "cnn-best", "dense-best"])
 def test_makefile_recipes_are_valid_params(raw, recipe):
     """Each recipe target is one `dvc exp run` whose -S flags give valid params."""
-    import shlex
-    import subprocess
+    from tests.recipes import exp_run_command
 
-    out = subprocess.run(
-        ["make", "-s", "-n", recipe, "SEED=3", "STAMP=Makefile"], capture_output=True, text=True, check=True
-    ).stdout
-    (command,) = [line for line in out.splitlines() if line.startswith("dvc exp run")]
-    args = shlex.split(command)
+    args = exp_run_command(recipe, seed=3)
     assert args[:5] == ["dvc", "exp", "run", "-n", f"{recipe}-seed3"]
     flags = args[5:]
     assert flags[::2] == ["-S"] * (len(flags) // 2)
@@ -202,6 +197,23 @@ def test_makefile_recipes_are_valid_params(raw, recipe):
         target[last] = yaml.safe_load(value)  # as DVC parses -S values
     cleaned = schema.validate(raw, SECTIONS.values())
     assert cleaned["train"]["seed"] == 3 and cleaned["train"]["augment"] is True
+
+
+def test_reading_a_recipe_installs_nothing_even_when_the_lock_is_newer(tmp_path):
+    """make brings a makefile up to date even under -n: reading a recipe must not reach the install rule."""
+    import os
+    import shutil
+
+    from tests.recipes import ROOT, exp_run_command
+
+    for name in ("Makefile", "requirements.lock", "pyproject.toml"):
+        shutil.copy2(ROOT / name, tmp_path / name)
+    makefile_mtime = (tmp_path / "Makefile").stat().st_mtime_ns
+    for name in ("requirements.lock", "pyproject.toml"):  # as a fresh clone's checkout order can leave them
+        os.utime(tmp_path / name, ns=(makefile_mtime + 10**9, makefile_mtime + 10**9))
+    assert exp_run_command("cnn-fast", seed=2, root=tmp_path)[:5] == ["dvc", "exp", "run", "-n", "cnn-fast-seed2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Makefile", "pyproject.toml", "requirements.lock"]
+    assert (tmp_path / "Makefile").stat().st_mtime_ns == makefile_mtime
 
 
 def test_conv_blocks_are_checked_against_the_image_size():
