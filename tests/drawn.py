@@ -161,7 +161,8 @@ def accuracy(model: Callable[[np.ndarray], np.ndarray], per_style: int = 10, see
 
 
 def recipe_overrides(recipe: str) -> list[tuple[str, object]]:
-    """The ``-S key=value`` settings of a Makefile recipe (``make cnn``), as DVC parses them; none for "dense"."""
+    """The ``-S key=value`` settings of a Makefile recipe (``make cnn``) without the seed, as DVC parses them;
+    none for "dense"."""
     import yaml
 
     from tests.recipes import recipe_settings

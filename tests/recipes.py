@@ -16,9 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def exp_run_command(recipe: str, seed: int | None = None, root: Path = ROOT) -> list[str]:
     """``make <recipe>``'s ``dvc exp run`` command as its arguments, printed by ``make -n`` and not run.
 
-    ``-o install`` keeps make away from the environment's install rule: make
-    brings a makefile up to date even under ``-n``, so a rule whose target is
-    a makefile (as ``STAMP=Makefile`` made it) would install for real.
+    The install stamp stays the Makefile's own: make brings a makefile up to
+    date even under ``-n``, so a stamp that is a makefile (``STAMP=Makefile``)
+    would run the install rule for real. ``-o install`` leaves the install
+    rule out of what is printed.
     """
     extra = [] if seed is None else [f"SEED={seed}"]
     out = subprocess.run(

@@ -26,8 +26,8 @@ from tests.conftest import commit_all, postgres_workdir, run_in, tiny_clone
 
 pytestmark = pytest.mark.slow
 
-# Tiny trials; hopeless ones on purpose (a learning rate of 1e-7: half the draws) so that the median pruner
-# has something to stop after epoch 1.
+# Tiny trials; hopeless ones on purpose (a learning rate of 1e-7) so that the median pruner has something to
+# stop after epoch 1: test_two_workers_share_a_study_in_postgresql queues one after two good ones.
 SPACES = {
     "spaces": {
         "tiny": {
