@@ -80,7 +80,7 @@ repro: install  ## Run the DVC pipeline, then say whether the metrics reproduced
 test: lint  ## Lint and the whole test suite, slow tests included (what CI runs)
 	python -m pytest -m "slow or not slow" -n auto --dist loadgroup --durations=20
 
-test-fast: install  ## The fast tests only (seconds)
+test-fast: install  ## The fast tests only (under a minute)
 	python -m pytest
 
 # ruff's lint rules and format check, configured in pyproject.toml (also a pre-commit hook).
@@ -170,9 +170,9 @@ serve: install  ## Serve the champion of params.yaml's data set (mnist-classifie
 DEMO_PORT ?= $(if $(filter command line,$(origin PORT)),$(PORT),7860)
 DEMO_HOST ?= $(if $(filter command line,$(origin HOST)),$(HOST),127.0.0.1)
 MODEL ?=
+DEMO_FLAGS = $(if $(MODEL),--model "$(MODEL)")$(if $(filter 1 yes true,$(AUTH)), --auth)$(if $(filter 0 no false,$(AUTH)), --no-auth)
 demo: install $(if $(filter 1,$(INFERENCE)),$(DEMO_STAMP))  ## The draw-a-digit page on http://127.0.0.1:7860 (docs/demo.md)
-	python -m stages.tools.demo --host $(DEMO_HOST) --port $(DEMO_PORT) $(if $(MODEL),--model "$(MODEL)") \
-	  $(if $(filter 1 yes true,$(AUTH)),--auth)$(if $(filter 0 no false,$(AUTH)),--no-auth)
+	python -m stages.tools.demo --host $(DEMO_HOST) --port $(DEMO_PORT) $(DEMO_FLAGS)
 
 # A team-style tracking server on 127.0.0.1:$(SERVER_PORT) (docs/team.md): PostgreSQL
 # backend (MLFLOW_BACKEND_URI, or a throw-away password-protected cluster), proxied
