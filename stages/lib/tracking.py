@@ -62,19 +62,27 @@ class Found:
     registered: bool  # the run's model has a version (REGISTERED_TAG)
 
 
-def quiet_mlflow(environ: dict[str, str] | None = None) -> None:
-    """No MLflow INFO lines, URL banners or (off a terminal) progress bars: call before importing MLflow."""
-    import logging  # noqa: PLC0415
+def quiet_output(environ: dict[str, str]) -> None:
+    """No MLflow INFO lines, URL banners or (off a terminal) progress bars, in ``environ`` (this process's, or a
+    child's such as ``make serve``'s server); what is already set stays."""
     import sys  # noqa: PLC0415
+
+    environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    if not sys.stderr.isatty():
+        environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def quiet_mlflow(environ: dict[str, str] | None = None) -> None:
+    """MLflow's output quiet (``quiet_output``), its database errors without tracebacks, its requests without
+    minutes of retries: call before importing MLflow."""
+    import logging  # noqa: PLC0415
 
     # Its database errors come with a traceback (from the claim's heartbeat thread too, or after a forced stop
     # interrupted a write): publish reports a failure in one line, and a heartbeat simply tries again.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     environ = os.environ if environ is None else environ
-    environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    if not sys.stderr.isatty():
-        environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    quiet_output(environ)
     # A server that fails mid-way: a clear error in seconds, not MLflow's minutes of retries.
     environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")

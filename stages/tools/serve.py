@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from stages.lib import processes
+from stages.lib import processes, tracking
 from stages.lib.paths import MLFLOW_DB
 from stages.serving import cores
 from stages.serving.classifier import RUNTIME_ENV, RUNTIMES, THREADS_ENV
@@ -57,8 +57,10 @@ def command(model: str, port: int, workers: int) -> list[str]:
 
 
 def environment(runtime: str, threads: int, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The server's environment: the runtime asked for, the threads per worker (unless set), the default store."""
+    """The server's environment: the runtime asked for, the threads per worker (unless set), the default store,
+    MLflow's output quiet (its model download's progress bar off a terminal)."""
     env = dict(os.environ if base is None else base)
+    tracking.quiet_output(env)
     # mlflow models serve starts `uvicorn` through the shell: this environment's, not whichever PATH finds.
     env["PATH"] = os.pathsep.join(filter(None, [str(processes.bin_dir()), env.get("PATH")]))
     env[RUNTIME_ENV] = runtime

@@ -54,6 +54,17 @@ def test_the_environment_keeps_what_the_user_set_and_fills_the_rest():
     assert empty["MODEL_THREADS"] == "2" and empty["MLFLOW_TRACKING_URI"].startswith("sqlite:///")
 
 
+def test_the_servers_mlflow_output_is_quiet_unless_asked(monkeypatch):
+    """No INFO lines from MLflow, and (off a terminal, as under CI or in a log) no progress bar for the download."""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    env = serve.environment("auto", 1, {"PATH": "/bin"})
+    assert env["MLFLOW_LOGGING_LEVEL"] == "WARNING" and env["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
+    mine = serve.environment("auto", 1, {"PATH": "/bin", "MLFLOW_LOGGING_LEVEL": "INFO"})
+    assert mine["MLFLOW_LOGGING_LEVEL"] == "INFO"
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in serve.environment("auto", 1, {"PATH": "/bin"})
+
+
 def test_main_says_what_it_serves_and_hands_over_to_mlflow(capsys, monkeypatch):
     calls = []
     monkeypatch.setattr(serve.cores, "usable", lambda: 2)
