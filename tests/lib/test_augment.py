@@ -3,10 +3,12 @@
 import numpy as np
 import pytest
 
+from tests.conftest import imported_on_use
+
 pytestmark = pytest.mark.slow
 
-augment = pytest.importorskip("stages.lib.augment")
-tf = augment.tf
+augment = imported_on_use("stages.lib.augment")
+tf = imported_on_use("tensorflow")
 
 
 def images(n=4, seed=0):

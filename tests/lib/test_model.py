@@ -6,9 +6,11 @@ import math
 import numpy as np
 import pytest
 
+from tests.conftest import imported_on_use
+
 pytestmark = pytest.mark.slow
 
-nn = pytest.importorskip("stages.lib.model")
+nn = imported_on_use("stages.lib.model")
 
 
 @pytest.mark.parametrize(

@@ -8,14 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from stages import evaluate, train
+from stages.lib.data import load_split
+from stages.preprocess import prepare
+from tests.conftest import imported_on_use, make_synthetic
+
 pytestmark = pytest.mark.slow
 
-nn = pytest.importorskip("stages.lib.model")
-
-from stages import evaluate, train  # noqa: E402
-from stages.lib.data import load_split  # noqa: E402
-from stages.preprocess import prepare  # noqa: E402
-from tests.conftest import make_synthetic  # noqa: E402
+nn = imported_on_use("stages.lib.model")
 
 TRAIN = {
     "labels": "sparse",

@@ -26,7 +26,7 @@ import pytest
 from stages.lib import cluster
 from stages.tools import remote, server
 from tests import conftest
-from tests.conftest import commit_all, run_in, tiny_clone
+from tests.conftest import commit_all, run_in, tiny_clone, user_environment
 
 BIN = Path(sys.executable).parent
 BUCKET = "team-bucket"
@@ -237,8 +237,7 @@ PROXIED = {"MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false"}
 def serve_champion(cwd: Path, tracking: str, log: Path) -> dict:
     """`mlflow models serve -m models:/tiny-classifier@champion` with no AWS variables; one request."""
     port = server.free_port()
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    environ.update({"PATH": f"{BIN}:{environ['PATH']}", "MLFLOW_TRACKING_URI": tracking, **NO_AWS, **PROXIED})
+    environ = user_environment(MLFLOW_TRACKING_URI=tracking, **NO_AWS, **PROXIED)
     command = ["mlflow", "models", "serve", "-m", f"models:/{MODEL}@champion", "--env-manager", "local"]
     with open(log, "wb") as out:
         proc = subprocess.Popen(

@@ -29,12 +29,11 @@ import pytest
 from stages.lib import cluster
 from stages.tools import server
 from tests import conftest
-from tests.conftest import commit_all, postgres_workdir, queue_seeds, run_in, tiny_clone
+from tests.conftest import commit_all, postgres_workdir, queue_seeds, run_in, tiny_clone, user_environment
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 MODEL = "tiny-classifier"  # clone A's synthetic data set is published as `tiny` (tiny_clone)
 
 
@@ -119,8 +118,7 @@ def test_queued_experiments_against_the_server(tracking, clone_a):
 def test_the_database_going_away_mid_experiment(tracking, clone_a):
     url, pg = tracking
     command = ["dvc", "exp", "run", "-S", "train.seed=4"]
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    environ.update({"PATH": f"{BIN}:{environ['PATH']}", "MLFLOW_TRACKING_URI": url})
+    environ = user_environment(MLFLOW_TRACKING_URI=url)
     log = clone_a / "exp.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(command, cwd=clone_a, env=environ, stdout=out, stderr=subprocess.STDOUT)
