@@ -262,10 +262,11 @@ def queue_seeds(repo: Path, seeds: tuple[int, ...], timeout_s: float = 480, **en
         queued = run_in(["dvc", "exp", "run", "--queue", "-S", f"train.seed={seed}"], repo)
         assert queued.returncode == 0, queued.stderr
     before = experiment_refs(repo)
-    # The workers inherit its output: it ends when they have ended.
+    # `dvc queue start` ends when the workers have ended: DVC's helper process that waits for them keeps its
+    # output open until then.
     start = subprocess.Popen(["dvc", "queue", "start", "-j", "2"], cwd=repo, env=user_environment(**env),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    deadline, status = time.monotonic() + timeout_s, ""
+    deadline, status, stopped = time.monotonic() + timeout_s, "", False
     try:
         for tick in itertools.count():
             # Each `dvc queue status` takes a core for 1.5-3 s, which the experiments need: it is asked as soon as
@@ -274,12 +275,17 @@ def queue_seeds(repo: Path, seeds: tuple[int, ...], timeout_s: float = 480, **en
                 status = run_in(["dvc", "queue", "status"], repo).stdout
                 if "Queued" not in status and "Running" not in status:
                     break
+            if start.poll() not in (None, 0):
+                pytest.fail(f"dvc queue start failed: {start.communicate()[0][-2000:]}")
             assert time.monotonic() < deadline, status
             time.sleep(1)
-        assert run_in(["dvc", "queue", "stop"], repo).returncode == 0
+        stopped = run_in(["dvc", "queue", "stop"], repo).returncode == 0
+        assert stopped
         output, _ = start.communicate(timeout=60)
         assert start.returncode == 0, output
     finally:
+        if not stopped:  # a failure or a timeout: no worker left running in the clone
+            run_in(["dvc", "queue", "stop", "--kill"], repo)
         if start.poll() is None:
             start.kill()
             start.wait()
@@ -318,7 +324,7 @@ def postgres_workdir(prefix: str):
 
 
 @pytest.fixture(scope="session")
-def default_model(tmp_path_factory, worker_id) -> Path:
+def default_model(tmp_path_factory) -> Path:
     """The pipeline's default network (params.yaml), trained on the prepared MNIST data as the train stage does
     it, into a temporary directory (the checkout's outputs and dvc.lock stay as they are): ``model.keras``, with
     ``serving.json`` and its ONNX form beside it. Once per session: the first xdist worker to need it trains it
@@ -331,7 +337,7 @@ def default_model(tmp_path_factory, worker_id) -> Path:
     root = Path(__file__).resolve().parents[1]
     prepared = root / "data" / "prepared"
     shared = tmp_path_factory.getbasetemp()
-    if worker_id != "master":
+    if "PYTEST_XDIST_WORKER" in os.environ:
         shared = shared.parent  # this session's directory, above each worker's own
     model = shared / "default-model" / "model.keras"
     (root / ".dvc" / "tmp").mkdir(exist_ok=True)  # DVC's own scratch directory, git-ignored
@@ -339,10 +345,7 @@ def default_model(tmp_path_factory, worker_id) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one worker at a time: DVC in one repository, and the training
         if not model.exists():
             if not (prepared / "x_train.npy").exists():
-                env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-                result = subprocess.run(
-                    ["dvc", "repro", "preprocess"], cwd=root, env=env, capture_output=True, text=True
-                )
+                result = run_in(["dvc", "repro", "preprocess"], root)
                 assert result.returncode == 0, result.stderr[-2000:]
             scratch = Path(tempfile.mkdtemp(prefix="default-model-", dir=shared))
             train(prepared, scratch, "dense", root / "params.yaml")

@@ -1,10 +1,11 @@
 """Studies shared through PostgreSQL with the real things (slow): two worker processes on one study, a worker
 killed with SIGKILL mid-trial, and `tune best` reproducing the best trial through `dvc exp run`.
 
-A clone of this repository with the tiny pipeline on synthetic digits (`tiny`: 2,500 images to train on and
-500 to test, `dvc repro`), a throw-away PostgreSQL cluster as TUNE_STORAGE, the clone's own SQLite MLflow store;
-trials of a few epochs on 8-16 hidden units: what is shown here is what Optuna, PostgreSQL, MLflow and DVC do,
-whatever the data.
+A clone of this repository with the tiny pipeline on synthetic digits (`tiny`: 2,500 training images, of which
+preprocess keeps 250 for validation, and 500 test images; `dvc repro`), a throw-away PostgreSQL cluster as
+TUNE_STORAGE, the clone's own SQLite MLflow store; trials of 2 epochs on 8-16 hidden units, and of 25-30 epochs
+where a worker is killed mid-trial: what is shown here is what Optuna, PostgreSQL, MLflow and DVC do, whatever
+the data.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -156,19 +158,23 @@ def test_two_workers_share_a_study_in_postgresql(clone, storage):
 def test_best_trial_reproduces_through_dvc_exp_run(clone, storage):
     import mlflow
 
-    best = max((t for t in study_trials(storage, "pair") if t.value is not None), key=lambda t: t.value)
+    trials = {t.number: t for t in study_trials(storage, "pair")}
     result = tune(clone, storage, "best", "--study", "pair")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "dvc exp run -n tune-pair -S model.kind=dense" in result.stdout
     assert " -S train.threads=1" in result.stdout  # the trial's thread count (dense: one), passed on
+    # Several trials reach a val_accuracy of 1.0 on these digits: the winner is the one `tune best` names (a tie
+    # has no order in the study's storage), and it has the highest value.
+    best = trials[int(re.search(r"tune-best: trial (\d+) of 'pair'", result.stdout).group(1))]
+    assert best.value == max(t.value for t in trials.values() if t.value is not None)
     metrics = json.loads((clone / "reports" / "metrics.json").read_text())
     assert abs(metrics["val_accuracy"] - best.value) <= TOLERANCE, (metrics, best.value)
+    # Its val_loss tells the tied trials apart: the model `dvc exp run` trained is the winner's own (its loss
+    # after its last epoch, as evaluate computes it; no early stopping).
     client = mlflow.MlflowClient(f"sqlite:///{clone}/mlflow.db")
-    # Several trials reach a val_accuracy of 1.0 on these digits; the val_loss tells them apart: the model
-    # `dvc exp run` trained is the best trial's own (its loss after one of its epochs, as evaluate computes it).
     [trial_run] = [r for r in child_runs(clone, "pair") if r.data.tags.get("tune.trial") == str(best.number)]
-    losses = [m.value for m in client.get_metric_history(trial_run.info.run_id, "val_loss")]
-    assert any(abs(metrics["val_loss"] - loss) <= 2e-6 + 1e-5 * loss for loss in losses), (metrics, losses)
+    last = max(client.get_metric_history(trial_run.info.run_id, "val_loss"), key=lambda m: m.step).value
+    assert abs(metrics["val_loss"] - last) <= 2e-6 + 1e-5 * last, (metrics, last)
     [run] = client.search_runs(
         [client.get_experiment_by_name("tiny").experiment_id], "attributes.run_name = 'tune-pair'"
     )
@@ -192,12 +198,13 @@ def test_a_worker_killed_mid_trial_leaves_no_trial_running(clone, storage):
             time.sleep(0.5)
             with_epochs = []
             with contextlib.suppress(KeyError):  # the study is not there yet
-                # two epochs or more still to go: the kill lands mid-trial, not after the trial has ended
+                # ten epochs or more still to go (over a second): the kill lands mid-trial, not after the trial
+                # has ended, whatever the machine's load
                 with_epochs = [
                     t
                     for t in study_trials(storage, "kill")
                     if t.state.name == "RUNNING"
-                    and 0 < len(t.intermediate_values) <= t.user_attrs["epochs_planned"] - 2
+                    and 0 < len(t.intermediate_values) <= t.user_attrs["epochs_planned"] - 10
                 ]
             if with_epochs:
                 victim = with_epochs[0]

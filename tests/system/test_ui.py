@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -15,22 +14,16 @@ from pathlib import Path
 import pytest
 
 from stages.tools.server import free_port
+from tests.conftest import user_environment
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def environ(**extra: str) -> dict[str, str]:
-    """This environment without make's or MLflow's variables, this venv first on PATH, plus ``extra``."""
-    skip = ("MLFLOW_", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
-    return {**env, "PATH": f"{Path(sys.executable).parent}:{env['PATH']}", **extra}
 
 
 def make_ui(**extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["make", "--no-print-directory", "ui", "UI_PORT=1"],
         cwd=ROOT,
-        env=environ(**extra),
+        env=user_environment(**extra),
         capture_output=True,
         text=True,
         timeout=120,
@@ -62,7 +55,7 @@ def test_make_ui_prints_the_training_view_of_the_mnist_experiment_and_serves_it(
     ui = subprocess.Popen(
         ["make", "--no-print-directory", "ui", f"UI_PORT={port}"],
         cwd=ROOT,
-        env=environ(MLFLOW_TRACKING_URI=f"sqlite:///{db}"),
+        env=user_environment(MLFLOW_TRACKING_URI=f"sqlite:///{db}"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
