@@ -206,13 +206,14 @@ def http_server():
     server.httpd.server_close()
 
 
-# --- TensorFlow, imported when a test needs it ---------------------------------------------------
+# --- TensorFlow and matplotlib, imported when a test needs them -----------------------------------
 
 
 class imported_on_use:  # noqa: N801 - stands for a module: `nn = imported_on_use("stages.lib.model")`
     """A module imported by its first attribute access (``pytest.importorskip``: a test without it is skipped),
-    for test modules whose tests use TensorFlow: imported at the top, it would cost every worker of the
-    parallel suite 5 s at collection, before its first test, whatever tests it is given."""
+    for test modules whose tests use TensorFlow (5 s) or the report figures (matplotlib and seaborn, 2-3 s):
+    imported at the top, it would cost every worker of the parallel suite that much at collection, before
+    its first test, whatever tests it is given."""
 
     def __init__(self, name: str) -> None:
         self._name, self._module = name, None

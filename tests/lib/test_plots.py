@@ -3,7 +3,10 @@
 import numpy as np
 import pytest
 
-from stages.lib import plots
+from tests.conftest import imported_on_use
+
+# matplotlib and seaborn (2-3 s) are imported by the first test that draws, not when the suite is collected.
+plots = imported_on_use("stages.lib.plots")
 
 
 def digits(n, size=5):
