@@ -477,8 +477,9 @@ def browser_programs() -> tuple[str | None, str | None]:
     return chromium, driver
 
 
-def browser():
-    """Chromium or Chrome, headless, through its chromedriver, logging every network request."""
+def browser(profile: Path):
+    """Chromium or Chrome, headless, through its chromedriver, logging every network request; its profile in
+    the folder ``profile`` (the test's own: a profile left in /tmp would be 3.5 MB a run)."""
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
 
@@ -499,7 +500,7 @@ def browser():
         "--disable-sync",
         "--no-first-run",
         "--window-size=1200,820",
-        f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}",
+        f"--user-data-dir={profile}",
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
@@ -560,7 +561,7 @@ def test_a_real_browser_draws_a_7_and_a_0(default_model, tmp_path):
     zero_strokes = [[(x, y) for x, y in STYLES[0][0][0]]]
     (tmp_path / "notes.png").write_text("not an image")
     with running_demo(default_model) as url:
-        driver = browser()
+        driver = browser(tmp_path / "chromium-profile")
         try:
             driver.get(url)
             canvas = WebDriverWait(driver, 30).until(
