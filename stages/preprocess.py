@@ -31,6 +31,7 @@ from stages.params import schema
 
 # The largest data set trained here: float32 arrays of every split, about twice (the training loop's copy).
 BYTES_PER_VALUE = 10
+SKIPS_NAMED = 5  # unreadable files named, with their reasons, in the line that says they were skipped (all: stats.json)
 
 
 def max_values(meminfo: Path = Path("/proc/meminfo")) -> int:
@@ -100,9 +101,12 @@ def load_raw(raw_dir: Path, cfg: dict, log=print) -> tuple[np.ndarray, np.ndarra
     labels = np.array([f["label"] for f in files], dtype=np.uint8 if len(manifest["classes"]) <= 256 else np.int64)
     split = np.array([f.get("split") or "" for f in files])
     if failed:
+        named = sorted(failed)[:SKIPS_NAMED]
+        more = f"; and {len(failed) - len(named)} more" if len(failed) > len(named) else ""
         log(
-            f"preprocess: skipped {len(failed)} unreadable file(s) (preprocess.skip_unreadable), e.g. "
-            f"{files[min(failed)]['path']}: {failed[min(failed)]}"
+            f"preprocess: skipped {len(failed)} unreadable file(s) (preprocess.skip_unreadable): "
+            + "; ".join(f"{files[i]['path']}: {failed[i]}" for i in named)
+            + more
         )
     pixels, labels, split = pixels[keep], labels[keep], split[keep]
     classes = len(manifest["classes"])

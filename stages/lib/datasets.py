@@ -46,6 +46,7 @@ IMAGES = "images.bin"  # in data/raw/, folder only: the image files' bytes, conc
 CLASSES_FILE = "classes.txt"  # idx only, optional: one class name per line
 SPLIT_DIRS = ("train", "test")
 MAX_FILE_BYTES = 64 << 20  # no image this project reads is larger (see stages.lib.images.MAX_PIXELS)
+FOLDERS_NAMED = 5  # sub-folders named in the line that says they were left out
 # The four IDX files, MNIST's names, by split: (images, labels).
 IDX_NAMES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -149,17 +150,17 @@ def _class_dirs(directory: str, rel: str, root_real: str, what: str) -> list[str
     return names
 
 
-def _class_files(directory: str, rel: str, root_real: str) -> tuple[list[str], int]:
-    """The relative path of each regular file directly in a class folder, and how many sub-folders it has.
+def _class_files(directory: str, rel: str, root_real: str) -> tuple[list[str], list[str]]:
+    """The relative path of each regular file directly in a class folder, and of each of its sub-folders.
 
     Sizes are checked as the files are read (``_read_image``), not here: one stat a file would cost 70,000 small
     files a third of a second more."""
-    files, subdirs = [], 0
+    files, subdirs = [], []
     for entry in _visible(directory, rel, root_real):
         if entry.is_file():
             files.append(f"{rel}{entry.name}")
         elif entry.is_dir():
-            subdirs += 1
+            subdirs.append(f"{rel}{entry.name}/")
     if not files:
         raise DatasetError(f"fetch.path: class folder {rel} holds no files")
     return files, subdirs
@@ -208,7 +209,7 @@ def scan_folder(root: Path, log: Log = print) -> Folder:
         raise DatasetError(f"fetch.path: a single class ({classes[0]}/): a classifier needs at least 2 class folders")
     label = {name: i for i, name in enumerate(classes)}
     found: list[Found] = []
-    subdirs = 0
+    subdirs: list[str] = []
     for split in splits:
         prefix = "" if split is None else f"{split}/"
         for name in classes:
@@ -217,8 +218,11 @@ def scan_folder(root: Path, log: Log = print) -> Folder:
             found += [Found(path, label[name], split) for path in files]
     found.sort(key=lambda f: f.path)
     if subdirs:
+        named = sorted(subdirs)[:FOLDERS_NAMED]
+        more = f" and {len(subdirs) - len(named)} more" if len(subdirs) > len(named) else ""
         log(
-            f"fetch: left out {subdirs} sub-folder(s) of class folders: only the files directly in a class folder count"
+            f"fetch: left out {len(subdirs)} sub-folder(s) of class folders, with what they hold "
+            f"(only the files directly in a class folder count): {', '.join(named)}{more}"
         )
     ignored = sum(1 for e in top if not e.is_dir())
     if ignored:

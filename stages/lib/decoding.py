@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.lib.images import MAX_PIXELS, ImageError
+from stages.lib.images import EMPTY_FILE, MAX_PIXELS, ImageError, unreadable
 
 EXIF_FORMATS = {"JPEG", "MPO", "TIFF", "WEBP"}  # formats whose orientation lives in EXIF
 CHUNK = 256  # images per task: large enough to hide the task's cost, small enough for steady progress
@@ -95,20 +95,16 @@ def to_array(source: Any, shape: Shape) -> np.ndarray:
 def _to_array(source: Any, shape: Shape) -> np.ndarray:
     """``to_array`` where Pillow's decompression-bomb warning is already an error (set once per chunk: a
     ``catch_warnings`` per image costs more than decoding a small one)."""
-    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+    from PIL import Image  # noqa: PLC0415
 
     try:
         with Image.open(source) as image:
             image.seek(0)
             return image_to_array(image, shape)
-    except ImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"image too large to decode safely (over {Image.MAX_IMAGE_PIXELS:,} pixels)") from None
-    except UnidentifiedImageError:
-        raise ImageError("not an image (or a format Pillow cannot read)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(f"cannot decode ({exc})") from None
+    except Exception as exc:
+        if (error := unreadable(exc)) is None:
+            raise
+        raise error from None
 
 
 def resize_arrays(images: np.ndarray, shape: Shape) -> np.ndarray:
@@ -151,6 +147,9 @@ def _decode_chunk(chunk: Sequence[tuple[int, int, int]]) -> list[tuple[int, str]
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         for index, offset, size in chunk:
+            if size == 0:
+                failed.append((index, EMPTY_FILE))
+                continue
             try:
                 out[index] = _to_array(io.BytesIO(blob[offset : offset + size]), shape)
             except ImageError as exc:

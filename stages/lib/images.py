@@ -27,6 +27,27 @@ class ImageError(ValueError):
     """This file cannot be turned into a digit; the message says why."""
 
 
+EMPTY_FILE = "empty file (0 bytes)"
+
+
+def unreadable(exc: Exception) -> ImageError | None:
+    """What Pillow raised opening or decoding an image, as the one-line ``ImageError`` that says why (``None``
+    for any other exception): one wording for ``mnist-predict``, the demo page and the preprocess stage."""
+    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+
+    if isinstance(exc, ImageError):
+        return exc
+    if isinstance(exc, Image.DecompressionBombError | Image.DecompressionBombWarning):
+        return ImageError(
+            f"image too large to decode safely (over Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} pixels)"
+        )
+    if isinstance(exc, UnidentifiedImageError):  # an OSError too: before them
+        return ImageError("not an image (or a format Pillow cannot read)")
+    if isinstance(exc, OSError | SyntaxError | ValueError | EOFError):
+        return ImageError(f"cannot decode ({exc})")
+    return None
+
+
 # --- one image into MNIST's form ---------------------------------------------
 
 
@@ -40,7 +61,7 @@ def decode(source: str | Path | Any) -> np.ndarray:
     draft mode) or right after (Pillow's box reduction), so a huge picture never
     becomes a huge array.
     """
-    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+    from PIL import Image  # noqa: PLC0415
 
     try:
         with warnings.catch_warnings():
@@ -48,16 +69,10 @@ def decode(source: str | Path | Any) -> np.ndarray:
             with Image.open(source) as image:
                 image.seek(0)  # the first frame of an animation
                 return from_image(image)
-    except ImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(
-            f"image too large to decode safely (over Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} pixels)"
-        ) from None
-    except UnidentifiedImageError:
-        raise ImageError("not an image (or a format Pillow cannot read)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"cannot decode: {exc}") from None
+    except Exception as exc:
+        if (error := unreadable(exc)) is None:
+            raise
+        raise error from None
 
 
 def from_image(image: Any) -> np.ndarray:

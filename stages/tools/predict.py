@@ -36,7 +36,7 @@ import numpy as np
 
 from stages import KERAS_EXTRAS, finish, leave_out
 from stages.lib import redact, tracking
-from stages.lib.images import ImageError, decode, mnist_style
+from stages.lib.images import EMPTY_FILE, ImageError, decode, mnist_style
 from stages.lib.paths import MLFLOW_DB, MODEL_PATH, ONNX_PATH, SERVING_CONFIG_PATH
 from stages.serving.classifier import DIGITS, IMAGE_SHAPE, RUNTIME_ENV, RUNTIMES
 
@@ -96,7 +96,7 @@ def prepare(outcome: Outcome, form: Form = Form()) -> Outcome:
         try:
             path = Path(outcome.path)
             if path.stat().st_size == 0:
-                raise ImageError("empty file (0 bytes)")
+                raise ImageError(EMPTY_FILE)
             outcome.pixels = in_form(path, form)
         except ImageError as exc:
             outcome.error = str(exc)

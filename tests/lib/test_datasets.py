@@ -138,7 +138,8 @@ def test_folder_without_split_is_packed_unmodified(tmp_path):
     assert seen == (raw / "images.bin").stat().st_size
     text = (raw / "dataset.json").read_text()
     assert text == datasets.manifest_text(manifest) and str(tmp_path) not in text
-    assert any("left out 1 sub-folder" in line for line in lines)
+    said = "only the files directly in a class folder count"
+    assert f"fetch: left out 1 sub-folder(s) of class folders, with what they hold ({said}): square/more/" in lines
     assert any("left out 1 file(s) at the top" in line for line in lines)
 
 

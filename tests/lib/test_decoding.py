@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from stages import preprocess
-from stages.lib import datasets, decoding
+from stages.lib import datasets, decoding, images
 from stages.lib.images import ImageError
 from stages.params.schema import ParamsError
 
@@ -58,6 +58,22 @@ def test_processes_decode_the_same_pixels_as_one_and_report_bad_files_by_index(t
     two, failed_two = decoding.decode_packed(tmp_path / "images.bin", entries, shape, workers=2)
     assert np.array_equal(one, two) and failed_one.keys() == failed_two.keys() == {7, 300}
     assert "not an image" in failed_two[300] and "cannot decode" in failed_two[7]
+
+
+def test_a_bad_file_gets_the_same_words_from_preprocess_as_from_predict_and_the_demo(tmp_path):
+    """One reason per kind of bad file, whichever decoder meets it: an empty file, bytes that are no image, a
+    truncated PNG."""
+    png = encoded(Image.new("L", (40, 40), 128))
+    bad = {"empty": b"", "text": b"just some notes", "cut": png[: len(png) // 2]}
+    entries = pack(tmp_path / "images.bin", list(bad.values()))
+    _, failed = decoding.decode_packed(tmp_path / "images.bin", entries, decoding.Shape(8, 8, 1), workers=1)
+    assert failed[0] == images.EMPTY_FILE == "empty file (0 bytes)"
+    assert failed[1] == "not an image (or a format Pillow cannot read)"
+    assert failed[2].startswith("cannot decode (")
+    for index, name in [(1, "text"), (2, "cut")]:
+        with pytest.raises(ImageError) as raised:
+            images.decode(io.BytesIO(bad[name]))
+        assert str(raised.value) == failed[index], name
 
 
 def test_an_image_over_the_pixel_cap_is_refused_before_decoding(monkeypatch, tmp_path):
@@ -118,9 +134,35 @@ def test_an_unreadable_file_is_named_or_skipped_and_counted(tmp_path):
     stats = prepared(tmp_path / "lenient", broken=True, skip_unreadable=True, log=lines.append)
     kept = sum(sum(counts.values()) for counts in stats["class_counts"].values())
     assert stats["dataset"]["skipped"] == ["dog/05.png"] and kept == 23
+    assert len(lines) == 1 and lines[0].startswith(
+        "preprocess: skipped 1 unreadable file(s) (preprocess.skip_unreadable): dog/05.png: cannot decode ("
+    )
+
+
+def test_the_skipped_files_are_named_up_to_a_few_with_their_reasons(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "pets")
+    for name in ["cat/00.png", "cat/01.png", "dog/02.png"]:
+        (root / name).write_bytes(b"")
+    (root / "dog" / "03.png").write_text("notes")
+    raw, lines = tmp_path / "raw", []
+    datasets.fetch_dataset("folder", "pets", root, raw, log=lambda line: None)
+    monkeypatch.setattr(preprocess, "SKIPS_NAMED", 3)
+    stats = preprocess.prepare(
+        raw,
+        tmp_path / "prepared",
+        0.25,
+        0,
+        "minmax",
+        image_size=(8, 6),
+        channels=3,
+        test_fraction=0.25,
+        skip_unreadable=True,
+        log=lines.append,
+    )
+    assert stats["dataset"]["skipped"] == ["cat/00.png", "cat/01.png", "dog/02.png", "dog/03.png"]
     assert lines == [
-        "preprocess: skipped 1 unreadable file(s) (preprocess.skip_unreadable), e.g. dog/05.png: "
-        + lines[0].split("dog/05.png: ", 1)[1]
+        "preprocess: skipped 4 unreadable file(s) (preprocess.skip_unreadable): cat/00.png: empty file (0 bytes); "
+        "cat/01.png: empty file (0 bytes); dog/02.png: empty file (0 bytes); and 1 more"
     ]
 
 
