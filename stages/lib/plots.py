@@ -50,27 +50,53 @@ def confusion_heatmap(
 
 # Pixels between images, and above each image for its caption (two lines at 8 points).
 GAP, CAPTION = 8, 14
+CAPTION_POINTS = 8
+IMAGE_INCHES = 1.3  # an image and its gap, on the page
 
 
-def tile(images: np.ndarray, columns: int) -> tuple[np.ndarray, list[tuple[float, float]]]:
+def tile(images: np.ndarray, columns: int, gap: int = GAP) -> tuple[np.ndarray, list[tuple[float, float]]]:
     """The images laid out in rows of ``columns`` on one canvas, and where each caption goes.
 
     Each image gets a cell: ``CAPTION`` pixels above it for its caption and
-    ``GAP / 2`` either side; the canvas around the images is the images'
-    background (their minimum). Caption anchors are (x, y) in canvas pixels,
-    the bottom centre of the caption.
+    ``gap / 2`` either side. The canvas around the images is white on the
+    page, where the captions are written in black: a gray image's background
+    (its minimum, drawn white by the reversed gray scale), a colour image's
+    maximum. Caption anchors are (x, y) in canvas pixels, the bottom centre of
+    the caption.
     """
     n, height, width = images.shape[:3]
     rows = max(1, -(-n // columns))
-    cell_w, cell_h = width + GAP, height + CAPTION
-    canvas = np.full((rows * cell_h, columns * cell_w, *images.shape[3:]), images.min() if n else 0.0, np.float32)
+    cell_w, cell_h = width + gap, height + CAPTION
+    fill = (images.max() if images.ndim == 4 else images.min()) if n else 0.0
+    canvas = np.full((rows * cell_h, columns * cell_w, *images.shape[3:]), fill, np.float32)
     anchors = []
     for i, image in enumerate(images):
         row, column = divmod(i, columns)
-        top, left = row * cell_h + CAPTION, column * cell_w + GAP // 2
+        top, left = row * cell_h + CAPTION, column * cell_w + gap // 2
         canvas[top : top + height, left : left + width] = image
         anchors.append(((column + 0.5) * cell_w, top - 1))
     return canvas, anchors
+
+
+def caption_gap(captions: list[str], width: int, inches_per_pixel: float) -> int:
+    """Pixels between images ``width`` pixels wide: ``GAP``, or more when a caption's widest line (at
+    ``CAPTION_POINTS``, as drawn) is wider than a cell (long class names): then ``GAP`` between captions."""
+    from matplotlib.textpath import TextPath  # noqa: PLC0415
+
+    widest = max(
+        (TextPath((0, 0), line, size=CAPTION_POINTS).get_extents().width for c in captions for line in c.splitlines()),
+        default=0.0,
+    )
+    # The axes (matplotlib's default margins) get this share of the page, the image in it as much as fits.
+    params = plt.rcParams
+    share = min(
+        params["figure.subplot.right"] - params["figure.subplot.left"],
+        params["figure.subplot.top"] - params["figure.subplot.bottom"],
+    )
+    text = widest / 72 / (inches_per_pixel * share)  # points to canvas pixels
+    if text < width + GAP:
+        return GAP  # it fits (MNIST's captions)
+    return int(np.ceil(text + GAP - width))  # a cell as wide as the caption, and GAP between two captions
 
 
 def image_grid(
@@ -81,14 +107,14 @@ def image_grid(
     highlight: list[bool] | None = None,
     columns: int = 8,
 ) -> None:
-    """A grid of 28x28 images with a caption above each (red when highlighted).
+    """A grid of images (gray or colour) with a caption above each (red when highlighted).
 
     One picture on one axes (``tile``), so one grey scale for all the images
     (from the darkest to the brightest pixel of any): a subplot per image
     would cost about 30 ms each to lay out and draw.
     """
-    canvas, anchors = tile(images, columns)
-    inches_per_pixel = 1.3 / (images.shape[2] + GAP)  # an image about an inch wide
+    inches_per_pixel = IMAGE_INCHES / (images.shape[2] + GAP)  # an image about an inch wide
+    canvas, anchors = tile(images, columns, caption_gap(captions, images.shape[2], inches_per_pixel))
     width, height = canvas.shape[1] * inches_per_pixel, canvas.shape[0] * inches_per_pixel + 0.4
     fig, ax = plt.subplots(figsize=(width, height))
     if canvas.ndim == 3:  # colour: shown as it is, its values stretched to [0, 1]
@@ -99,7 +125,7 @@ def image_grid(
     ax.set_axis_off()
     for i, ((x, y), text) in enumerate(zip(anchors, captions, strict=True)):
         red = highlight is not None and highlight[i]
-        ax.text(x, y, text, ha="center", va="bottom", fontsize=8, color="tab:red" if red else "black")
+        ax.text(x, y, text, ha="center", va="bottom", fontsize=CAPTION_POINTS, color="tab:red" if red else "black")
     ax.set_title(title)
     _save(fig, path)
 

@@ -159,6 +159,14 @@ class Classifier:
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
             import keras  # noqa: PLC0415 - TensorFlow: only when a model is answered through Keras
         except ImportError:
+            if problem is None:  # the keras runtime was asked for
+                usable = onnx_problem(onnx_path, config) is None
+                raise ModelUnavailable(
+                    "the keras runtime was asked for (--runtime keras, RUNTIME=keras or MODEL_RUNTIME=keras), and "
+                    "Keras is not installed here (an inference-only environment): "
+                    + ("leave the runtime to auto (its ONNX form)" if usable else "this model has no usable ONNX form")
+                    + ", or use the full environment (make install)"
+                ) from None
             raise ModelUnavailable(
                 f"{problem}, and Keras is not installed here (an inference-only environment): "
                 "use a model trained with an ONNX form, or the full environment (make install)"

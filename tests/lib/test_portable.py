@@ -124,6 +124,21 @@ def test_without_keras_a_model_without_a_usable_onnx_form_gets_one_line(onnx_mod
     assert "Keras is not installed here (an inference-only environment)" in last
 
 
+@pytest.mark.parametrize("damaged", [False, True], ids=["sound-onnx", "damaged-onnx"])
+def test_without_keras_the_keras_runtime_asked_for_gets_one_line_that_says_so(onnx_model, damaged):
+    if damaged:
+        (onnx_model / "model.onnx").write_bytes(b"not onnx")
+    result = answers_in_subprocess(onnx_model, "sys.modules['keras'] = None", runtime="keras")
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        "stages.serving.classifier.ModelUnavailable: the keras runtime was asked for (--runtime keras, "
+        "RUNTIME=keras or MODEL_RUNTIME=keras), and Keras is not installed here (an inference-only environment): "
+    ), last
+    advice = "this model has no usable ONNX form" if damaged else "leave the runtime to auto (its ONNX form)"
+    assert last.endswith(f"{advice}, or use the full environment (make install)"), last
+
+
 def test_an_unknown_runtime_is_refused(onnx_model, monkeypatch):
     monkeypatch.setenv("MODEL_RUNTIME", "tflite")
     with pytest.raises(ModelUnavailable, match="MODEL_RUNTIME=tflite: expected one of auto, onnx, keras"):

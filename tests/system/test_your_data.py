@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from stages.tools.server import free_port
-from tests.conftest import mlflow_runs, run_in
+from tests.conftest import mlflow_runs, run_in, tiny_clone
 from tests.stages.test_publish import post
 from tests.tools.test_demo import page_components, running_demo
 
@@ -246,3 +246,32 @@ def test_an_idx_data_set_with_class_names_goes_through_under_its_own_name(tmp_pa
     assert json.loads((root / "reports" / "metrics.json").read_text())["test_accuracy"] > 0.8
     client = mlflow.MlflowClient(f"sqlite:///{root}/mlflow.db")
     assert client.get_registered_model("bands-classifier").aliases == {"champion": 1}
+
+
+def test_a_bad_image_stops_dvc_repro_in_one_line_and_keeps_the_previous_arrays(tmp_path):
+    """Through DVC, as a user meets it: DVC deletes a stage's outputs before running it unless they persist, and
+    preprocess's must (a truncated file added to the folder must not cost the arrays that were there)."""
+    path = tiny_clone(tmp_path / "clone")
+    shapes = make_shapes(path / "data" / "external" / "shapes", per_class=8)
+    params = yaml.safe_load((path / "params.yaml").read_text())
+    params["fetch"].update(dataset="folder", name="shapes", path="data/external/shapes")
+    params["preprocess"].update(image_size=[8, 8], channels=3, style="plain", val_fraction=0.25, test_fraction=0.25)
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    prepared = path / "data" / "prepared"
+
+    def arrays() -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in sorted(prepared.iterdir())}
+
+    first = run_in(["dvc", "repro", "preprocess"], path)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    before = arrays()
+    (shapes / "circle" / "cut.png").write_bytes((shapes / "circle" / "0.png").read_bytes()[:60])
+    failed = run_in(["dvc", "repro", "preprocess"], path)
+    assert failed.returncode != 0
+    said = [line for line in (failed.stdout + failed.stderr).splitlines() if line.startswith("preprocess: error:")]
+    assert len(said) == 1 and said[0].startswith("preprocess: error: circle/cut.png: cannot decode ("), said
+    assert arrays() == before  # the previous arrays, every byte
+    (shapes / "circle" / "cut.png").unlink()
+    again = run_in(["dvc", "repro", "preprocess"], path)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert arrays() == before  # the same images: the same arrays
