@@ -324,7 +324,7 @@ def load(uri: str | None) -> tuple[Probabilities, str, Task]:
     """The model as a probabilities function, warmed up (first call traced), its description and its task."""
     from stages.tools.predict import load_model  # noqa: PLC0415
 
-    model, config = load_model(uri)
+    model, config, _ = load_model(uri)
     task = Task.of(config)
     model(np.zeros((1, *task.form.shape), dtype=np.float32))
     return model, describe_model(uri), task

@@ -27,10 +27,12 @@ import multiprocessing
 import os
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -133,8 +135,17 @@ def digit_in_form(gray: np.ndarray, form: Form) -> np.ndarray:
 # --- the model -------------------------------------------------------------------
 
 
-def load_model(uri: str | None, runtime: str | None = None):
-    """(a function from raw-pixel batches (N, *shape) to probabilities (N, classes), the model's serving config).
+class Loaded(NamedTuple):
+    """A model ready to answer: raw-pixel batches (N, *shape) to probabilities (N, classes), its serving config,
+    and which model answers through what (for the line that ends ``mnist-predict``'s output)."""
+
+    probabilities: Callable[[np.ndarray], np.ndarray]
+    config: dict
+    source: str
+
+
+def load_model(uri: str | None, runtime: str | None = None) -> Loaded:
+    """The model at ``uri`` (None: the pipeline's, ``data/model`` of this project).
 
     ``runtime``: auto (the ONNX form when the model has a sound one, else Keras), onnx or keras; None: the
     ``MODEL_RUNTIME`` variable's, else auto."""
@@ -147,7 +158,8 @@ def load_model(uri: str | None, runtime: str | None = None):
         if not model_path.exists():
             raise FileNotFoundError(f"{model_path} not found: run `dvc repro` first, or pass --model URI")
         classifier = Classifier(model_path, config_path, model_path.with_name(ONNX_PATH.name))
-        return classifier.probabilities, classifier.config
+        where = model_path.parent if model_path.name == MODEL_PATH.name else model_path
+        return Loaded(classifier.probabilities, classifier.config, f"{shown_path(where)}, {classifier.runtime}")
     import mlflow.pyfunc  # noqa: PLC0415
 
     tracking.quiet_mlflow()
@@ -155,8 +167,20 @@ def load_model(uri: str | None, runtime: str | None = None):
         mlflow.set_tracking_uri(f"sqlite:///{PROJECT / MLFLOW_DB}")
     model = mlflow.pyfunc.load_model(uri)
     served = model.unwrap_python_model()
-    config = served.classifier.config if hasattr(served, "classifier") else {}
-    return lambda pixels: np.stack(model.predict(pixels)["probabilities"].to_numpy()).astype(np.float64), config
+    classifier = getattr(served, "classifier", None)
+    return Loaded(
+        lambda pixels: np.stack(model.predict(pixels)["probabilities"].to_numpy()).astype(np.float64),
+        classifier.config if classifier is not None else {},
+        f"{redact.uri(uri)}, {classifier.runtime}" if classifier is not None else redact.uri(uri),
+    )
+
+
+def shown_path(path: Path) -> str:
+    """``path`` as a person reads it here: relative to the working directory when under it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path.resolve())
 
 
 def local_paths(uri: str | None) -> tuple[Path, Path]:
@@ -277,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as pool:
         prepared = pool.map(partial(prepare, form=form), listed, chunksize=64)  # copies come back
         try:
-            predict, config = load_model(args.model, args.runtime)
+            predict, config, source = load_model(args.model, args.runtime)
         except Exception as exc:  # any failure to load is reported in one line
             print(f"predict: error: cannot load the model: {redact.first_line(exc)}", file=sys.stderr)
             return 2
@@ -303,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.json:
         for o in failed:
             print(f"predict: error: {o.path}: {o.error}", file=sys.stderr)
-    print(f"predict: {len(good)} of {len(outcomes)} images in {time.monotonic() - started:.1f}s", file=sys.stderr)
+    seconds = time.monotonic() - started
+    print(f"predict: {len(good)} of {len(outcomes)} images in {seconds:.1f}s ({source})", file=sys.stderr)
     return 1 if failed else 0
 
 

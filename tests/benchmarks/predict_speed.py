@@ -77,7 +77,7 @@ def main() -> None:
         started = time.monotonic()
         from stages.tools import predict
 
-        model, _ = predict.load_model(None)
+        model = predict.load_model(None).probabilities
         startup = time.monotonic() - started
         started = time.monotonic()
         seen = np.stack([predict.mnist_style(predict.decode(p)) for p in photos])

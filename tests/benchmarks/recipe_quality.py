@@ -113,7 +113,7 @@ def main() -> None:
         paths = write_photos(images, Path(tmp) / "photos")
         order = np.argsort([str(p) for p in paths])  # mnist-predict answers in file-name order
         for name, uri in models.items():
-            model = predict.load_model(uri)[0]
+            model = predict.load_model(uri).probabilities
             drawn, per_digit = accuracy(model, per_style=args.per_style)
             probs = model(x_test.astype(np.float32))
             test_errors = test_set_errors(probs, y_test)

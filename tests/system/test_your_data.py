@@ -161,7 +161,8 @@ def test_the_champion_is_served_over_http_read_by_predict_and_answered_by_the_de
 
     # mnist-predict's functions: the files in the model's form, the answers named after its classes.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    probabilities, config = load_model(champion.stdout.strip())
+    probabilities, config, source = load_model(champion.stdout.strip())
+    assert source == "models:/shapes-classifier@champion, onnxruntime"
     assert config["classes"] == CLASSES and Form.of(config) == Form("plain", (16, 16, 3))
     prepared = [prepare(Outcome(str(f)), Form.of(config)) for f in files]
     assert [o.error for o in prepared] == [None] * len(files)

@@ -460,7 +460,7 @@ def test_a_colour_model_gets_an_upload_page_and_answers_class_names(colour_model
 def test_drawn_digits_are_recognised_by_the_default_model(default_model):
     from stages.tools.predict import load_model
 
-    total, per_digit = accuracy(load_model(str(default_model))[0])
+    total, per_digit = accuracy(load_model(str(default_model)).probabilities)
     print(f"drawn digits, dense default: {total:.3f}; per digit {per_digit}")
     assert total >= 0.90
 
