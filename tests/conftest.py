@@ -232,8 +232,9 @@ class imported_on_use:  # noqa: N801 - stands for a module: `nn = imported_on_us
 def user_environment(**env: str) -> dict[str, str]:
     """A user's environment: the project's on PATH, no inherited MLflow or DVC variables (``env`` sets the
     ones a test wants)."""
-    # Nor make's own variables: under `make test` a `make ...` would print "Entering directory" lines.
-    skip = ("MLFLOW_", "DVC_", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+    # Nor make's own variables: under `make test` a `make ...` would print "Entering directory" lines; nor the
+    # TensorFlow settings this process's imports made (stages.lib.model sets them for itself when imported).
+    skip = ("MLFLOW_", "DVC_", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "TF_", "KERAS_")
     environ = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
     environ.update({"PATH": f"{Path(sys.executable).parent}:{environ['PATH']}", **env})
     return environ

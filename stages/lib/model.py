@@ -19,40 +19,16 @@ from typing import Any
 # save. Must be set before TensorFlow is imported (the train stage turns it on
 # for the CNN and for dropout: see train.backend_settings).
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import numpy as np
 
 from stages.lib.files import atomic_path
+from stages.serving.classifier import import_keras
 
+keras = import_keras()  # TensorFlow's start-up lines left out
 
-def _import_quietly():
-    """TensorFlow with Keras, without the native start-up lines TensorFlow writes to stderr before its own
-    logging is set up ("All log messages before absl::InitializeLog()", "oneDNN custom operations are on"),
-    which ``TF_CPP_MIN_LOG_LEVEL`` cannot silence. Python errors still raise as usual. Under
-    ``python -X importtime`` stderr is left alone: the import times are what was asked for."""
-    import sys  # noqa: PLC0415
-
-    if "importtime" in sys._xoptions:
-        import keras  # noqa: PLC0415
-        import tensorflow  # noqa: PLC0415
-
-        return keras, tensorflow
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        import keras  # noqa: PLC0415
-        import tensorflow  # noqa: PLC0415
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-    return keras, tensorflow
-
-
-keras, tf = _import_quietly()
+import tensorflow as tf  # noqa: E402 - imported by Keras already, after the settings above
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28)

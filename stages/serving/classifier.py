@@ -51,6 +51,29 @@ class ModelUnavailable(RuntimeError):
     """The model cannot answer in this environment or with the runtime asked for; the message says why."""
 
 
+def import_keras() -> Any:
+    """Keras, and TensorFlow under it, without the native start-up lines TensorFlow writes to stderr before its
+    own logging is set up ("All log messages before absl::InitializeLog()", "oneDNN custom operations are on"),
+    which ``TF_CPP_MIN_LOG_LEVEL`` cannot silence. Python errors still raise as usual (``ImportError`` where Keras
+    is not installed). Under ``python -X importtime`` stderr is left alone: the import times are what was asked
+    for."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's own logging: warnings and errors only
+    if "importtime" in sys._xoptions:
+        import keras  # noqa: PLC0415
+
+        return keras
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import keras  # noqa: PLC0415
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    return keras
+
+
 def check_pixels(batch: Any, shape: tuple[int, ...] | list[int] = IMAGE_SHAPE) -> np.ndarray:
     """A (N, *shape) float32 batch of raw pixels, or ``BadInput``.
 
@@ -156,8 +179,7 @@ class Classifier:
         if runtime == "onnx":
             raise ModelUnavailable(f"{problem} ({RUNTIME_ENV}=onnx asks for it)")
         try:
-            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
-            import keras  # noqa: PLC0415 - TensorFlow: only when a model is answered through Keras
+            keras = import_keras()  # TensorFlow: only when a model is answered through Keras
         except ImportError:
             if problem is None:  # the keras runtime was asked for
                 usable = onnx_problem(onnx_path, config) is None

@@ -15,6 +15,7 @@ from scipy import ndimage
 from stages.lib.images import CENTRE, ImageError, decode, mnist_style
 from stages.tools import predict
 from stages.tools.predict import expand, prepare
+from tests.conftest import user_environment
 from tests.photos import write_photos
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -265,6 +266,29 @@ def test_the_installed_command_prints_everything_and_skips_unused_imports(tiny_m
     imported = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if line.startswith("import time")}
     assert "tensorflow" in imported
     assert not {"sklearn.base", "matplotlib.figure"} & imported  # Keras would import both: see stages.leave_out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", ["keras", "onnx"])
+def test_either_runtime_prints_the_answer_and_one_line_nothing_of_tensorflows(default_model, runtime):
+    """TensorFlow writes start-up lines to stderr (absl, oneDNN) that its log level cannot silence."""
+    import subprocess
+    import sys
+
+    command = Path(sys.executable).parent / "mnist-predict"
+    result = subprocess.run(
+        [command, str(ROOT / "examples" / "test-digit-7.png"), "--runtime", runtime, "--model", str(default_model)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=user_environment(),  # not this process's: its imports set TensorFlow's variables
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[1].split()[1] == "7", result.stdout
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("predict: 1 of 1 images in ") and line.endswith(
+        f", {'keras' if runtime == 'keras' else 'onnxruntime'})"
+    ), line
 
 
 # --- the quality gate: real MNIST test digits as photos, the default model (slow) ---------
