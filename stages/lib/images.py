@@ -32,7 +32,8 @@ EMPTY_FILE = "empty file (0 bytes)"
 
 def unreadable(exc: Exception) -> ImageError | None:
     """What Pillow raised opening or decoding an image, as the one-line ``ImageError`` that says why (``None``
-    for any other exception): one wording for ``mnist-predict``, the demo page and the preprocess stage."""
+    for ``MemoryError``): one wording for ``mnist-predict``, the demo page and the preprocess stage. A decoder's
+    surprise on a malformed file (``struct.error``, ``IndexError`` …) is that file's error too."""
     from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
 
     if isinstance(exc, ImageError):
@@ -45,7 +46,10 @@ def unreadable(exc: Exception) -> ImageError | None:
         return ImageError("not an image (or a format Pillow cannot read)")
     if isinstance(exc, OSError | SyntaxError | ValueError | EOFError):
         return ImageError(f"cannot decode ({exc})")
-    return None
+    if isinstance(exc, MemoryError):
+        return None
+    lines = str(exc).strip().splitlines()
+    return ImageError(f"cannot decode ({type(exc).__name__}: {lines[0] if lines else ''})")
 
 
 # --- one image into MNIST's form ---------------------------------------------

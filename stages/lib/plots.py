@@ -80,7 +80,7 @@ def tile(images: np.ndarray, columns: int, gap: int = GAP) -> tuple[np.ndarray, 
 
 def caption_gap(captions: list[str], width: int, inches_per_pixel: float) -> int:
     """Pixels between images ``width`` pixels wide: ``GAP``, or more when a caption's widest line (at
-    ``CAPTION_POINTS``, as drawn) is wider than a cell (long class names): then ``GAP`` between captions."""
+    ``CAPTION_POINTS``, as drawn) and half a ``GAP`` are wider than a cell (long class names)."""
     from matplotlib.textpath import TextPath  # noqa: PLC0415
 
     widest = max(
@@ -94,9 +94,8 @@ def caption_gap(captions: list[str], width: int, inches_per_pixel: float) -> int
         params["figure.subplot.top"] - params["figure.subplot.bottom"],
     )
     text = widest / 72 / (inches_per_pixel * share)  # points to canvas pixels
-    if text < width + GAP:
-        return GAP  # it fits (MNIST's captions)
-    return int(np.ceil(text + GAP - width))  # a cell as wide as the caption, and GAP between two captions
+    # A cell at least as wide as the caption and half a GAP (MNIST's captions: GAP, their cells are wide enough).
+    return max(GAP, int(np.ceil(text + GAP / 2 - width)))
 
 
 def image_grid(

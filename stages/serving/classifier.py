@@ -16,9 +16,12 @@ imports it without the rest of the project.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import sys
+import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -51,26 +54,43 @@ class ModelUnavailable(RuntimeError):
     """The model cannot answer in this environment or with the runtime asked for; the message says why."""
 
 
+_IMPORT_LOCK = threading.Lock()  # standard error is the process's: one redirection at a time
+
+
 def import_keras() -> Any:
     """Keras, and TensorFlow under it, without the native start-up lines TensorFlow writes to stderr before its
     own logging is set up ("All log messages before absl::InitializeLog()", "oneDNN custom operations are on"),
-    which ``TF_CPP_MIN_LOG_LEVEL`` cannot silence. Python errors still raise as usual (``ImportError`` where Keras
-    is not installed). Under ``python -X importtime`` stderr is left alone: the import times are what was asked
-    for."""
+    which ``TF_CPP_MIN_LOG_LEVEL`` cannot silence.
+
+    Standard error goes to a temporary file during the import and is written out after all if the import
+    fails, so a failure keeps its messages; an ``ImportError`` raises as usual. Left alone under ``python -X
+    importtime`` (the import times are what was asked for), when Keras is already imported, and when the
+    process has no standard error to redirect.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's own logging: warnings and errors only
-    if "importtime" in sys._xoptions:
+    if "importtime" in sys._xoptions or "keras" in sys.modules or sys.stderr is None:
         import keras  # noqa: PLC0415
 
         return keras
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        import keras  # noqa: PLC0415
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+    with _IMPORT_LOCK, tempfile.TemporaryFile() as held:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no usable file descriptor 2
+            import keras  # noqa: PLC0415
+
+            return keras
+        os.dup2(held.fileno(), 2)
+        try:
+            import keras  # noqa: PLC0415
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
     return keras
 
 
@@ -180,18 +200,22 @@ class Classifier:
             raise ModelUnavailable(f"{problem} ({RUNTIME_ENV}=onnx asks for it)")
         try:
             keras = import_keras()  # TensorFlow: only when a model is answered through Keras
-        except ImportError:
+        except ImportError as exc:
+            if importlib.util.find_spec("keras") is None:
+                missing = "Keras is not installed here (an inference-only environment)"
+            else:  # installed, but it (or TensorFlow under it) fails to import: say why
+                missing = f"Keras cannot be imported here ({type(exc).__name__}: {_first_line(exc)})"
             if problem is None:  # the keras runtime was asked for
                 usable = onnx_problem(onnx_path, config) is None
                 raise ModelUnavailable(
                     "the keras runtime was asked for (--runtime keras, RUNTIME=keras or MODEL_RUNTIME=keras), and "
-                    "Keras is not installed here (an inference-only environment): "
+                    f"{missing}: "
                     + ("leave the runtime to auto (its ONNX form)" if usable else "this model has no usable ONNX form")
                     + ", or use the full environment (make install)"
                 ) from None
             raise ModelUnavailable(
-                f"{problem}, and Keras is not installed here (an inference-only environment): "
-                "use a model trained with an ONNX form, or the full environment (make install)"
+                f"{problem}, and {missing}: use a model trained with an ONNX form, "
+                "or the full environment (make install)"
             ) from None
         if problem and config.get("onnx"):  # it was meant to have one: say why it is not used
             print(f"classifier: {problem}; answering through Keras", file=sys.stderr)

@@ -168,10 +168,11 @@ def load_model(uri: str | None, runtime: str | None = None) -> Loaded:
     model = mlflow.pyfunc.load_model(uri)
     served = model.unwrap_python_model()
     classifier = getattr(served, "classifier", None)
+    runtime = getattr(classifier, "runtime", None)  # a version registered before ONNX forms answers through Keras
     return Loaded(
         lambda pixels: np.stack(model.predict(pixels)["probabilities"].to_numpy()).astype(np.float64),
         classifier.config if classifier is not None else {},
-        f"{redact.uri(uri)}, {classifier.runtime}" if classifier is not None else redact.uri(uri),
+        f"{redact.uri(uri)}, {runtime or 'keras'}",
     )
 
 

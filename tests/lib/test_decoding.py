@@ -76,6 +76,23 @@ def test_a_bad_file_gets_the_same_words_from_preprocess_as_from_predict_and_the_
         assert str(raised.value) == failed[index], name
 
 
+def test_a_decoders_surprise_is_that_files_error_in_the_same_words_everywhere(monkeypatch):
+    import struct
+
+    def surprised(*args, **kwargs):
+        raise IndexError("list index out of range")
+
+    monkeypatch.setattr(Image, "open", surprised)
+    with pytest.raises(ImageError, match=r"^cannot decode \(IndexError: list index out of range\)$"):
+        images.decode(io.BytesIO(b"whatever"))
+    with pytest.raises(ImageError, match=r"^cannot decode \(IndexError: list index out of range\)$"):
+        decoding.to_array(io.BytesIO(b"whatever"), decoding.Shape(4, 4, 1))
+    assert str(images.unreadable(struct.error("unpack requires a buffer of 4 bytes"))) == (
+        "cannot decode (error: unpack requires a buffer of 4 bytes)"
+    )
+    assert images.unreadable(MemoryError()) is None  # not a file's fault: raised as it is
+
+
 def test_an_image_over_the_pixel_cap_is_refused_before_decoding(monkeypatch, tmp_path):
     monkeypatch.setattr(decoding, "MAX_PIXELS", 100)
     with pytest.raises(ImageError, match=r"image too large \(20x20; at most 100 pixels\)"):

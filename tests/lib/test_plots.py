@@ -70,9 +70,17 @@ def caption_boxes(monkeypatch, tmp_path, images, captions, columns):
     return boxes
 
 
-@pytest.mark.parametrize("names", [["0", "1"], ["red circle", "blue-square", "green_triangle_with_a_long_name"]])
-def test_captions_never_run_into_their_neighbours(monkeypatch, tmp_path, names):
-    images = np.random.default_rng(1).uniform(0, 1, (8, 32, 32, 3)).astype(np.float32)
+@pytest.mark.parametrize(
+    ("names", "side"),
+    [
+        (["0", "1"], 28),
+        (["owl", "rat"], 28),  # captions just narrower than a 28-pixel image's cell
+        (["red circle", "blue-square", "green_triangle_with_a_long_name"], 32),
+    ],
+    ids=["digits", "about-a-cell", "long"],
+)
+def test_captions_never_run_into_their_neighbours(monkeypatch, tmp_path, names, side):
+    images = np.random.default_rng(1).uniform(0, 1, (8, side, side, 3)).astype(np.float32)
     captions = [f"true {names[i % len(names)]} / pred {names[(i + 1) % len(names)]}\n97%" for i in range(8)]
     boxes = caption_boxes(monkeypatch, tmp_path, images, captions, columns=4)
     for row in (boxes[:4], boxes[4:]):

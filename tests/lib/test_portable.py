@@ -139,6 +139,26 @@ def test_without_keras_the_keras_runtime_asked_for_gets_one_line_that_says_so(on
     assert last.endswith(f"{advice}, or use the full environment (make install)"), last
 
 
+def test_a_keras_that_fails_to_import_is_named_with_its_error_and_its_messages_kept(onnx_model, tmp_path):
+    """Installed but broken (say TensorFlow's library missing): not "not installed", and what it wrote to standard
+    error while failing is still there, though a sound import's start-up lines are held back."""
+    broken = tmp_path / "site" / "keras"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text(
+        "import os\nos.write(2, b'native: libtensorflow_framework.so.2 not found\\n')\n"
+        "raise ImportError('libtensorflow_framework.so.2: cannot open shared object file')\n"
+    )
+    result = answers_in_subprocess(onnx_model, f"sys.path.insert(0, {str(tmp_path / 'site')!r})", runtime="keras")
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert "native: libtensorflow_framework.so.2 not found" in lines
+    assert lines[-1].startswith(
+        "stages.serving.classifier.ModelUnavailable: the keras runtime was asked for (--runtime keras, "
+        "RUNTIME=keras or MODEL_RUNTIME=keras), and Keras cannot be imported here (ImportError: "
+        "libtensorflow_framework.so.2: cannot open shared object file): leave the runtime to auto"
+    ), lines[-1]
+
+
 def test_an_unknown_runtime_is_refused(onnx_model, monkeypatch):
     monkeypatch.setenv("MODEL_RUNTIME", "tflite")
     with pytest.raises(ModelUnavailable, match="MODEL_RUNTIME=tflite: expected one of auto, onnx, keras"):

@@ -186,7 +186,8 @@ def test_one_complete_run_per_result_per_store(project):
 
 
 def test_outputs_restored_by_dvc_are_logged_without_invented_times(copy_of):
-    """What `dvc repro` does after the run-cache restored train/evaluate: no timing records for this model."""
+    """What `dvc repro` does after `dvc checkout` or `dvc pull` restored train/evaluate: no timing records for this
+    model."""
     copy = copy_of("restored", keep_timing=False)
     result = publish_here(copy)
     assert result.returncode == 0, result.stderr

@@ -75,7 +75,7 @@ def clone_a(workdir, tracking):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     commit_all(path, "tiny pipeline")
     assert run_in(["make", "remote", f"REMOTE={workdir / 'remote'}"], path).returncode == 0
-    pushed = run_in(["dvc", "push", "--run-cache"], path)
+    pushed = run_in(["dvc", "push"], path)
     assert pushed.returncode == 0, pushed.stderr
     return path
 

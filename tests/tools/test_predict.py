@@ -262,7 +262,8 @@ def test_the_installed_command_prints_everything_and_skips_unused_imports(tiny_m
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout)["path"] == str(tmp_path / "seven.png")  # flushed before the fast exit
     last = result.stderr.strip().splitlines()[-1]
-    assert re.fullmatch(rf"predict: 1 of 1 images in [0-9.]+s \({tiny_model_dir.resolve()}/data/model, keras\)", last)
+    where = re.escape(f"{tiny_model_dir.resolve()}/data/model")
+    assert re.fullmatch(rf"predict: 1 of 1 images in [0-9.]+s \({where}, keras\)", last), last
     imported = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if line.startswith("import time")}
     assert "tensorflow" in imported
     assert not {"sklearn.base", "matplotlib.figure"} & imported  # Keras would import both: see stages.leave_out
