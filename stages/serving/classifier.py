@@ -64,11 +64,12 @@ def import_keras() -> Any:
 
     Standard error goes to a temporary file during the import and is written out after all if the import
     fails, so a failure keeps its messages; an ``ImportError`` raises as usual. Left alone under ``python -X
-    importtime`` (the import times are what was asked for), when Keras is already imported, and when the
-    process has no standard error to redirect.
+    importtime`` or ``PYTHONPROFILEIMPORTTIME`` (the import times are what was asked for), when Keras is
+    already imported, and when the process has no standard error to redirect.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's own logging: warnings and errors only
-    if "importtime" in sys._xoptions or "keras" in sys.modules or sys.stderr is None:
+    import_times = "importtime" in sys._xoptions or os.environ.get("PYTHONPROFILEIMPORTTIME")
+    if import_times or "keras" in sys.modules or sys.stderr is None:
         import keras  # noqa: PLC0415
 
         return keras
