@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from stages.lib import processes
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -105,19 +107,34 @@ def write_json(target: Path, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def _recover(target: Path) -> None:
+    """Tidy what a ``staged_dir`` on ``target`` left when its process was killed: a staging directory of a
+    process that is gone is removed (it was never complete), and a previous ``target`` moved aside just before
+    the process died between the two renames is put back."""
+    old = target.with_name(f".{target.name}.old")
+    if old.is_dir() and not target.exists():
+        os.replace(old, target)
+    for staging in target.parent.glob(f".{target.name}.*.tmp"):
+        pid = staging.name[len(target.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and processes.runs(int(pid), b"stages") is False:  # gone, or its number reused
+            shutil.rmtree(staging, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def staged_dir(target: Path) -> Iterator[Path]:
     """Yield an empty temporary directory beside ``target``; swap it in on success.
 
     The previous ``target`` (if any) is replaced only after the block completes;
     on failure the staging directory is deleted and ``target`` is left as it was.
+    What a killed process left is tidied first (``_recover``).
     Every file and directory in the staging directory, and the staging directory
     itself, are fsynced before the swap (its entries durable before the rename
     can be), and the parent directory after it.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    _recover(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
     try:
         yield staging
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700
