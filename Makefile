@@ -61,12 +61,13 @@ install: $(STAMP)  ## Create .venv and install the locked dependencies (again on
 install-inference:  ## The inference-only environment .venv-inference (no TensorFlow): then `make serve INFERENCE=1`
 	@$(MAKE) --no-print-directory install INFERENCE=1
 
-# The demo page in the inference-only environment: Gradio on top (requirements-inference-demo.lock).
+# The demo page in the inference-only environment: Gradio on top (requirements-inference-demo.lock). No
+# conflict report: the project is installed there without its training dependencies (DVC, TensorFlow), by design.
 DEMO_STAMP := $(VENV)/.installed-demo-lock
 $(DEMO_STAMP): requirements-inference-demo.lock $(STAMP)
 	@$(ENSURE_PIP)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(PIP_INSTALL_FLAGS) --require-hashes \
-	  -r requirements-inference-demo.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-warn-conflicts $(PIP_INSTALL_FLAGS) \
+	  --require-hashes -r requirements-inference-demo.lock
 	@$(DROP_PIP)
 	@$(DROP_TESTS)
 	@touch $(DEMO_STAMP)

@@ -117,7 +117,9 @@ def check_pixels(batch: Any, shape: tuple[int, ...] | list[int] = IMAGE_SHAPE) -
         raise BadInput(f"expected a batch of {what} images (shape (N, {dims}) or (N, {size})), got shape {x.shape}")
     if len(x) == 0:
         raise BadInput(f"the batch is empty: send at least one {what} image")
-    if not np.isfinite(x).all() or x.min() < 0 or x.max() > 255:
+    if not np.isfinite(x).all():  # JSON's null arrives as NaN
+        raise BadInput("pixel values must be numbers in [0, 255], got NaN or infinity (a null or missing value?)")
+    if x.min() < 0 or x.max() > 255:
         raise BadInput(f"pixel values must be in [0, 255], got values in [{x.min()}, {x.max()}]")
     return x
 
@@ -137,6 +139,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def onnx_session(source: bytes | str | Path, threads: int | None = None) -> Any:
     """An onnxruntime session on ONNX bytes or a file, on ``threads`` threads (default: ``$MODEL_THREADS``, else
     the cores this process may use, ``cores.usable``, rather than onnxruntime's count of the machine's cores)."""
+    # onnxruntime (1.29 on) sends usage events to Microsoft unless told not to: nothing leaves this machine.
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     import onnxruntime as ort  # noqa: PLC0415 - only when an ONNX form is loaded
 
     options = ort.SessionOptions()

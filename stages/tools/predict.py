@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -165,7 +166,9 @@ def load_model(uri: str | None, runtime: str | None = None) -> Loaded:
     tracking.quiet_mlflow()
     if not os.environ.get("MLFLOW_TRACKING_URI"):  # models:/ URIs: the project's default store
         mlflow.set_tracking_uri(f"sqlite:///{PROJECT / MLFLOW_DB}")
-    model = mlflow.pyfunc.load_model(uri)
+    # Where Keras is not installed (the inference-only environment), MLflow would warn that the version's pinned
+    # TensorFlow and Keras are missing: by design there, as the ONNX form answers.
+    model = mlflow.pyfunc.load_model(uri, suppress_warnings=importlib.util.find_spec("keras") is None)
     served = model.unwrap_python_model()
     classifier = getattr(served, "classifier", None)
     runtime = getattr(classifier, "runtime", None)  # a version registered before ONNX forms answers through Keras

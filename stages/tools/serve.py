@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from stages.lib import processes, tracking
+from stages.lib import processes, redact, tracking
 from stages.lib.paths import MLFLOW_DB
 from stages.serving import cores
 from stages.serving.classifier import RUNTIME_ENV, RUNTIMES, THREADS_ENV
@@ -69,6 +69,19 @@ def environment(runtime: str, threads: int, base: dict[str, str] | None = None) 
     return env
 
 
+def loadable(model: str, env: dict[str, str]) -> str:
+    """Load ``model`` here once, as each worker will (the same store and runtime), and say which it is: a model
+    that cannot answer in this environment (a Keras-only version, or the Keras runtime forced, where Keras is not
+    installed) fails in one line now rather than in every worker. A registry URI is described with its version:
+    the server keeps that version until it is restarted, wherever the alias moves meanwhile."""
+    os.environ.update({key: env[key] for key in ("MLFLOW_TRACKING_URI", RUNTIME_ENV)})
+    from stages.tools.demo import describe_model  # noqa: PLC0415 - MLflow: only once the plan is sound
+    from stages.tools.predict import load_model  # noqa: PLC0415
+
+    load_model(model)
+    return describe_model(model)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=5001, help="on 127.0.0.1 (default 5001)")
@@ -95,9 +108,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"serve: error: no MLflow store at {store}: run `make repro` first, or set MLFLOW_TRACKING_URI",
               file=sys.stderr)  # fmt: skip
         return 1
+    try:
+        served = loadable(args.model, env)
+    except Exception as exc:  # before any worker: uvicorn would restart a worker that cannot load it, forever
+        print(f"serve: error: cannot load {redact.uri(args.model)}: {redact.first_line(exc)}", file=sys.stderr)
+        return 1
     share = env[THREADS_ENV]
     each = "through Keras" if args.runtime == "keras" else f"{share} onnxruntime thread{'s' * (share != '1')} each"
-    print(f"serve: {args.model} on http://{HOST}:{args.port}/invocations ({workers} worker{'s' * (workers != 1)}, "
+    print(f"serve: {served} on http://{HOST}:{args.port}/invocations ({workers} worker{'s' * (workers != 1)}, "
           f"{each})", flush=True)  # fmt: skip
     run = command(args.model, args.port, workers)
     os.execvpe(run[0], run, env)

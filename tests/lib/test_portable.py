@@ -159,6 +159,17 @@ def test_a_keras_that_fails_to_import_is_named_with_its_error_and_its_messages_k
     ), lines[-1]
 
 
+def test_onnxruntime_is_told_to_send_no_usage_events(onnx_model, monkeypatch):
+    """onnxruntime 1.29 on sends usage events to Microsoft (traced: DNS queries for mobile.events.data.microsoft.com
+    from any session) unless ORT_DISABLE_TELEMETRY is set before it starts; a user's own setting is kept."""
+    monkeypatch.delenv("ORT_DISABLE_TELEMETRY", raising=False)
+    classifier.onnx_session(onnx_model / "model.onnx")
+    assert os.environ["ORT_DISABLE_TELEMETRY"] == "1"
+    monkeypatch.setenv("ORT_DISABLE_TELEMETRY", "0")
+    classifier.onnx_session(onnx_model / "model.onnx")
+    assert os.environ["ORT_DISABLE_TELEMETRY"] == "0"
+
+
 def test_an_unknown_runtime_is_refused(onnx_model, monkeypatch):
     monkeypatch.setenv("MODEL_RUNTIME", "tflite")
     with pytest.raises(ModelUnavailable, match="MODEL_RUNTIME=tflite: expected one of auto, onnx, keras"):

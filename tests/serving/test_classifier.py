@@ -22,7 +22,7 @@ def test_accepts_images_and_flat_vectors():
         (np.zeros((0, 28, 28)), "the batch is empty"),
         (np.full((1, 28, 28), 256.0), "pixel values must be in [0, 255]"),
         (np.full((1, 28, 28), -1.0), "pixel values must be in [0, 255]"),
-        (np.full((1, 28, 28), np.nan), "pixel values must be in [0, 255]"),
+        (np.full((1, 28, 28), np.nan), "pixel values must be numbers in [0, 255], got NaN or infinity"),
         ([[["a"] * 28] * 28], "pixels must be numbers"),
     ],
 )

@@ -65,6 +65,16 @@ def test_the_servers_mlflow_output_is_quiet_unless_asked(monkeypatch):
     assert "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in serve.environment("auto", 1, {"PATH": "/bin"})
 
 
+LOADABLE = serve.loadable
+
+
+@pytest.fixture(autouse=True)
+def loads(monkeypatch):
+    """The model loads here (``serve.loadable``, which needs a store and a model: the real server's tests have
+    both), described with a version."""
+    monkeypatch.setattr(serve, "loadable", lambda model, env: f"{model}: version 3 (cnn, val_accuracy 0.9900)")
+
+
 def test_main_says_what_it_serves_and_hands_over_to_mlflow(capsys, monkeypatch):
     calls = []
     monkeypatch.setattr(serve.cores, "usable", lambda: 2)
@@ -74,8 +84,8 @@ def test_main_says_what_it_serves_and_hands_over_to_mlflow(capsys, monkeypatch):
     assert serve.main(["--port", "5077", "--model", "models:/shapes-classifier@champion"]) == 0
     out = capsys.readouterr().out
     assert out == (
-        "serve: models:/shapes-classifier@champion on http://127.0.0.1:5077/invocations "
-        "(2 workers, 1 onnxruntime thread each)\n"
+        "serve: models:/shapes-classifier@champion: version 3 (cnn, val_accuracy 0.9900) on "
+        "http://127.0.0.1:5077/invocations (2 workers, 1 onnxruntime thread each)\n"
     )
     [(file, args, env)] = calls
     assert file == args[0] and args[-6:] == ["-h", "127.0.0.1", "-p", "5077", "-w", "2"]
@@ -109,3 +119,25 @@ def test_through_keras_the_line_says_so_and_a_store_with_options_is_found(capsys
     monkeypatch.setattr(serve.os, "execvpe", lambda file, args, env: None)
     assert serve.main(["--model", "models:/mnist-classifier@champion", "--runtime", "keras", "--workers", "1"]) == 0
     assert capsys.readouterr().out.endswith("(1 worker, through Keras)\n")
+
+
+def test_a_model_that_cannot_load_here_is_one_line_before_any_worker(capsys, monkeypatch, tmp_path):
+    """In the inference-only environment, a Keras-only version (or the Keras runtime forced) cannot answer:
+    uvicorn would restart each worker as it fails, for ever."""
+    from stages.serving.classifier import ModelUnavailable
+    from stages.tools import predict
+
+    def unavailable(model, runtime=None):
+        raise ModelUnavailable("the keras runtime was asked for (…), and Keras is not installed here")
+
+    monkeypatch.setattr(serve, "loadable", LOADABLE)  # the real one, on a model that cannot load here
+    monkeypatch.setattr(predict, "load_model", unavailable)
+    monkeypatch.setattr(serve.os, "execvpe", lambda *a: pytest.fail("started a server"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:s3cret@127.0.0.1:5000")
+    assert serve.main(["--model", "models:/mnist-classifier@champion", "--runtime", "keras"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        "serve: error: cannot load models:/mnist-classifier@champion: the keras runtime was asked for (…), "
+        "and Keras is not installed here\n"
+    )
