@@ -12,6 +12,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -108,16 +109,25 @@ def write_json(target: Path, obj: Any) -> None:
 
 
 def _recover(target: Path) -> None:
-    """Tidy what a ``staged_dir`` on ``target`` left when its process was killed: a staging directory of a
-    process that is gone is removed (it was never complete), and a previous ``target`` moved aside just before
-    the process died between the two renames is put back."""
-    old = target.with_name(f".{target.name}.old")
-    if old.is_dir() and not target.exists():
-        os.replace(old, target)
-    for staging in target.parent.glob(f".{target.name}.*.tmp"):
-        pid = staging.name[len(target.name) + 2 :].split(".", 1)[0]
-        if pid.isdigit() and processes.runs(int(pid), b"stages") is False:  # gone, or its number reused
+    """Tidy what a ``staged_dir`` on ``target`` left when its process was killed: the staging directory of a
+    process that has ended (its pid is in the name) is removed, as it was never complete; and a previous
+    ``target`` moved aside by a process killed between the two renames is put back, unless another process
+    is staging ``target`` right now (it may be between its renames). A pid that is alive, whatever runs
+    under it now, keeps its directory: a leftover may stay, a live run's is never touched."""
+    name = re.compile(rf"\.{re.escape(target.name)}\.(\d+)\.[^.]+\.tmp")  # mkdtemp's random part has no dot
+    live = False
+    for staging in target.parent.iterdir():
+        match = name.fullmatch(staging.name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        if pid != os.getpid() and not processes.signalled(pid):
             shutil.rmtree(staging, ignore_errors=True)
+        else:
+            live = True
+    old = target.with_name(f".{target.name}.old")
+    if not live and old.is_dir() and not target.exists():
+        os.replace(old, target)
 
 
 @contextlib.contextmanager

@@ -72,6 +72,11 @@ def group_running(pgid: int, proc: Path = PROC) -> bool:
     return False
 
 
+def signalled(pid: int) -> bool:
+    """Whether process ``pid`` exists (whatever it runs now: its number may have been reused)."""
+    return _signalled(os.kill, pid)
+
+
 def _signalled(kill, target: int) -> bool:
     """Whether signal 0 reaches ``target`` through ``kill`` (``os.kill``, ``os.killpg``): something is there."""
     try:

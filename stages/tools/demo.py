@@ -315,7 +315,7 @@ def describe_model(uri: str | None) -> str:
         return uri
     tags = version.tags
     details = [tags[key] for key in ("model.kind",) if key in tags]
-    if SCORE_TAG in tags:
+    with contextlib.suppress(KeyError, ValueError):  # a tag edited by hand says nothing rather than fail
         details.append(f"{SCORE_TAG} {float(tags[SCORE_TAG]):.4f}")
     return f"{uri}: version {version.version}" + (f" ({', '.join(details)})" if details else "")
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from stages.lib import processes, redact, tracking
 from stages.lib.paths import MLFLOW_DB
 from stages.serving import cores
-from stages.serving.classifier import RUNTIME_ENV, RUNTIMES, THREADS_ENV
+from stages.serving.classifier import RUNTIME_ENV, RUNTIMES, TELEMETRY_OFF, THREADS_ENV
 
 HOST = "127.0.0.1"
 # Each worker holds its own copy of the model and its runtime (about 175 MB for an ONNX form, more through
@@ -66,20 +67,32 @@ def environment(runtime: str, threads: int, base: dict[str, str] | None = None) 
     env[RUNTIME_ENV] = runtime
     env[THREADS_ENV] = env.get(THREADS_ENV) or str(threads)
     env["MLFLOW_TRACKING_URI"] = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT / MLFLOW_DB}"
-    return env
+    return {**TELEMETRY_OFF, **env}  # for every version's logged code, whatever it sets itself
 
 
-def loadable(model: str, env: dict[str, str]) -> str:
-    """Load ``model`` here once, as each worker will (the same store and runtime), and say which it is: a model
-    that cannot answer in this environment (a Keras-only version, or the Keras runtime forced, where Keras is not
-    installed) fails in one line now rather than in every worker. A registry URI is described with its version:
-    the server keeps that version until it is restarted, wherever the alias moves meanwhile."""
-    os.environ.update({key: env[key] for key in ("MLFLOW_TRACKING_URI", RUNTIME_ENV)})
-    from stages.tools.demo import describe_model  # noqa: PLC0415 - MLflow: only once the plan is sound
-    from stages.tools.predict import load_model  # noqa: PLC0415
+def loadable(model: str, env: dict[str, str]) -> tuple[str, str]:
+    """(the model to serve, what it is): ``model`` with a registry alias pinned to the version it names now,
+    loaded here once, as each worker will load it (the same store, runtime and environment), into a temporary
+    directory removed after. A model that cannot answer in this environment (a Keras-only version, or the Keras
+    runtime forced, where Keras is not installed) fails in one line now rather than in every worker, which
+    uvicorn would restart for ever. The server keeps that version until it is restarted, wherever the alias
+    moves meanwhile."""
+    os.environ.update(env)  # this process becomes the server: its environment is the server's
+    import mlflow  # noqa: PLC0415 - only once the plan is sound
+    import mlflow.pyfunc  # noqa: PLC0415
 
-    load_model(model)
-    return describe_model(model)
+    from stages.tools.demo import describe_model  # noqa: PLC0415
+
+    pinned = model
+    if model.startswith("models:/") and "@" in model:
+        name, alias = model.removeprefix("models:/").split("@", 1)
+        version = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).get_model_version_by_alias(name, alias)
+        pinned = f"models:/{name}/{version.version}"
+    with tempfile.TemporaryDirectory(prefix="serve-check-") as tmp:
+        # Its workers warn of the TensorFlow and Keras it pins where they are not installed: once is enough.
+        mlflow.pyfunc.load_model(pinned, suppress_warnings=True, dst_path=tmp)
+    described = describe_model(pinned)
+    return pinned, (f"{redact.uri(model)}: {described.split(': ', 1)[1]}" if pinned != model else described)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         return 1
     try:
-        served = loadable(args.model, env)
+        args.model, served = loadable(args.model, env)
     except Exception as exc:  # before any worker: uvicorn would restart a worker that cannot load it, forever
         print(f"serve: error: cannot load {redact.uri(args.model)}: {redact.first_line(exc)}", file=sys.stderr)
         return 1

@@ -30,29 +30,36 @@ def test_failed_write_leaves_target_and_no_temp(tmp_path):
 
 def test_staged_dir_tidies_what_a_killed_stage_left_and_keeps_a_live_ones(tmp_path):
     """A stage killed mid-write (SIGKILL, the OOM killer) leaves its staging directory; one killed between the
-    two renames leaves the previous output moved aside and none in place."""
+    two renames leaves the previous output moved aside and none in place. A live process's staging directory,
+    whatever that process runs, is never touched, and while one exists nothing is put back (it may be between
+    its own renames)."""
     import subprocess
     import sys
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])  # a pid that has ended
     gone.wait()
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "stages.preprocess"])
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    target = tmp_path / "prepared"
     try:
-        target = tmp_path / "prepared"
         (tmp_path / f".prepared.{gone.pid}.a1b2.tmp").mkdir()
         (tmp_path / f".prepared.{live.pid}.c3d4.tmp").mkdir()
         (tmp_path / ".prepared.old").mkdir()
         (tmp_path / ".prepared.old" / "x_train.npy").write_text("the previous arrays")
-        (tmp_path / ".raw.1.e5f6.tmp").mkdir()  # another output's: not this one's to tidy
+        (tmp_path / f".prepared.v2.{gone.pid}.e5f6.tmp").mkdir()  # another output's (prepared.v2): not this one's
         with pytest.raises(RuntimeError), staged_dir(target):
-            # Before the block: the previous output is back, the dead process's staging directory gone.
-            assert (target / "x_train.npy").read_text() == "the previous arrays"
             raise RuntimeError("a bad image")
         left = sorted(p.name for p in tmp_path.iterdir())
-        assert left == [f".prepared.{live.pid}.c3d4.tmp", ".raw.1.e5f6.tmp", "prepared"], left
+        kept = sorted([".prepared.old", f".prepared.v2.{gone.pid}.e5f6.tmp", f".prepared.{live.pid}.c3d4.tmp"])
+        assert left == kept, left
     finally:
         live.kill()
         live.wait()
+    with pytest.raises(RuntimeError), staged_dir(target):
+        # No other process stages it now: the previous output is back before the block.
+        assert (target / "x_train.npy").read_text() == "the previous arrays"
+        raise RuntimeError("a bad image")
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == [f".prepared.v2.{gone.pid}.e5f6.tmp", "prepared"], left
 
 
 def test_staged_dir_replaces_whole_directory(tmp_path):

@@ -337,3 +337,24 @@ def test_quality_gate_on_photo_like_digits(default_model, tmp_path, capsys):
     )
     assert photo_accuracy >= 0.96 and clean_accuracy - photo_accuracy <= 0.02
     assert naive_accuracy < 0.5
+
+
+def test_in_the_inference_environment_only_the_missing_training_packages_go_unsaid():
+    import logging
+
+    def warning(*mismatches: str) -> logging.LogRecord:
+        lines = "\n".join(f" - {m}" for m in mismatches)
+        message = f"Detected one or more mismatches between the model's dependencies and …:\n{lines}\nTo fix …"
+        return logging.LogRecord("mlflow.utils.requirements_utils", logging.WARNING, "", 0, message, None, None)
+
+    training = [
+        "tensorflow-cpu (current: uninstalled, required: tensorflow-cpu==2.21.0)",
+        "keras (current: uninstalled, required: keras==3.15.1)",
+    ]
+    assert not predict.beyond_training_packages(warning(*training))
+    assert predict.beyond_training_packages(warning(*training, "numpy (current: 1.26.0, required: numpy==2.3.4)"))
+    assert predict.beyond_training_packages(
+        warning("onnxruntime (current: uninstalled, required: onnxruntime==1.32.0)")
+    )
+    other = logging.LogRecord("mlflow", logging.WARNING, "", 0, "something else", None, None)
+    assert predict.beyond_training_packages(other)

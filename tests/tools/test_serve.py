@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -72,7 +73,7 @@ LOADABLE = serve.loadable
 def loads(monkeypatch):
     """The model loads here (``serve.loadable``, which needs a store and a model: the real server's tests have
     both), described with a version."""
-    monkeypatch.setattr(serve, "loadable", lambda model, env: f"{model}: version 3 (cnn, val_accuracy 0.9900)")
+    monkeypatch.setattr(serve, "loadable", lambda model, env: (model, f"{model}: version 3 (cnn, val_accuracy 0.9900)"))
 
 
 def test_main_says_what_it_serves_and_hands_over_to_mlflow(capsys, monkeypatch):
@@ -123,21 +124,32 @@ def test_through_keras_the_line_says_so_and_a_store_with_options_is_found(capsys
 
 def test_a_model_that_cannot_load_here_is_one_line_before_any_worker(capsys, monkeypatch, tmp_path):
     """In the inference-only environment, a Keras-only version (or the Keras runtime forced) cannot answer:
-    uvicorn would restart each worker as it fails, for ever."""
-    from stages.serving.classifier import ModelUnavailable
-    from stages.tools import predict
+    uvicorn would restart each worker as it fails, for ever. The store's password never shows."""
+    from unittest import mock
 
-    def unavailable(model, runtime=None):
-        raise ModelUnavailable("the keras runtime was asked for (…), and Keras is not installed here")
+    import mlflow.pyfunc
+
+    from stages.serving.classifier import ModelUnavailable
+
+    def unavailable(uri, **kwargs):
+        raise ModelUnavailable(f"{uri} at {os.environ['MLFLOW_TRACKING_URI']}: Keras is not installed here")
 
     monkeypatch.setattr(serve, "loadable", LOADABLE)  # the real one, on a model that cannot load here
-    monkeypatch.setattr(predict, "load_model", unavailable)
+    monkeypatch.setattr(mlflow.pyfunc, "load_model", unavailable)
     monkeypatch.setattr(serve.os, "execvpe", lambda *a: pytest.fail("started a server"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:s3cret@127.0.0.1:5000")
-    assert serve.main(["--model", "models:/mnist-classifier@champion", "--runtime", "keras"]) == 1
+    with mock.patch.dict(os.environ):  # loadable makes this process's environment the server's: restored after
+        assert serve.main(["--model", "models:/mnist-classifier/3", "--runtime", "keras"]) == 1
+        assert os.environ["ORT_DISABLE_TELEMETRY"] == "1" and os.environ["MODEL_RUNTIME"] == "keras"
     captured = capsys.readouterr()
-    assert captured.out == ""
-    assert captured.err == (
-        "serve: error: cannot load models:/mnist-classifier@champion: the keras runtime was asked for (…), "
-        "and Keras is not installed here\n"
+    assert captured.out == "" and "s3cret" not in captured.err
+    assert captured.err.startswith(
+        "serve: error: cannot load models:/mnist-classifier/3: models:/mnist-classifier/3 at "
     )
+    assert captured.err.endswith(": Keras is not installed here\n")
+
+
+def test_the_servers_environment_turns_onnxruntimes_usage_events_off_unless_set():
+    """Every version's workers, also those whose logged code predates the project's own setting."""
+    assert serve.environment("auto", 1, {"PATH": "/bin"})["ORT_DISABLE_TELEMETRY"] == "1"
+    assert serve.environment("auto", 1, {"PATH": "/bin", "ORT_DISABLE_TELEMETRY": "0"})["ORT_DISABLE_TELEMETRY"] == "0"
