@@ -136,15 +136,19 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-# onnxruntime (1.29 on) sends usage events to Microsoft unless told not to: in every process that may open a
-# session, before it does (a version registered earlier opens it through its own logged copy of this file).
-TELEMETRY_OFF = {"ORT_DISABLE_TELEMETRY": "1"}
+def telemetry_off(env: Any) -> Any:
+    """``env`` (``os.environ``, or a process's environment to be) with onnxruntime's usage events off unless it
+    says otherwise: onnxruntime (1.29 on) sends them to Microsoft unless told not to. Needed in every process that
+    may open a session, before it does (a version registered earlier opens one through its own logged copy of
+    this file)."""
+    env.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    return env
 
 
 def onnx_session(source: bytes | str | Path, threads: int | None = None) -> Any:
     """An onnxruntime session on ONNX bytes or a file, on ``threads`` threads (default: ``$MODEL_THREADS``, else
     the cores this process may use, ``cores.usable``, rather than onnxruntime's count of the machine's cores)."""
-    os.environ.update({k: v for k, v in TELEMETRY_OFF.items() if k not in os.environ})
+    telemetry_off(os.environ)
     import onnxruntime as ort  # noqa: PLC0415 - only when an ONNX form is loaded
 
     options = ort.SessionOptions()

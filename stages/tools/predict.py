@@ -42,7 +42,7 @@ from stages import KERAS_EXTRAS, finish, leave_out
 from stages.lib import redact, tracking
 from stages.lib.images import EMPTY_FILE, ImageError, decode, mnist_style
 from stages.lib.paths import MLFLOW_DB, MODEL_PATH, ONNX_PATH, SERVING_CONFIG_PATH
-from stages.serving.classifier import DIGITS, IMAGE_SHAPE, RUNTIME_ENV, RUNTIMES, TELEMETRY_OFF
+from stages.serving.classifier import DIGITS, IMAGE_SHAPE, RUNTIME_ENV, RUNTIMES, telemetry_off
 
 PROJECT = Path(__file__).resolve().parents[2]  # the repository, wherever `mnist-predict` is run from
 
@@ -153,8 +153,7 @@ def load_model(uri: str | None, runtime: str | None = None) -> Loaded:
     ``MODEL_RUNTIME`` variable's, else auto."""
     if runtime:
         os.environ[RUNTIME_ENV] = runtime  # a served model from the registry reads it when it loads
-    for key, value in TELEMETRY_OFF.items():  # a version registered earlier opens onnxruntime through its own code
-        os.environ.setdefault(key, value)
+    telemetry_off(os.environ)  # a version registered earlier opens onnxruntime through its own code
     if uri is None or ":/" not in uri:  # the pipeline's model, or a .keras file (or its directory)
         from stages.serving.classifier import Classifier  # noqa: PLC0415
 

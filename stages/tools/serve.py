@@ -25,7 +25,7 @@ from pathlib import Path
 from stages.lib import processes, redact, tracking
 from stages.lib.paths import MLFLOW_DB
 from stages.serving import cores
-from stages.serving.classifier import RUNTIME_ENV, RUNTIMES, TELEMETRY_OFF, THREADS_ENV
+from stages.serving.classifier import RUNTIME_ENV, RUNTIMES, THREADS_ENV, telemetry_off
 
 HOST = "127.0.0.1"
 # Each worker holds its own copy of the model and its runtime (about 175 MB for an ONNX form, more through
@@ -67,7 +67,7 @@ def environment(runtime: str, threads: int, base: dict[str, str] | None = None) 
     env[RUNTIME_ENV] = runtime
     env[THREADS_ENV] = env.get(THREADS_ENV) or str(threads)
     env["MLFLOW_TRACKING_URI"] = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT / MLFLOW_DB}"
-    return {**TELEMETRY_OFF, **env}  # for every version's logged code, whatever it sets itself
+    return telemetry_off(env)  # for every version's logged code, whatever it sets itself
 
 
 def loadable(model: str, env: dict[str, str]) -> tuple[str, str]:
