@@ -101,12 +101,10 @@ def load_raw(raw_dir: Path, cfg: dict, log=print) -> tuple[np.ndarray, np.ndarra
     labels = np.array([f["label"] for f in files], dtype=np.uint8 if len(manifest["classes"]) <= 256 else np.int64)
     split = np.array([f.get("split") or "" for f in files])
     if failed:
-        named = sorted(failed)[:SKIPS_NAMED]
-        more = f"; and {len(failed) - len(named)} more" if len(failed) > len(named) else ""
+        reasons = [f"{files[i]['path']}: {failed[i]}" for i in sorted(failed)]
         log(
             f"preprocess: skipped {len(failed)} unreadable file(s) (preprocess.skip_unreadable): "
-            + "; ".join(f"{files[i]['path']}: {failed[i]}" for i in named)
-            + more
+            + datasets.first_few(reasons, SKIPS_NAMED, "; ")
         )
     pixels, labels, split = pixels[keep], labels[keep], split[keep]
     classes = len(manifest["classes"])

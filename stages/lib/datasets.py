@@ -150,6 +150,12 @@ def _class_dirs(directory: str, rel: str, root_real: str, what: str) -> list[str
     return names
 
 
+def first_few(names: list[str], limit: int, sep: str) -> str:
+    """The first ``limit`` of ``names`` joined by ``sep``, then how many more there are (for one-line reports)."""
+    rest = len(names) - limit
+    return sep.join(names[:limit]) + (f"{sep}and {rest} more" if rest > 0 else "")
+
+
 def _class_files(directory: str, rel: str, root_real: str) -> tuple[list[str], list[str]]:
     """The relative path of each regular file directly in a class folder, and of each of its sub-folders.
 
@@ -218,11 +224,9 @@ def scan_folder(root: Path, log: Log = print) -> Folder:
             found += [Found(path, label[name], split) for path in files]
     found.sort(key=lambda f: f.path)
     if subdirs:
-        named = sorted(subdirs)[:FOLDERS_NAMED]
-        more = f" and {len(subdirs) - len(named)} more" if len(subdirs) > len(named) else ""
         log(
             f"fetch: left out {len(subdirs)} sub-folder(s) of class folders, with what they hold "
-            f"(only the files directly in a class folder count): {', '.join(named)}{more}"
+            f"(only the files directly in a class folder count): {first_few(sorted(subdirs), FOLDERS_NAMED, ', ')}"
         )
     ignored = sum(1 for e in top if not e.is_dir())
     if ignored:
