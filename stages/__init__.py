@@ -21,7 +21,7 @@ _REQUIRED = {"numpy": "numpy", "yaml": "pyyaml", "pandas": "pandas"}  # also in 
 _missing = [package for module, package in _REQUIRED.items() if importlib.util.find_spec(module) is None]
 if _missing:
     raise SystemExit(
-        f"stages: {sys.executable} lacks the project's packages ({', '.join(_missing)}): "
+        f"stages: error: {sys.executable} lacks the project's packages ({', '.join(_missing)}): "
         "activate the project's environment first (`source .venv/bin/activate`; `make install` creates it)"
     )
 

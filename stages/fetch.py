@@ -25,8 +25,7 @@ from stages.lib.files import dir_digest, staged_dir
 from stages.lib.paths import RAW_DIR
 from stages.lib.sources import SOURCES, Expected, Settings, SourceError, SourceSkipped, origin, verify
 from stages.lib.store import repo_root
-from stages.params import fetch as fetch_params
-from stages.params import schema
+from stages.params import pipeline, schema
 
 
 class FetchError(RuntimeError):
@@ -110,9 +109,9 @@ def fetch_own(cfg: dict[str, Any]) -> int:
 def main() -> int:
     sys.stdout.reconfigure(line_buffering=True)  # progress lines reach logs as they happen
     try:
-        cfg = schema.load(fetch_params)["fetch"]
+        cfg = pipeline.load()["fetch"]  # every section: see stages.params.pipeline
     except schema.ParamsError as exc:
-        print(exc, file=sys.stderr)
+        print(f"fetch: error: {exc}", file=sys.stderr)
         return 2
     return fetch_mnist(cfg) if cfg["dataset"] == "mnist" else fetch_own(cfg)
 

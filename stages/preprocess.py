@@ -227,7 +227,7 @@ def main() -> int:
     try:
         cfg = schema.load(preprocess_params)["preprocess"]
     except schema.ParamsError as exc:
-        print(exc, file=sys.stderr)
+        print(f"preprocess: error: {exc}", file=sys.stderr)
         return 2
     try:
         rest = {k: v for k, v in cfg.items() if k not in ("val_fraction", "seed", "normalize")}

@@ -37,7 +37,8 @@ from stages.lib.paths import (
     RAW_DIR,
     SERVING_CONFIG_PATH,
 )
-from stages.params import evaluate, fetch, model, preprocess, schema, train
+from stages.params import pipeline, schema
+from stages.params.pipeline import SECTIONS
 from stages.serving.classifier import (
     CONFIG_ARTIFACT,
     IMAGE_SHAPE,
@@ -47,7 +48,6 @@ from stages.serving.classifier import (
     output_columns,
 )
 
-SECTIONS = (fetch, preprocess, model, train, evaluate)
 # Key params copied onto each registered model version, next to its scores
 # (only those that take effect: model.cnn.filters for a CNN only).
 VERSION_PARAMS = (
@@ -386,7 +386,7 @@ def main() -> int:
     sys.stdout.reconfigure(line_buffering=True)
     started = time.time()
     try:
-        cfg = schema.load(*SECTIONS)
+        cfg = pipeline.load()
         uri, artifact_location = store.store()
         store.preflight(uri)
         model_key, key = keys(cfg, read_stats()["sha256"][:DATA_DIGEST_LEN])

@@ -226,6 +226,14 @@ class imported_on_use:  # noqa: N801 - stands for a module: `nn = imported_on_us
         return getattr(self._module, attribute)
 
 
+def write_params(directory: Path, **fetch: object) -> None:
+    """The project's ``params.yaml`` in ``directory``, its ``fetch`` section replaced by ``fetch`` (the fetch stage
+    checks every section before it starts)."""
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "params.yaml").write_text(yaml.safe_dump({**params, "fetch": fetch}, sort_keys=False))
+
+
 # --- commands and MLflow stores of the slow, real-component tests -----------------
 
 

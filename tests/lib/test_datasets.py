@@ -27,6 +27,7 @@ from stages.lib import datasets, idx, runtime
 from stages.lib.datasets import DatasetError, fetch_dataset, iter_files, read_manifest
 from stages.params import fetch as fetch_params
 from stages.params import schema
+from tests.conftest import write_params
 
 CLASSES = ["circle", "square", "triangle"]
 MODES = ["RGB", "L", "RGBA"]
@@ -292,7 +293,7 @@ def test_a_damaged_images_bin_is_one_line(tmp_path):
 # --- the stage: params, fetch.path resolved against the repository, the runtime record ---------------------------
 
 
-def write_params(repo: Path, **fetch) -> None:
+def write_fetch_params(repo: Path, **fetch) -> None:
     cfg = {
         "dataset": "folder",
         "name": "shapes",
@@ -305,8 +306,7 @@ def write_params(repo: Path, **fetch) -> None:
         "retries": 0,
         **fetch,
     }
-    repo.mkdir(parents=True, exist_ok=True)
-    (repo / "params.yaml").write_text(yaml.safe_dump({"fetch": cfg}))
+    write_params(repo, **cfg)
 
 
 def test_a_relative_path_is_the_repository_roots_from_an_experiment_copy(tmp_path, monkeypatch, capsys):
@@ -314,7 +314,7 @@ def test_a_relative_path_is_the_repository_roots_from_an_experiment_copy(tmp_pat
     repo = tmp_path / "repo"
     src = make_folder(repo / "data" / "external" / "shapes")
     copy_dir = repo / ".dvc" / "tmp" / "exps" / "run" / "abc123"
-    write_params(copy_dir)
+    write_fetch_params(copy_dir)
     monkeypatch.chdir(copy_dir)
     monkeypatch.setenv("DVC_ROOT", str(copy_dir))
     assert fetch_stage.main() == 0
@@ -330,7 +330,7 @@ def test_a_relative_path_is_the_repository_roots_from_an_experiment_copy(tmp_pat
 def test_an_absolute_path_and_an_idx_set_through_the_stage(tmp_path, monkeypatch):
     src = make_idx(tmp_path / "fashion", classes=["shirt", "shoe", "bag"])
     repo = tmp_path / "repo"
-    write_params(repo, dataset="idx", name="fashion", path=str(src))
+    write_fetch_params(repo, dataset="idx", name="fashion", path=str(src))
     monkeypatch.chdir(repo)
     monkeypatch.delenv("DVC_ROOT", raising=False)
     assert fetch_stage.main() == 0
@@ -357,11 +357,11 @@ def test_an_absolute_path_and_an_idx_set_through_the_stage(tmp_path, monkeypatch
     ],
 )
 def test_params_are_checked_in_one_line(tmp_path, monkeypatch, capsys, edit, message):
-    write_params(tmp_path, **edit)
+    write_fetch_params(tmp_path, **edit)
     monkeypatch.chdir(tmp_path)
     assert fetch_stage.main() == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("params: ") and "\n" not in err
+    assert err.startswith("fetch: error: params: ") and "\n" not in err
     assert re.search(message, err), err
     assert not (tmp_path / "data" / "raw").exists()
 
@@ -525,7 +525,7 @@ def test_bad_data_is_one_line_and_data_raw_stays(tmp_path, monkeypatch, capsys, 
     repo = tmp_path / "repo"
     src = repo / "data" / "external" / "shapes"
     make_folder(src) if kind == "folder" else make_idx(src)
-    write_params(repo, dataset=kind)
+    write_fetch_params(repo, dataset=kind)
     monkeypatch.chdir(repo)
     monkeypatch.delenv("DVC_ROOT", raising=False)
     assert fetch_stage.main() == 0

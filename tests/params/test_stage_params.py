@@ -156,7 +156,8 @@ def test_a_python_without_the_dependencies_says_which_environment_to_activate(tm
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert "lacks the project's packages" in lines[0] and "source .venv/bin/activate" in lines[0]
+    assert lines[0].startswith("stages: error: ") and "lacks the project's packages" in lines[0]
+    assert "source .venv/bin/activate" in lines[0]
 
 
 def test_augmenting_colour_images_passes_the_checks_before_tensorflow(tmp_path):

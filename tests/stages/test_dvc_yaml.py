@@ -161,7 +161,7 @@ def test_publish_reads_the_served_model_code_it_declares():
 def test_an_edit_to_the_tracking_code_re_runs_only_publish():
     table = rerun_table()
     assert "| `stages/lib/tracking.py` | publish |" in table
-    assert "| `stages/params/evaluate.py` | evaluate, publish |" in table
+    assert "| `stages/params/evaluate.py` | fetch, evaluate, publish |" in table  # fetch checks every section
 
 
 def test_docs_show_the_rerun_table_as_computed():

@@ -28,7 +28,7 @@ from stages.lib.sources import (
     fetch_npm,
     kaggle_credentials,
 )
-from tests.conftest import Route
+from tests.conftest import Route, write_params
 
 CREDS = ("alice", "s3cr3t-key-never-printed")
 
@@ -302,10 +302,7 @@ def test_main_exits_non_zero_naming_the_file(tmp_path, monkeypatch, synthetic, c
     """The stage entry point against the real checksums: a truncated local file fails it."""
     real = synthetic.write(tmp_path / "src")  # wrong content for the real sums, and one truncated
     (real / "t10k-images-idx3-ubyte").write_bytes(synthetic.files["t10k-images-idx3-ubyte"][:20])
-    (tmp_path / "params.yaml").write_text(
-        "fetch: {dataset: mnist, name: mnist, path: '', sources: [local], local_dir: src,"
-        " keras_url: 'https://x/m.npz', kaggle_url: 'https://x', timeout_s: 1, retries: 0}\n"
-    )
+    _mnist_params(tmp_path)
     monkeypatch.chdir(tmp_path)
     assert fetch_stage.main() == 1
     err = capsys.readouterr().err
@@ -314,13 +311,39 @@ def test_main_exits_non_zero_naming_the_file(tmp_path, monkeypatch, synthetic, c
 
 
 def test_main_rejects_bad_params_before_work(tmp_path, monkeypatch, capsys):
-    (tmp_path / "params.yaml").write_text(
-        "fetch: {dataset: mnist, name: mnist, path: '', sources: [ftp], local_dir: src, keras_url: x, kaggle_url: x,"
-        " timeout_s: 1, retries: 0}\n"
-    )
+    _mnist_params(tmp_path, sources=["ftp"])
     monkeypatch.chdir(tmp_path)
     assert fetch_stage.main() == 2
     assert "fetch.sources must be" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "section, edit, line",
+    [
+        ("model", {"activation": "gelu"}, "params: model.activation must be one of relu, sigmoid, tanh, got 'gelu'"),
+        ("train", {"epoch": 3}, "params: unknown key train.epoch (allowed: labels, "),
+        ("evaluate", {"gallery_size": -1}, "params: evaluate.gallery_size must be "),
+        # A rule between sections: five halvings of 28x28 images leave less than a pixel.
+        ("model", {"kind": "cnn", "cnn": {"filters": [8] * 5}}, "params: model.cnn.filters has 5 blocks, but 28x28"),
+    ],
+)
+def test_a_bad_value_for_a_later_stage_stops_fetch_before_work(tmp_path, monkeypatch, capsys, section, edit, line):
+    # DVC deletes a stage's outputs just before it runs that stage: a value train would refuse must stop the
+    # pipeline at its first stage, while the previous model is still there.
+    _mnist_params(tmp_path)
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    for key, value in edit.items():
+        target = params[section]
+        if isinstance(value, dict):
+            target[key].update(value)
+        else:
+            target[key] = value
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    assert fetch_stage.main() == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fetch: error: {line}") and err.count("\n") == 1, err
+    assert not (tmp_path / "data").exists()
 
 
 def test_unknown_host_fails_at_once_in_one_short_line(tmp_path, expected):
@@ -538,7 +561,7 @@ def _mnist_params(directory, **fetch):
         "retries": 0,
         **fetch,
     }
-    (directory / "params.yaml").write_text(yaml.safe_dump({"fetch": cfg}))
+    write_params(directory, **cfg)
 
 
 def _snapshot(directory):

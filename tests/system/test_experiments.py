@@ -53,6 +53,13 @@ def test_repro_queue_run_cache_and_stores(clone):
     assert run.info.run_name.startswith("workspace@")
     commit_all(clone, "results")
 
+    # A value train would refuse stops the experiment at fetch, before DVC removes train's outputs; DVC leaves
+    # the value in params.yaml (git restore puts the committed one back).
+    bad = run_in(["dvc", "exp", "run", "-S", "model.activation=gelu"], clone)
+    assert bad.returncode != 0 and "fetch: error: params: model.activation must be one of" in bad.stderr, bad.stderr
+    assert (clone / "data" / "model" / "model.keras").is_file() and (clone / "reports/train/history.csv").is_file()
+    assert run_in(["git", "restore", "params.yaml"], clone).returncode == 0
+
     again = run_in(["dvc", "repro"], clone)
     assert again.returncode == 0 and "this result is already in" in again.stdout
     assert "epoch 1/1" not in again.stdout and len(mlflow_runs(uri, "FINISHED")) == 1

@@ -26,18 +26,16 @@ from typing import Any
 import numpy as np
 import yaml
 
-from stages.params import evaluate as evaluate_params
-from stages.params import fetch as fetch_params
 from stages.params import model as model_params
+from stages.params import pipeline, schema
 from stages.params import preprocess as preprocess_params
-from stages.params import schema
 from stages.params import train as train_params
 from stages.tools.tune import TuneError
 
 SPACE_FILE = Path("tune.yaml")
 SECTIONS = (model_params, train_params)  # what a trial may vary: the workers train on the prepared arrays
 SECTION_NAMES = tuple(section.NAME for section in SECTIONS)
-ALL_SECTIONS = {s.NAME for s in (fetch_params, preprocess_params, model_params, train_params, evaluate_params)}
+ALL_SECTIONS = {s.NAME for s in pipeline.SECTIONS}
 DISTRIBUTIONS = ("log", "float", "int", "choice")
 OBJECTIVE = "val_accuracy"  # what every study maximizes (on the validation split; the test split is never read)
 DEFAULT_PRUNER = {"n_startup_trials": 4, "n_warmup_steps": 2}
