@@ -196,6 +196,20 @@ def preflight(uri: str, environ: Mapping[str, str] | None = None, timeout_s: flo
         )
 
 
+def check_readable(model_uri: str, store_uri: str) -> None:
+    """Before ``model_uri`` is loaded (predict, serve, the demo): when it is read from the store (``models:/``,
+    ``runs:/``) and that store is a SQLite file, the file must exist and be readable. MLflow would create an
+    empty store instead, fail with "not found" and leave it behind, where ``make ui`` would then open it."""
+    if not model_uri.startswith(("models:/", "runs:/")) or not store_uri.startswith("sqlite:///"):
+        return
+    db = Path(store_uri.removeprefix("sqlite:///").split("?")[0])
+    if not db.exists():
+        raise TrackingError(
+            f"no MLflow store at {redact.uri(store_uri)}: run `make repro` first, or set MLFLOW_TRACKING_URI"
+        )
+    check_sqlite(db)
+
+
 def check_sqlite(db: Path, timeout_s: float = 10.0) -> None:
     """A SQLite store that cannot be read (damaged, not a database, locked past ``timeout_s``): one line that
     says what to do, instead of SQLAlchemy's traceback."""

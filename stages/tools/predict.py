@@ -39,7 +39,7 @@ from typing import NamedTuple
 import numpy as np
 
 from stages import KERAS_EXTRAS, finish, leave_out
-from stages.lib import redact, tracking
+from stages.lib import redact, store, tracking
 from stages.lib.images import EMPTY_FILE, ImageError, decode, mnist_style
 from stages.lib.paths import MLFLOW_DB, MODEL_PATH, ONNX_PATH, SERVING_CONFIG_PATH
 from stages.serving.classifier import DIGITS, IMAGE_SHAPE, RUNTIME_ENV, RUNTIMES, telemetry_off
@@ -163,11 +163,12 @@ def load_model(uri: str | None, runtime: str | None = None) -> Loaded:
         classifier = Classifier(model_path, config_path, model_path.with_name(ONNX_PATH.name))
         where = model_path.parent if model_path.name == MODEL_PATH.name else model_path
         return Loaded(classifier.probabilities, classifier.config, f"{shown_path(where)}, {classifier.runtime}")
+    store_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT / MLFLOW_DB}"  # models:/: this project's
+    store.check_readable(uri, store_uri)
     import mlflow.pyfunc  # noqa: PLC0415
 
     tracking.quiet_mlflow()
-    if not os.environ.get("MLFLOW_TRACKING_URI"):  # models:/ URIs: the project's default store
-        mlflow.set_tracking_uri(f"sqlite:///{PROJECT / MLFLOW_DB}")
+    mlflow.set_tracking_uri(store_uri)
     if importlib.util.find_spec("keras") is None:  # the inference-only environment
         logging.getLogger("mlflow.utils.requirements_utils").addFilter(beyond_training_packages)
     model = mlflow.pyfunc.load_model(uri)

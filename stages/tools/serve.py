@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from stages.lib import processes, redact, tracking
+from stages.lib import processes, redact, store, tracking
 from stages.lib.paths import MLFLOW_DB
 from stages.serving import cores
 from stages.serving.classifier import RUNTIME_ENV, RUNTIMES, THREADS_ENV, telemetry_off
@@ -116,10 +116,10 @@ def main(argv: list[str] | None = None) -> int:
 
         args.model = champion_uri()
     env = environment(args.runtime, threads)
-    store = env["MLFLOW_TRACKING_URI"]
-    if store.startswith("sqlite:///") and not Path(store.removeprefix("sqlite:///").split("?")[0]).exists():
-        print(f"serve: error: no MLflow store at {store}: run `make repro` first, or set MLFLOW_TRACKING_URI",
-              file=sys.stderr)  # fmt: skip
+    try:
+        store.check_readable(args.model, env["MLFLOW_TRACKING_URI"])
+    except store.TrackingError as exc:
+        print(f"serve: error: {exc}", file=sys.stderr)
         return 1
     try:
         args.model, served = loadable(args.model, env)

@@ -182,3 +182,27 @@ def test_a_locked_sqlite_store_is_one_line(tmp_path):
         holder.rollback()
         holder.close()
     store.preflight(f"sqlite:///{db}", {})  # free again
+
+
+@pytest.mark.parametrize("model", ["models:/mnist-classifier@champion", "runs:/0123abcd/model"])
+def test_reading_a_model_from_a_sqlite_store_that_does_not_exist_is_one_line_and_creates_nothing(tmp_path, model):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(store.TrackingError) as err:
+        store.check_readable(model, uri)
+    assert str(err.value) == f"no MLflow store at {uri}: run `make repro` first, or set MLFLOW_TRACKING_URI"
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "mlflow.db").write_bytes(b"not a database" * 100)
+    with pytest.raises(store.TrackingError, match="cannot be read: file is not a database"):
+        store.check_readable(model, uri)
+
+
+@pytest.mark.parametrize(
+    "model, uri",
+    [
+        ("file:///somewhere/model", "sqlite:///{tmp}/mlflow.db"),  # not read from the store
+        ("data/model", "sqlite:///{tmp}/mlflow.db"),
+        ("models:/mnist-classifier@champion", "http://127.0.0.1:5000"),  # a server: MLflow says what it lacks
+    ],
+)
+def test_only_a_model_read_from_a_sqlite_store_needs_the_file(tmp_path, model, uri):
+    store.check_readable(model, uri.format(tmp=tmp_path))

@@ -189,6 +189,20 @@ def test_large_images_are_reduced_while_decoded(tmp_path, fmt):
     assert np.abs(mnist_style(gray) - mnist_style(small)).mean() < 8  # the same digit, JPEG artefacts aside
 
 
+def test_a_registry_model_without_a_store_is_one_line_and_leaves_no_empty_store(tmp_path, capsys, monkeypatch):
+    # MLflow would create an empty mlflow.db, fail with "not found" and leave it (make ui would then open it).
+    (tmp_path / "seven.png").write_bytes(png(drawn_seven()))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(predict, "PROJECT", tmp_path)  # this project's default store, here
+    assert predict.main(["seven.png", "--model", "models:/mnist-classifier@champion"]) == 2
+    assert capsys.readouterr().err == (
+        f"predict: error: cannot load the model: no MLflow store at sqlite:///{tmp_path / 'mlflow.db'}: "
+        "run `make repro` first, or set MLFLOW_TRACKING_URI\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seven.png"]
+
+
 def test_an_unusable_save_inputs_directory_fails_before_any_work(tmp_path, capsys):
     (tmp_path / "seven.png").write_bytes(png(drawn_seven()))
     (tmp_path / "file").write_text("x")
