@@ -44,9 +44,13 @@ LOSS_RTOL ?= 0.10
 
 .DEFAULT_GOAL := help
 help:  ## Every target and what it does (this list)
-	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-z][a-zA-Z _-]*:.*## / {printf "  %-22s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-z][a-zA-Z _-]*:.*## / \
+	  {if (length($$1) > 22) printf "  %s\n  %-22s %s\n", $$1, "", $$2; else printf "  %-22s %s\n", $$1, $$2}' \
+	  $(MAKEFILE_LIST)
 
 $(STAMP): $(LOCK) pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -c 'import sys; v = "%d.%d" % sys.version_info[:2]; sys.exit(v != "3.11" and \
+	  "install: error: $(PYTHON) is Python %s, and the locks are for 3.11: install Python 3.11, then make repro PYTHON=python3.11" % v)'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(ENSURE_PIP)
 	@echo "Installing the locked dependencies into $(VENV) (a few minutes the first time)..."
@@ -244,7 +248,7 @@ ui: install  ## MLflow's UI on the local store at http://127.0.0.1:5050 (UI_PORT
 # What can be rebuilt: the environment and the tools' caches. Never .dvc/cache (every version
 # of the data and models DVC saved) nor data/external/ (your own files); local state is
 # clean-state's, below.
-clean:  ## Remove what can be rebuilt: .venv and tool caches (never .dvc/cache, data/external/ or local state)
+clean:  ## Remove what can be rebuilt: .venv (INFERENCE=1: .venv-inference) and tool caches; never .dvc/cache, data/external/, local state
 	@for path in $(VENV) .venv-lock .ruff_cache .pytest_cache; do \
 	  if [ -e "$$path" ]; then rm -rf "$$path" && echo "clean: removed $$path"; fi; \
 	done

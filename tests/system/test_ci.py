@@ -43,6 +43,26 @@ def test_workflow_only_calls_make_targets_that_exist():
     assert targets and all(re.search(rf"^{t}:", makefile, re.M) for t in targets), targets
 
 
+def test_make_install_with_another_python_says_which_to_use_and_creates_nothing(tmp_path):
+    # A stand-in for a Python 3.12: this interpreter, reporting another version to the Makefile's check.
+    for name in ("Makefile", "requirements.lock", "pyproject.toml"):
+        shutil.copy2(ROOT / name, tmp_path / name)
+    other = tmp_path / "python3.12"
+    other.write_text(
+        f"#!/bin/sh\nexec {sys.executable} -c 'import sys; sys.version_info = (3, 12, 1); exec(sys.argv[1])' \"$2\"\n"
+    )
+    other.chmod(0o755)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("MAKEFLAGS", "MFLAGS", "MAKELEVEL"))}
+    result = subprocess.run(["make", "--no-print-directory", "install", f"PYTHON={other}"], cwd=tmp_path,
+                            env=environ, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode != 0
+    assert result.stderr.splitlines()[0] == (
+        f"install: error: {other} is Python 3.12, and the locks are for 3.11: install Python 3.11, "
+        "then make repro PYTHON=python3.11"
+    )
+    assert not (tmp_path / ".venv").exists()
+
+
 def test_lock_check_ignores_absent_data_but_not_changed_code_or_params():
     absent = {
         "train": [{"changed deps": {"data/prepared": "deleted"}}, {"changed outs": {"x": "not in cache"}}],
