@@ -124,12 +124,9 @@ def verdict(rows: list[Row], rev: str = "HEAD", cpu: str | None = None) -> str:
     if not bad:
         return (
             f"make repro: reproduced within tolerance on this machine ({listed}). "
-            f"{cpu or cpu_model()} may pick other floating-point kernels than the machine that committed "
-            f"the metrics, so sums round differently and training ends a few test images apart: expected. "
-            "Commit dvc.lock, reports/ and the figures only with a change of your own, and leave them modified "
-            "otherwise: they match this machine's model, which the committed dvc.lock does not name (after "
-            "`git checkout -- dvc.lock reports`, `make repro` trains again, and `dvc checkout` removes data/model "
-            "unless `dvc pull` brought the committed one)."
+            f"{cpu or cpu_model()} rounds differently from the machine that committed the metrics, so training "
+            "ends a few test images apart: expected. Leave dvc.lock and reports/ modified (whatever DVC's "
+            "`git add dvc.lock` hint says) unless you changed something yourself: docs/reproducibility.md says why."
         )
     drifted = ", ".join(f"{r.metric} ({r.status.lower()}, allowed {r.allowed})" for r in bad)
     return (
