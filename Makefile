@@ -242,7 +242,7 @@ ui: install  ## MLflow's UI on the local store at http://127.0.0.1:5050 (UI_PORT
 	id=$$(python -c '$(UI_EXPERIMENT_ID)' "$$db" 2>/dev/null || true); \
 	url="http://127.0.0.1:$(UI_PORT)/#/experiments$${id:+/$$id/runs}?workflowType=machine_learning"; \
 	echo "ui: open $$url   (Ctrl-C stops the UI)"; \
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} exec mlflow server --backend-store-uri "$$uri" --artifacts-destination "$$(dirname "$$db")/mlartifacts" \
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} exec mlflow server --backend-store-uri "$$uri" --registry-store-uri "$$uri" --artifacts-destination "$$(dirname "$$db")/mlartifacts" \
 	  --host 127.0.0.1 --port $(UI_PORT) --workers 1
 
 # What can be rebuilt: the environment and the tools' caches. Never .dvc/cache (every version
