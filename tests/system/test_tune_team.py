@@ -181,6 +181,11 @@ def test_best_trial_reproduces_through_dvc_exp_run(clone, storage):
     assert any(v.run_id == run.info.run_id for v in client.search_model_versions("name = 'tiny-classifier'"))
     tune_runs = child_runs(clone, "pair")
     assert not any(v.run_id in {r.info.run_id for r in tune_runs} for v in client.search_model_versions(""))
+    again = tune(clone, storage, "best", "--study", "pair")  # the name is taken: what to do, not DVC's `-f`
+    assert again.returncode == 2 and again.stderr.strip().splitlines()[-1] == (
+        "tune-best: error: an experiment named tune-pair exists already (an earlier make tune-best): "
+        "`dvc exp remove tune-pair` first"
+    ), again.stderr
 
 
 def test_a_worker_killed_mid_trial_leaves_no_trial_running(clone, storage):

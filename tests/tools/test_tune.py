@@ -4,6 +4,7 @@ overrides and `dvc exp run -S` values, and a study's bookkeeping on the journal 
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 import shutil
 import socket
@@ -185,6 +186,13 @@ def test_a_study_on_the_journal_file(repo):
     facts = figures.summary(study)
     assert (facts["trials_complete"], facts["trials_pruned"], facts["trials_failed"]) == (2, 1, 0)
     assert facts["best_val_accuracy"] == 0.9 and facts["best_trial"] == 1
+    assert facts["epochs_run"] == 0 and "trials_per_hour" not in facts  # no wall time given
+    # A later call that ran nothing (the study had its trials): no speed figures, rather than zeros that would
+    # replace the last call's on the parent run.
+    later = figures.summary(study, since=datetime.datetime.now() + datetime.timedelta(hours=1), wall_seconds=0.5,
+                            workers=1)  # fmt: skip
+    assert later == {k: facts[k] for k in ("trials_complete", "trials_pruned", "trials_failed", "best_val_accuracy",
+                                           "best_trial")}  # fmt: skip
 
 
 def test_bad_input_on_the_command_line_is_one_line_and_writes_nothing(repo, monkeypatch, capsys):

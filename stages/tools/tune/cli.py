@@ -222,6 +222,12 @@ def best(study_name: str, dry_run: bool = False) -> int:
     print(f"tune-best: trial {winner.number} of '{study_name}', val_accuracy {winner.value:.4f}: {' '.join(command)}")
     if dry_run:
         return 0
+    listed = subprocess.run(["dvc", "exp", "list", "--name-only"], capture_output=True, text=True)
+    if f"tune-{study_name}" in listed.stdout.split():  # DVC would suggest `-f`, which make tune-best cannot pass
+        raise TuneError(
+            f"an experiment named tune-{study_name} exists already (an earlier make tune-best): "
+            f"`dvc exp remove tune-{study_name}` first"
+        )
     result = subprocess.run(command)
     if result.returncode != 0:
         return result.returncode

@@ -21,7 +21,9 @@ def summary(
     study: Any, since: datetime.datetime | None = None, wall_seconds: float | None = None, workers: int | None = None
 ) -> dict[str, float]:
     """Counts and best value (the whole study); epochs run and saved by pruning, trials per hour and the share
-    of the workers' time spent outside training (the trials that started ``since``, over ``wall_seconds``)."""
+    of the workers' time spent outside training (the trials that started ``since``, over ``wall_seconds``):
+    left out when no trial started then (a study that had its trials already), so that the parent run keeps
+    the figures of the last call that ran some rather than zeros."""
     import optuna  # noqa: PLC0415
 
     state = optuna.trial.TrialState
@@ -39,6 +41,8 @@ def summary(
         for t in study.get_trials(deepcopy=False)
         if t.state.is_finished() and (since is None or (t.datetime_start and t.datetime_start >= since))
     ]
+    if not recent:
+        return out
     out["epochs_run"] = sum(t.user_attrs.get("epochs_run", 0) for t in recent)
     out["epochs_saved_by_pruning"] = sum(
         t.user_attrs.get("epochs_planned", 0) - t.user_attrs.get("epochs_run", 0)

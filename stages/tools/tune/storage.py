@@ -174,7 +174,7 @@ def check_worker(study: Any, base: Mapping[str, Any]) -> None:
     if study.user_attrs.get("params") != fingerprint(base):
         raise TuneError(
             f"params.yaml's model/train sections differ from those study '{study.study_name}' started from: "
-            "check out the study's commit"
+            "check out the study's commit, and `git restore params.yaml` if an experiment left its values there"
         )
     if study.user_attrs.get("data") != data_digest():
         raise TuneError(
