@@ -187,11 +187,13 @@ demo: install $(if $(filter 1,$(INFERENCE)),$(DEMO_STAMP))  ## The draw-a-digit 
 SERVER_HOST ?= 127.0.0.1
 SERVER_PORT ?= 5000
 SERVER_DIR  ?= .server
+SERVER_NAME ?=
 AUTH        ?=
 ARTIFACTS   ?=
-server: install  ## The team's tracking server (docs/team.md): AUTH=1, ARTIFACTS=s3://..., SERVER_HOST
+server: install  ## The team's tracking server (docs/team.md): AUTH=1, ARTIFACTS=s3://..., SERVER_HOST, SERVER_NAME
 	python -m stages.tools.server start --host $(SERVER_HOST) --port $(SERVER_PORT) --dir "$(SERVER_DIR)" \
-	  $(if $(filter 1 yes true,$(AUTH)),--auth) $(if $(ARTIFACTS),--artifacts "$(ARTIFACTS)")
+	  $(if $(filter 1 yes true,$(AUTH)),--auth) $(if $(ARTIFACTS),--artifacts "$(ARTIFACTS)") \
+	  $(if $(SERVER_NAME),--name "$(SERVER_NAME)")
 
 server-stop:  ## Stop what make server started
 	python -m stages.tools.server stop --dir "$(SERVER_DIR)"

@@ -138,6 +138,7 @@ class Route:
     auth: str | None = None  # required "Authorization" header value
     truncate_to: int | None = None  # send only this many bytes, with the full Content-Length
     status: int = 200
+    error_body: bytes | None = None  # with a status other than 200: this body instead of the standard error page
     redirect: str | None = None  # answer 302 to this URL
     hits: int = 0
     headers_seen: list = field(default_factory=list)
@@ -172,6 +173,12 @@ class Server:
                     return
                 if route.hits <= route.fail_first:
                     self.send_error(503)
+                    return
+                if route.status != 200 and route.error_body is not None:
+                    self.send_response(route.status)
+                    self.send_header("Content-Length", str(len(route.error_body)))
+                    self.end_headers()
+                    self.wfile.write(route.error_body)
                     return
                 if route.status != 200:
                     self.send_error(route.status)

@@ -17,6 +17,7 @@ message is redacted (``stages.lib.redact``).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import ssl
@@ -169,8 +170,7 @@ def preflight(uri: str, environ: Mapping[str, str] | None = None, timeout_s: flo
         except urllib.error.HTTPError as exc:
             if exc.code in (401, 403):
                 raise TrackingError(
-                    f"MLflow server at {shown} rejected the credentials (HTTP {exc.code}): set "
-                    "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) for it"
+                    refusal(shown, exc, bool(auth_headers(environ, without_credentials(uri)[1])))
                 ) from None
             if exc.code >= 500:
                 raise TrackingError(f"MLflow server at {shown} failed (HTTP {exc.code}): is its database up?") from None
@@ -196,6 +196,35 @@ def preflight(uri: str, environ: Mapping[str, str] | None = None, timeout_s: flo
         )
 
 
+def refusal(shown: str, exc: urllib.error.HTTPError, credentials: bool) -> str:
+    """What a server's 401 or 403 means, in one line: no credentials sent, credentials refused, a host name the
+    server does not allow (MLflow's guard against DNS rebinding answers 403 before any login), or a user
+    without the permission."""
+    body = ""
+    with contextlib.suppress(OSError, ValueError):
+        body = exc.read(2000).decode(errors="replace")
+    if exc.code == 401 and not credentials:
+        return (
+            f"MLflow server at {shown} asks for a login (HTTP 401): set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
+        )
+    if exc.code == 401:
+        return (
+            f"MLflow server at {shown} rejected the credentials (HTTP 401): check MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
+        )
+    if "Host header" in body:
+        host = urllib.parse.urlsplit(shown).netloc.rpartition("@")[2]
+        return (
+            f"MLflow server at {shown} refused the host name {host} (HTTP 403; MLflow's guard against DNS "
+            "rebinding): its MLFLOW_SERVER_ALLOWED_HOSTS must allow it (make server SERVER_NAME=<name> does)"
+        )
+    return (
+        f"MLflow server at {shown} refused the request (HTTP 403): the user "
+        f"{'given' if credentials else '(none given)'} lacks the permission; ask the server's admin"
+    )
+
+
 def check_readable(model_uri: str, store_uri: str) -> None:
     """Before ``model_uri`` is loaded (predict, serve, the demo): when it is read from the store (``models:/``,
     ``runs:/``) and that store is a SQLite file, the file must exist and be readable. MLflow would create an
@@ -213,7 +242,6 @@ def check_readable(model_uri: str, store_uri: str) -> None:
 def check_sqlite(db: Path, timeout_s: float = 10.0) -> None:
     """A SQLite store that cannot be read (damaged, not a database, locked past ``timeout_s``): one line that
     says what to do, instead of SQLAlchemy's traceback."""
-    import contextlib  # noqa: PLC0415
     import sqlite3  # noqa: PLC0415
 
     try:

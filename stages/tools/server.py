@@ -181,6 +181,31 @@ def auth_environ(directory: Path) -> tuple[dict[str, str], str | None]:
     return env, generated
 
 
+def allowed_hosts(names: list[str], port: int, environ: dict[str, str] | os._Environ) -> dict[str, str]:
+    """``MLFLOW_SERVER_ALLOWED_HOSTS`` for a server that clients reach as ``names`` (``SERVER_NAME``): MLflow's
+    own default list (localhost, the loopback and private addresses, on any port) and each name, with and
+    without a port. The variable replaces MLflow's defaults, so a list of bare names alone would refuse
+    ``mlflow.example.com:5000`` and ``127.0.0.1:5000`` alike (HTTP 403 to every client). A list the user set
+    is kept, but must let in the address ``start`` prints for clients here, or this is one line."""
+    own = environ.get("MLFLOW_SERVER_ALLOWED_HOSTS")
+    if not names and not own:
+        return {}  # MLflow's defaults
+    from mlflow.server.security_utils import get_default_allowed_hosts, is_allowed_host_header  # noqa: PLC0415
+
+    if own:
+        if names:
+            raise ServerError("set SERVER_NAME or MLFLOW_SERVER_ALLOWED_HOSTS, not both (SERVER_NAME builds it)")
+        if not is_allowed_host_header([h.strip() for h in own.split(",")], f"127.0.0.1:{port}"):
+            raise ServerError(
+                f"MLFLOW_SERVER_ALLOWED_HOSTS refuses 127.0.0.1:{port}, so every client here would get HTTP 403 "
+                "(it replaces MLflow's defaults, and a name without ':*' matches no port): use SERVER_NAME=<name> "
+                "instead, which keeps the defaults"
+            )
+        return {}
+    listed = [*get_default_allowed_hosts(), *(f"{n}{suffix}" for n in names for suffix in ("", ":*"))]
+    return {"MLFLOW_SERVER_ALLOWED_HOSTS": ",".join(listed)}
+
+
 def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 180.0) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -286,6 +311,7 @@ def start(
     backend_uri: str | None = None,
     auth: bool = False,
     artifacts: str | None = None,
+    names: list[str] | None = None,
 ) -> dict:
     """Start PostgreSQL (unless ``backend_uri`` is given) and the tracking server; return the state
     (plus ``admin_password`` when one was generated: show it once, it is stored nowhere).
@@ -302,10 +328,14 @@ def start(
     if state_path.exists():
         raise ServerError(f"a server started from {directory} is already running: `make server-stop` first")
     check_port(host, port)
+    hosts_env = allowed_hosts(names or [], port, os.environ)
     if artifacts and artifacts.startswith("s3://"):
         check_s3(artifacts)
     directory.mkdir(parents=True, exist_ok=True)
-    state: dict = {"url": f"http://{host if host not in ('0.0.0.0', '::') else '127.0.0.1'}:{port}", "auth": auth}
+    url = f"http://{host if host not in ('0.0.0.0', '::') else '127.0.0.1'}:{port}"
+    state: dict = {"url": url, "host": host, "port": port, "auth": auth}
+    if names:
+        state["client_url"] = f"http://{names[0]}:{port}"
     generated = None
     try:
         if backend_uri is None:
@@ -320,6 +350,7 @@ def start(
         else:
             check_backend(backend_uri)
         env, generated = auth_environ(directory) if auth else ({}, None)
+        env.update(hosts_env)
         artifacts = artifacts or str((directory / "artifacts").resolve())
         log = directory / "mlflow.log"
         proc = start_mlflow(backend_uri, artifacts, host, port, log, env, auth)
@@ -396,8 +427,11 @@ def describe(state: dict, backend_env: str | None) -> list[str]:
         backend = f"PostgreSQL in {state['postgres']['directory']}"
     lines = [
         f"server: MLflow at {state['url']} (backend: {backend}; artifacts: {redact.uri(state['artifacts'])})",
-        f"server: export MLFLOW_TRACKING_URI={state['url']}   # then dvc repro / dvc exp run log there",
+        f"server: export MLFLOW_TRACKING_URI={state.get('client_url', state['url'])}   "
+        "# then dvc repro / dvc exp run log there",
     ]
+    if "client_url" not in state and state.get("host") and not is_loopback(state["host"]):
+        lines.append(f"server: from other machines, http://<this machine's name or address>:{state['port']}")
     if state.get("auth"):
         admin = os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME") or "admin"
         if state.get("admin_password"):
@@ -419,11 +453,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=SERVER_DIR, help="where the state, secrets, logs and data live")
     parser.add_argument("--auth", action="store_true", help="MLflow's basic-auth app (required off loopback)")
     parser.add_argument("--artifacts", help="artifact destination (default: <dir>/artifacts), e.g. s3://bucket/mlflow")
+    parser.add_argument(
+        "--name", default="", help="the name(s) clients reach the server by, comma-separated (allowed Host headers)"
+    )
     args = parser.parse_args(argv)
     try:
         if args.action == "start":
             backend_env = os.environ.get("MLFLOW_BACKEND_URI") or None
-            state = start(args.host, args.port, args.dir, backend_env, args.auth, args.artifacts)
+            names = [n.strip() for n in args.name.split(",") if n.strip()]
+            state = start(args.host, args.port, args.dir, backend_env, args.auth, args.artifacts, names)
             print("\n".join(describe(state, backend_env)))
         elif args.action == "stop":
             stopped = stop(args.dir)

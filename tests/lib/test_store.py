@@ -102,8 +102,25 @@ def test_rejected_credentials_are_one_line_without_the_secret(http_server):
     with pytest.raises(store.TrackingError) as err:
         store.preflight(uri, {})
     message = str(err.value)
-    assert "rejected the credentials (HTTP 401)" in message and "MLFLOW_TRACKING_USERNAME" in message
+    assert "rejected the credentials (HTTP 401): check MLFLOW_TRACKING_USERNAME" in message
     assert "s3cret" not in message and "http://***@127.0.0.1" in message and "\n" not in message
+
+
+def test_no_credentials_a_refused_host_name_and_a_missing_permission_each_say_what_they_are(http_server):
+    http_server.add(API, Route(b"{}", auth=basic("alice", "right")))
+    with pytest.raises(store.TrackingError, match=r"asks for a login \(HTTP 401\): set MLFLOW_TRACKING_USERNAME"):
+        store.preflight(http_server.url, {})
+    # MLflow's guard against DNS rebinding answers 403 to a Host header it does not allow, whatever the login.
+    refused = b"Invalid Host header - possible DNS rebinding attack detected"
+    http_server.add(API, Route(b"{}", status=403, error_body=refused))
+    with pytest.raises(store.TrackingError) as err:
+        store.preflight(http_server.url, {"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": "right"})
+    message = str(err.value)
+    assert f"refused the host name {http_server.url.removeprefix('http://')} (HTTP 403" in message
+    assert "MLFLOW_SERVER_ALLOWED_HOSTS" in message and "credentials" not in message and "right" not in message
+    http_server.add(API, Route(b"{}", status=403, error_body=b"Permission denied"))
+    with pytest.raises(store.TrackingError, match=r"refused the request \(HTTP 403\): the user given lacks"):
+        store.preflight(http_server.url, {"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": "right"})
 
 
 def test_an_invalid_uri_with_credentials_is_redacted():

@@ -1,0 +1,48 @@
+"""stages.tools.server's pieces that need no server: the allowed host names and what `make server` prints.
+(The servers themselves, PostgreSQL and basic auth: tests/system/test_team.py.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from stages.tools import server
+
+
+def test_a_server_name_keeps_mlflows_defaults_and_allows_the_name_on_any_port():
+    from mlflow.server.security_utils import is_allowed_host_header
+
+    env = server.allowed_hosts(["mlflow.example.com", "ml.lan"], 5000, {})
+    allowed = env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
+    for host in ("mlflow.example.com:5000", "mlflow.example.com", "ml.lan:8080", "127.0.0.1:5000", "localhost:5000",
+                 "10.1.2.3:5000"):  # fmt: skip
+        assert is_allowed_host_header(allowed, host), host
+    for host in ("evil.example.com:5000", "mlflow.example.com.evil.com:5000", "8.8.8.8:5000"):
+        assert not is_allowed_host_header(allowed, host), host
+
+
+def test_without_a_name_mlflows_defaults_apply():
+    assert server.allowed_hosts([], 5000, {}) == {}
+
+
+@pytest.mark.parametrize("own", ["mlflow.example.com", "mlflow.example.com,localhost"])
+def test_a_users_list_that_would_refuse_every_client_here_is_one_line(own):
+    # MLflow's variable replaces its defaults, and a name without ':*' matches requests without a port only.
+    with pytest.raises(server.ServerError, match=r"MLFLOW_SERVER_ALLOWED_HOSTS refuses 127\.0\.0\.1:5000"):
+        server.allowed_hosts([], 5000, {"MLFLOW_SERVER_ALLOWED_HOSTS": own})
+
+
+def test_a_users_list_that_lets_local_clients_in_is_kept_as_it_is():
+    own = {"MLFLOW_SERVER_ALLOWED_HOSTS": "mlflow.example.com:*,127.0.0.1:*"}
+    assert server.allowed_hosts([], 5000, own) == {}  # the server inherits it
+    with pytest.raises(server.ServerError, match="not both"):
+        server.allowed_hosts(["mlflow.example.com"], 5000, own)
+
+
+def test_what_start_prints_for_clients():
+    local = {"url": "http://127.0.0.1:5000", "host": "127.0.0.1", "port": 5000, "artifacts": "/a"}
+    assert "export MLFLOW_TRACKING_URI=http://127.0.0.1:5000 " in server.describe(local, None)[1]
+    named = {**local, "host": "0.0.0.0", "client_url": "http://mlflow.example.com:5000"}
+    assert "export MLFLOW_TRACKING_URI=http://mlflow.example.com:5000 " in server.describe(named, None)[1]
+    anywhere = {**local, "host": "0.0.0.0"}
+    lines = server.describe(anywhere, None)
+    assert "http://127.0.0.1:5000" in lines[1] and "from other machines" in lines[2]
