@@ -144,6 +144,15 @@ def check_s3(repo: Path = Path("."), timeout_s: float = 5) -> None:
         raise RemoteError(redact.text(f"{where}: {reason}")) from None
 
 
+def check_directory(path: str) -> None:
+    """A directory remote must exist and be writable here: ``dvc push`` would fail on it later (a typo, an
+    unmounted share); DVC itself creates nothing until then."""
+    if not os.path.isdir(path):
+        raise RemoteError(f"{path}: no such directory: create it (mkdir -p), or mount the shared one")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise RemoteError(f"{path}: not writable by this user: dvc push needs to write there")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("url", nargs="?", help="s3://bucket/path or a directory (default: $REMOTE)")
@@ -158,10 +167,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"remote: error: {redact.text(str(exc))}", file=sys.stderr)
         return 2
     where = f" (endpoint {redact.uri(endpoint)})" if endpoint else ""
-    print(f"remote: {NAME} = {redact.uri(url)}{where}, the default remote, in {path}")
-    if section["url"].startswith("s3://") and not args.no_check:
+    print(f"remote: {NAME} = {redact.uri(section['url'])}{where}, the default remote, in {path}")
+    if not args.no_check:
         try:
-            check_s3()
+            if section["url"].startswith("s3://"):
+                check_s3()
+            elif "://" not in section["url"]:
+                check_directory(section["url"])
         except RemoteError as exc:
             print(f"remote: error: {redact.text(str(exc))}", file=sys.stderr)
             return 1

@@ -381,6 +381,18 @@ def test_make_remote_prints_no_secret(tmp_path, monkeypatch, capsys):
     assert "s3cret" not in out.out + out.err and "t0ken" not in out.out + out.err
 
 
+def test_make_remote_a_directory_is_stored_absolute_and_must_exist(tmp_path, monkeypatch, capsys):
+    (tmp_path / ".dvc").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert remote.main(["shared-store"]) == 1  # relative: against where make ran, as the line shows
+    out = capsys.readouterr()
+    assert f"remote: shared = {tmp_path / 'shared-store'}, the default remote" in out.out
+    missing = f"{tmp_path / 'shared-store'}: no such directory: create it (mkdir -p), or mount the shared one"
+    assert out.err == f"remote: error: {missing}\n"
+    (tmp_path / "shared-store").mkdir()
+    assert remote.main(["shared-store"]) == 0 and capsys.readouterr().err == ""
+
+
 def test_make_server_refuses_an_open_host_without_auth(tmp_path):
     with pytest.raises(server.ServerError, match="refusing to serve MLflow on 0.0.0.0 without authentication"):
         server.start("0.0.0.0", server.free_port(), tmp_path / "server")

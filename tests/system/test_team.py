@@ -74,6 +74,7 @@ def clone_a(workdir, tracking):
     result = run_in(["dvc", "repro"], path, MLFLOW_TRACKING_URI=url)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     commit_all(path, "tiny pipeline")
+    (workdir / "remote").mkdir()  # a directory remote must exist (make remote checks)
     assert run_in(["make", "remote", f"REMOTE={workdir / 'remote'}"], path).returncode == 0
     pushed = run_in(["dvc", "push"], path)
     assert pushed.returncode == 0, pushed.stderr

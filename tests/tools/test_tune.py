@@ -234,3 +234,18 @@ def test_a_silent_worker_on_another_machine_is_found_by_the_heartbeat(repo, monk
         liveness.fail_dead_trials(study, lambda s, t: None)
     assert stale == [(0, True)]
     assert [t.state.name for t in study.get_trials()] == ["FAIL", "WAITING"]
+
+
+@pytest.mark.slow  # a real MLflow store
+def test_the_study_s_mlflow_client_prints_no_run_urls(tmp_path, monkeypatch):
+    # Against a tracking server MLflow prints "View run <name> at: <url>" for every run it ends: two lines more per
+    # trial in `make tune`'s one line per trial.
+    from stages.tools.tune import runs
+
+    monkeypatch.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "")  # whatever was there comes back afterwards
+    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs.Runs()
+    from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
+
+    assert MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.get() is True

@@ -40,6 +40,7 @@ class Runs:
     def __init__(self) -> None:
         self.uri, self.artifact_location = store.store()
         store.preflight(self.uri)
+        tracking.quiet_output(os.environ)  # no "View run ... at" lines from a server's client: one line per trial
         from mlflow import MlflowClient  # noqa: PLC0415 - 2 s; once per process
 
         with tracking.store_lock(self.uri):
