@@ -463,6 +463,9 @@ def main(argv: list[str] | None = None) -> int:
             names = [n.strip() for n in args.name.split(",") if n.strip()]
             state = start(args.host, args.port, args.dir, backend_env, args.auth, args.artifacts, names)
             print("\n".join(describe(state, backend_env)))
+            if not args.auth and (args.dir / "auth" / "users.db").exists():
+                print(f"server: note: basic auth is off this time (the users in {args.dir / 'auth'} are not asked "
+                      "for): make server-stop, then make server AUTH=1")  # fmt: skip
         elif args.action == "stop":
             stopped = stop(args.dir)
             print("server: stopped " + ", ".join(stopped) if stopped else "server: nothing to stop")

@@ -46,3 +46,16 @@ def test_what_start_prints_for_clients():
     anywhere = {**local, "host": "0.0.0.0"}
     lines = server.describe(anywhere, None)
     assert "http://127.0.0.1:5000" in lines[1] and "from other machines" in lines[2]
+
+
+def test_a_start_without_auth_where_users_exist_says_logins_are_off(tmp_path, monkeypatch, capsys):
+    state = {"url": "http://127.0.0.1:5000", "host": "127.0.0.1", "port": 5000, "artifacts": "/a"}
+    monkeypatch.setattr(server, "start", lambda *args: state)
+    assert server.main(["start", "--dir", str(tmp_path)]) == 0
+    assert "basic auth is off" not in capsys.readouterr().out
+    (tmp_path / "auth").mkdir()
+    (tmp_path / "auth" / "users.db").touch()  # an earlier `make server AUTH=1`
+    assert server.main(["start", "--dir", str(tmp_path)]) == 0
+    assert "server: note: basic auth is off this time" in capsys.readouterr().out
+    assert server.main(["start", "--dir", str(tmp_path), "--auth"]) == 0
+    assert "basic auth is off" not in capsys.readouterr().out
