@@ -5,11 +5,14 @@ import os
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from stages.lib import processes, tracking
 from stages.tools import server
+
+OWN_PROC = pytest.mark.skipif(not processes.own_proc(), reason="needs this PID namespace's /proc to see zombies")
 
 
 def test_a_proc_of_another_pid_namespace_is_not_trusted(tmp_path):
@@ -39,6 +42,7 @@ def test_a_proc_of_another_pid_namespace_is_not_trusted(tmp_path):
     assert not tracking.process_alive(sleeper.pid, foreign)
 
 
+@OWN_PROC
 def test_the_server_s_pid_behind_a_foreign_proc_counts_when_its_url_answers_as_mlflow(monkeypatch):
     class Health(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
@@ -50,6 +54,11 @@ def test_the_server_s_pid_behind_a_foreign_proc_counts_when_its_url_answers_as_m
             pass
 
     sleeper = subprocess.Popen(["sleep", "30"])
+    deadline = time.monotonic() + 10
+    # Until it has exec'd, its command line is empty and says nothing: wait for "sleep" (a race seen under load).
+    while b"sleep" not in Path(f"/proc/{sleeper.pid}/cmdline").read_bytes():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -65,9 +74,6 @@ def test_the_server_s_pid_behind_a_foreign_proc_counts_when_its_url_answers_as_m
         sleeper.kill()
         sleeper.wait()
     assert not server.is_mlflow(sleeper.pid, url)
-
-
-OWN_PROC = pytest.mark.skipif(not processes.own_proc(), reason="needs this PID namespace's /proc to see zombies")
 
 
 @OWN_PROC
