@@ -145,8 +145,8 @@ def check_s3(repo: Path = Path("."), timeout_s: float = 5) -> None:
 
 
 def check_directory(path: str) -> None:
-    """A directory remote must exist and be writable here: ``dvc push`` would fail on it later (a typo, an
-    unmounted share); DVC itself creates nothing until then."""
+    """A directory remote must exist and be writable here, checked before anything is written: ``dvc push``
+    would fail on it later (a typo, an unmounted share), and the remote set before (its keys too) would be gone."""
     if not os.path.isdir(path):
         raise RemoteError(f"{path}: no such directory: create it (mkdir -p), or mount the shared one")
     if not os.access(path, os.W_OK | os.X_OK):
@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     url = args.url or os.environ.get("REMOTE", "")
     endpoint = args.endpoint or os.environ.get("ENDPOINT") or None
     try:
+        if url and "://" not in url and not args.no_check:  # before writing: a typo keeps the remote set before
+            check_directory(remote_config(url)["url"])
         path, section = configure(url, endpoint)
     except RemoteError as exc:
         print(f"remote: error: {redact.text(str(exc))}", file=sys.stderr)
@@ -172,8 +174,6 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if section["url"].startswith("s3://"):
                 check_s3()
-            elif "://" not in section["url"]:
-                check_directory(section["url"])
         except RemoteError as exc:
             print(f"remote: error: {redact.text(str(exc))}", file=sys.stderr)
             return 1

@@ -381,16 +381,20 @@ def test_make_remote_prints_no_secret(tmp_path, monkeypatch, capsys):
     assert "s3cret" not in out.out + out.err and "t0ken" not in out.out + out.err
 
 
-def test_make_remote_a_directory_is_stored_absolute_and_must_exist(tmp_path, monkeypatch, capsys):
+def test_make_remote_a_directory_must_exist_and_a_typo_keeps_the_remote_set_before(tmp_path, monkeypatch, capsys):
     (tmp_path / ".dvc").mkdir()
     monkeypatch.chdir(tmp_path)
-    assert remote.main(["shared-store"]) == 1  # relative: against where make ran, as the line shows
+    assert remote.main(["s3://team-bucket/dvc", "--no-check"]) == 0
+    config = tmp_path / ".dvc" / "config.local"
+    before = config.read_bytes()
+    assert remote.main(["shared-store"]) == 2  # relative: against where make ran
     out = capsys.readouterr()
-    assert f"remote: shared = {tmp_path / 'shared-store'}, the default remote" in out.out
     missing = f"{tmp_path / 'shared-store'}: no such directory: create it (mkdir -p), or mount the shared one"
     assert out.err == f"remote: error: {missing}\n"
+    assert config.read_bytes() == before  # nothing written
     (tmp_path / "shared-store").mkdir()
     assert remote.main(["shared-store"]) == 0 and capsys.readouterr().err == ""
+    assert f"url = {tmp_path / 'shared-store'}" in config.read_text()  # stored absolute, as printed
 
 
 def test_make_server_refuses_an_open_host_without_auth(tmp_path):
