@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from stages import finish
-from stages.lib import datasets, runtime
+from stages.lib import datasets, runtime, store
 from stages.lib.files import dir_digest, staged_dir
 from stages.lib.paths import RAW_DIR
 from stages.lib.sources import SOURCES, Expected, Settings, SourceError, SourceSkipped, origin, verify
@@ -110,7 +110,9 @@ def main() -> int:
     sys.stdout.reconfigure(line_buffering=True)  # progress lines reach logs as they happen
     try:
         cfg = pipeline.load()["fetch"]  # every section: see stages.params.pipeline
-    except schema.ParamsError as exc:
+        # The MLflow store too, as train does before training: DVC has removed no later stage's outputs yet.
+        store.preflight(store.store()[0])
+    except (schema.ParamsError, store.TrackingError) as exc:
         print(f"fetch: error: {exc}", file=sys.stderr)
         return 2
     return fetch_mnist(cfg) if cfg["dataset"] == "mnist" else fetch_own(cfg)

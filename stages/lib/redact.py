@@ -33,11 +33,12 @@ SECRET_ENV = (
     "TUNE_STORAGE",
     "PGPASSWORD",
 )
-# A URI's scheme and "//". What follows, up to the next "/", "?", "#" or white space, is its authority, and the
-# user-info is all of the authority before its last "@". RFC 3986 allows unreserved characters, pct-encodings,
-# sub-delims (!$&'()*+,;=) and ":" in user-info, and passwords hold more (a raw '"', "[" or "@"), so no other
-# character ends it: a quote or parenthesis around a URI in a message can only make more be masked, never less.
-_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^\s/?#]*@")
+# A URI's scheme and "//", then its user-info: everything up to the last "@" before white space. RFC 3986 ends
+# an authority at "/", "?" or "#", but a password written raw holds those too (and '"', "[" or "@"), and the URI
+# is then misread by its parsers, whose errors quote the part they choke on; so only white space or another
+# URI's "://" (``?next=http://u:pw@h2``, masked on its own) ends it. The cost is more masked, never less: an "@"
+# later in a path masks the host and path before it too.
+_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?:(?!://)\S)*@")
 # A query (or fragment) parameter: its key after "?", "&" or "#", its value up to the next "&", "#" or white space.
 # A lookahead, so that a parameter inside another one's value (``?next=http://h/?token=…``) is found too.
 _PARAM = re.compile(r"(?=[?&#]([^=&#?\s]*)=([^&#\s]*))")

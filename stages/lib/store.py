@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.client
 import json
 import os
 import ssl
@@ -36,6 +37,13 @@ EXPERIMENT = "mnist"
 
 class TrackingError(RuntimeError):
     """The MLflow store cannot be used; the message says which and why (secrets redacted)."""
+
+
+def read_store(project: Path, environ: Mapping[str, str] | None = None) -> str:
+    """The store that predict, serve and the demo read models from: ``MLFLOW_TRACKING_URI``, or else the
+    ``mlflow.db`` of ``project``, the checkout their code is in (they run from any directory)."""
+    environ = os.environ if environ is None else environ
+    return environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project / MLFLOW_DB}"
 
 
 def repo_root(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Path:
@@ -169,16 +177,19 @@ def preflight(uri: str, environ: Mapping[str, str] | None = None, timeout_s: flo
             rest(uri, "experiments/get-by-name", environ, query={"experiment_name": EXPERIMENT}, timeout_s=timeout_s)
         except urllib.error.HTTPError as exc:
             if exc.code in (401, 403):
-                raise TrackingError(
-                    refusal(shown, exc, bool(auth_headers(environ, without_credentials(uri)[1])))
-                ) from None
+                raise TrackingError(refusal(shown, exc, credentials_source(uri, environ))) from None
             if exc.code >= 500:
                 raise TrackingError(f"MLflow server at {shown} failed (HTTP {exc.code}): is its database up?") from None
             if exc.code != 404:  # 404: no experiment yet, which is fine
                 raise TrackingError(
                     f"MLflow server at {shown} answered HTTP {exc.code}; is it an MLflow server?"
                 ) from None
-        except (urllib.error.URLError, OSError, ValueError, ssl.SSLError) as exc:
+        except http.client.InvalidURL:  # its message quotes what it misread: part of a raw password, say
+            raise TrackingError(
+                f"MLflow server at {shown}: not a valid URL (a password holding '/', '?', '#' or '@' must be "
+                "percent-encoded, or set in MLFLOW_TRACKING_PASSWORD instead)"
+            ) from None
+        except (urllib.error.URLError, OSError, ValueError, ssl.SSLError, http.client.HTTPException) as exc:
             raise TrackingError(
                 f"MLflow server at {shown} is unreachable ({describe(exc)}); start it or unset MLFLOW_TRACKING_URI"
             ) from None
@@ -196,32 +207,36 @@ def preflight(uri: str, environ: Mapping[str, str] | None = None, timeout_s: flo
         )
 
 
-def refusal(shown: str, exc: urllib.error.HTTPError, credentials: bool) -> str:
-    """What a server's 401 or 403 means, in one line: no credentials sent, credentials refused, a host name the
-    server does not allow (MLflow's guard against DNS rebinding answers 403 before any login), or a user
-    without the permission."""
+def credentials_source(uri: str, environ: Mapping[str, str]) -> str | None:
+    """Where the credentials ``rest`` sends for ``uri`` come from (as ``auth_headers`` picks them): the
+    environment, the URI's user-info, or nowhere (None)."""
+    if environ.get("MLFLOW_TRACKING_TOKEN") or environ.get("MLFLOW_TRACKING_USERNAME"):
+        return "environment"
+    return "uri" if without_credentials(uri)[1] else None
+
+
+def refusal(shown: str, exc: urllib.error.HTTPError, source: str | None) -> str:
+    """What a server's 401 or 403 means, in one line: no credentials sent, credentials refused (from the
+    environment or the URI, ``source``), a host name the server does not allow (MLflow's guard against DNS
+    rebinding answers 403 before any login), or a user without the permission."""
     body = ""
-    with contextlib.suppress(OSError, ValueError):
+    with contextlib.suppress(OSError, ValueError, http.client.HTTPException):
         body = exc.read(2000).decode(errors="replace")
-    if exc.code == 401 and not credentials:
-        return (
-            f"MLflow server at {shown} asks for a login (HTTP 401): set MLFLOW_TRACKING_USERNAME and "
-            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
-        )
-    if exc.code == 401:
-        return (
-            f"MLflow server at {shown} rejected the credentials (HTTP 401): check MLFLOW_TRACKING_USERNAME and "
-            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
-        )
+    variables = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
     if "Host header" in body:
         host = urllib.parse.urlsplit(shown).netloc.rpartition("@")[2]
         return (
             f"MLflow server at {shown} refused the host name {host} (HTTP 403; MLflow's guard against DNS "
             "rebinding): its MLFLOW_SERVER_ALLOWED_HOSTS must allow it (make server SERVER_NAME=<name> does)"
         )
+    if source is None:
+        return f"MLflow server at {shown} asks for a login (HTTP {exc.code}): set {variables}"
+    if exc.code == 401:
+        where = variables if source == "environment" else "the user and password in MLFLOW_TRACKING_URI"
+        return f"MLflow server at {shown} rejected the credentials (HTTP 401): check {where}"
     return (
-        f"MLflow server at {shown} refused the request (HTTP 403): the user "
-        f"{'given' if credentials else '(none given)'} lacks the permission; ask the server's admin"
+        f"MLflow server at {shown} refused the request (HTTP 403): the user lacks the permission; ask the "
+        "server's admin"
     )
 
 

@@ -299,11 +299,11 @@ def describe_model(uri: str | None) -> str:
         return redact_uri(uri)
     import mlflow  # noqa: PLC0415
 
-    from stages.lib.paths import MLFLOW_DB  # noqa: PLC0415
+    from stages.lib.store import read_store  # noqa: PLC0415
     from stages.tools.predict import PROJECT  # noqa: PLC0415
 
     name_part = uri.removeprefix("models:/")
-    client = mlflow.MlflowClient(os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT / MLFLOW_DB}")
+    client = mlflow.MlflowClient(read_store(PROJECT))
     try:
         if "@" in name_part:
             name, alias = name_part.split("@", 1)

@@ -41,7 +41,7 @@ import numpy as np
 from stages import KERAS_EXTRAS, finish, leave_out
 from stages.lib import redact, store, tracking
 from stages.lib.images import EMPTY_FILE, ImageError, decode, mnist_style
-from stages.lib.paths import MLFLOW_DB, MODEL_PATH, ONNX_PATH, SERVING_CONFIG_PATH
+from stages.lib.paths import MODEL_PATH, ONNX_PATH, SERVING_CONFIG_PATH
 from stages.serving.classifier import DIGITS, IMAGE_SHAPE, RUNTIME_ENV, RUNTIMES, telemetry_off
 
 PROJECT = Path(__file__).resolve().parents[2]  # the repository, wherever `mnist-predict` is run from
@@ -163,7 +163,7 @@ def load_model(uri: str | None, runtime: str | None = None) -> Loaded:
         classifier = Classifier(model_path, config_path, model_path.with_name(ONNX_PATH.name))
         where = model_path.parent if model_path.name == MODEL_PATH.name else model_path
         return Loaded(classifier.probabilities, classifier.config, f"{shown_path(where)}, {classifier.runtime}")
-    store_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT / MLFLOW_DB}"  # models:/: this project's
+    store_uri = store.read_store(PROJECT)
     store.check_readable(uri, store_uri)
     import mlflow.pyfunc  # noqa: PLC0415
 

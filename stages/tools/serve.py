@@ -23,7 +23,6 @@ import tempfile
 from pathlib import Path
 
 from stages.lib import processes, redact, store, tracking
-from stages.lib.paths import MLFLOW_DB
 from stages.serving import cores
 from stages.serving.classifier import RUNTIME_ENV, RUNTIMES, THREADS_ENV, telemetry_off
 
@@ -66,7 +65,7 @@ def environment(runtime: str, threads: int, base: dict[str, str] | None = None) 
     env["PATH"] = os.pathsep.join(filter(None, [str(processes.bin_dir()), env.get("PATH")]))
     env[RUNTIME_ENV] = runtime
     env[THREADS_ENV] = env.get(THREADS_ENV) or str(threads)
-    env["MLFLOW_TRACKING_URI"] = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT / MLFLOW_DB}"
+    env["MLFLOW_TRACKING_URI"] = store.read_store(PROJECT, env)
     return telemetry_off(env)  # for every version's logged code, whatever it sets itself
 
 

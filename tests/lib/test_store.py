@@ -102,7 +102,7 @@ def test_rejected_credentials_are_one_line_without_the_secret(http_server):
     with pytest.raises(store.TrackingError) as err:
         store.preflight(uri, {})
     message = str(err.value)
-    assert "rejected the credentials (HTTP 401): check MLFLOW_TRACKING_USERNAME" in message
+    assert "rejected the credentials (HTTP 401): check the user and password in MLFLOW_TRACKING_URI" in message
     assert "s3cret" not in message and "http://***@127.0.0.1" in message and "\n" not in message
 
 
@@ -110,6 +110,9 @@ def test_no_credentials_a_refused_host_name_and_a_missing_permission_each_say_wh
     http_server.add(API, Route(b"{}", auth=basic("alice", "right")))
     with pytest.raises(store.TrackingError, match=r"asks for a login \(HTTP 401\): set MLFLOW_TRACKING_USERNAME"):
         store.preflight(http_server.url, {})
+    wrong = {"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": "wrong"}
+    with pytest.raises(store.TrackingError, match=r"rejected the credentials \(HTTP 401\): check MLFLOW_TRACKING_USER"):
+        store.preflight(http_server.url, wrong)
     # MLflow's guard against DNS rebinding answers 403 to a Host header it does not allow, whatever the login.
     refused = b"Invalid Host header - possible DNS rebinding attack detected"
     http_server.add(API, Route(b"{}", status=403, error_body=refused))
@@ -119,8 +122,20 @@ def test_no_credentials_a_refused_host_name_and_a_missing_permission_each_say_wh
     assert f"refused the host name {http_server.url.removeprefix('http://')} (HTTP 403" in message
     assert "MLFLOW_SERVER_ALLOWED_HOSTS" in message and "credentials" not in message and "right" not in message
     http_server.add(API, Route(b"{}", status=403, error_body=b"Permission denied"))
-    with pytest.raises(store.TrackingError, match=r"refused the request \(HTTP 403\): the user given lacks"):
+    with pytest.raises(store.TrackingError, match=r"refused the request \(HTTP 403\): the user lacks the permission"):
         store.preflight(http_server.url, {"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": "right"})
+    with pytest.raises(store.TrackingError, match=r"asks for a login \(HTTP 403\)"):  # none sent
+        store.preflight(http_server.url, {})
+
+
+def test_a_raw_password_that_breaks_the_uri_is_one_line_without_any_part_of_it():
+    # "/" ends the authority: http.client reads "pa" as the port and says so ("nonnumeric port: 'pa'").
+    with pytest.raises(store.TrackingError) as err:
+        store.preflight("http://alice:pa/ss@127.0.0.1:9", {})
+    assert str(err.value) == (
+        "MLflow server at http://***@127.0.0.1:9: not a valid URL (a password holding '/', '?', '#' or '@' must be "
+        "percent-encoded, or set in MLFLOW_TRACKING_PASSWORD instead)"
+    )
 
 
 def test_an_invalid_uri_with_credentials_is_redacted():

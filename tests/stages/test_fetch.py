@@ -346,6 +346,20 @@ def test_a_bad_value_for_a_later_stage_stops_fetch_before_work(tmp_path, monkeyp
     assert not (tmp_path / "data").exists()
 
 
+def test_an_unusable_mlflow_store_stops_fetch_before_work(tmp_path, monkeypatch, capsys):
+    # As train checks it before training; here, before DVC has removed any later stage's outputs.
+    _mnist_params(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://mlflow:pw-s3cret@db/mlflow")
+    assert fetch_stage.main() == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("fetch: error: MLflow store postgresql://***@db/mlflow is not supported")
+        and err.count("\n") == 1
+    ), err
+    assert "s3cret" not in err and not (tmp_path / "data").exists()
+
+
 def test_unknown_host_fails_at_once_in_one_short_line(tmp_path, expected):
     lines = []
     started = time.monotonic()
