@@ -50,7 +50,7 @@ help:  ## Every target and what it does (this list)
 
 $(STAMP): $(LOCK) pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -c 'import sys; v = "%d.%d" % sys.version_info[:2]; sys.exit(v != "3.11" and \
-	  "install: error: $(PYTHON) is Python %s, and the locks are for 3.11: install Python 3.11, then make repro PYTHON=python3.11" % v)'
+	  "install: error: $(PYTHON) is Python %s, and the locks are for 3.11: install Python 3.11 and run make again with PYTHON=python3.11" % v)'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(ENSURE_PIP)
 	@echo "Installing the locked dependencies into $(VENV) (a few minutes the first time)..."
@@ -187,7 +187,7 @@ demo: install $(if $(filter 1,$(INFERENCE)),$(DEMO_STAMP))  ## The draw-a-digit 
 SERVER_HOST ?= 127.0.0.1
 SERVER_PORT ?= 5000
 SERVER_DIR  ?= .server
-SERVER_NAME ?=
+SERVER_NAME :=# the command line's only: CGI and some shells set SERVER_NAME in the environment
 AUTH        ?=
 ARTIFACTS   ?=
 server: install  ## The team's tracking server (docs/team.md): AUTH=1, ARTIFACTS=s3://..., SERVER_HOST, SERVER_NAME

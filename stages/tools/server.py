@@ -33,6 +33,7 @@ import errno
 import ipaddress
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -40,6 +41,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -181,25 +183,45 @@ def auth_environ(directory: Path) -> tuple[dict[str, str], str | None]:
     return env, generated
 
 
-def allowed_hosts(names: list[str], port: int, environ: dict[str, str] | os._Environ) -> dict[str, str]:
+HOST_NAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+
+
+def check_name(name: str) -> None:
+    """A name clients reach the server by: a host name or an IP address, nothing that MLflow would read as a
+    pattern (``*`` would switch its Host check off altogether) and no scheme or port."""
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(name.removeprefix("[").removesuffix("]"))
+        return
+    if not HOST_NAME.fullmatch(name):
+        raise ServerError(
+            f"SERVER_NAME={name}: expected host names or IP addresses, comma-separated (letters, digits, dots "
+            "and hyphens; no scheme, port or wildcard)"
+        )
+
+
+def allowed_hosts(names: list[str], client: str, environ: dict[str, str] | os._Environ) -> dict[str, str]:
     """``MLFLOW_SERVER_ALLOWED_HOSTS`` for a server that clients reach as ``names`` (``SERVER_NAME``): MLflow's
     own default list (localhost, the loopback and private addresses, on any port) and each name, with and
     without a port. The variable replaces MLflow's defaults, so a list of bare names alone would refuse
     ``mlflow.example.com:5000`` and ``127.0.0.1:5000`` alike (HTTP 403 to every client). A list the user set
-    is kept, but must let in the address ``start`` prints for clients here, or this is one line."""
+    is kept, but must let in ``client``, the host and port ``start`` prints for clients, or this is one line."""
     own = environ.get("MLFLOW_SERVER_ALLOWED_HOSTS")
     if not names and not own:
         return {}  # MLflow's defaults
+    for name in names:
+        check_name(name)
     from mlflow.server.security_utils import get_default_allowed_hosts, is_allowed_host_header  # noqa: PLC0415
 
     if own:
         if names:
             raise ServerError("set SERVER_NAME or MLFLOW_SERVER_ALLOWED_HOSTS, not both (SERVER_NAME builds it)")
-        if not is_allowed_host_header([h.strip() for h in own.split(",")], f"127.0.0.1:{port}"):
+        if not is_allowed_host_header([h.strip() for h in own.split(",")], client):
             raise ServerError(
-                f"MLFLOW_SERVER_ALLOWED_HOSTS refuses 127.0.0.1:{port}, so every client here would get HTTP 403 "
-                "(it replaces MLflow's defaults, and a name without ':*' matches no port): use SERVER_NAME=<name> "
-                "instead, which keeps the defaults"
+                f"MLFLOW_SERVER_ALLOWED_HOSTS refuses {client}, the address printed for clients, so they would get "
+                "HTTP 403 (it replaces MLflow's defaults, and a name without ':*' matches no port): use "
+                "SERVER_NAME=<name> instead, which keeps the defaults"
             )
         return {}
     listed = [*get_default_allowed_hosts(), *(f"{n}{suffix}" for n in names for suffix in ("", ":*"))]
@@ -328,11 +350,11 @@ def start(
     if state_path.exists():
         raise ServerError(f"a server started from {directory} is already running: `make server-stop` first")
     check_port(host, port)
-    hosts_env = allowed_hosts(names or [], port, os.environ)
+    url = f"http://{host if host not in ('0.0.0.0', '::') else '127.0.0.1'}:{port}"
+    hosts_env = allowed_hosts(names or [], urllib.parse.urlsplit(url).netloc, os.environ)
     if artifacts and artifacts.startswith("s3://"):
         check_s3(artifacts)
     directory.mkdir(parents=True, exist_ok=True)
-    url = f"http://{host if host not in ('0.0.0.0', '::') else '127.0.0.1'}:{port}"
     state: dict = {"url": url, "host": host, "port": port, "auth": auth}
     if names:
         state["client_url"] = f"http://{names[0]}:{port}"
@@ -431,7 +453,10 @@ def describe(state: dict, backend_env: str | None) -> list[str]:
         "# then dvc repro / dvc exp run log there",
     ]
     if "client_url" not in state and state.get("host") and not is_loopback(state["host"]):
-        lines.append(f"server: from other machines, http://<this machine's name or address>:{state['port']}")
+        lines.append(
+            f"server: from other machines, http://<a private address of this machine>:{state['port']}, or a name "
+            "given in SERVER_NAME=<name> (MLflow answers others with HTTP 403)"
+        )
     if state.get("auth"):
         admin = os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME") or "admin"
         if state.get("admin_password"):

@@ -57,8 +57,8 @@ def test_make_install_with_another_python_says_which_to_use_and_creates_nothing(
                             env=environ, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode != 0
     assert result.stderr.splitlines()[0] == (
-        f"install: error: {other} is Python 3.12, and the locks are for 3.11: install Python 3.11, "
-        "then make repro PYTHON=python3.11"
+        f"install: error: {other} is Python 3.12, and the locks are for 3.11: install Python 3.11 and run make "
+        "again with PYTHON=python3.11"
     )
     assert not (tmp_path / ".venv").exists()
 

@@ -11,7 +11,7 @@ from stages.tools import server
 def test_a_server_name_keeps_mlflows_defaults_and_allows_the_name_on_any_port():
     from mlflow.server.security_utils import is_allowed_host_header
 
-    env = server.allowed_hosts(["mlflow.example.com", "ml.lan"], 5000, {})
+    env = server.allowed_hosts(["mlflow.example.com", "ml.lan", "10.0.0.5", "[fd00::1]"], "127.0.0.1:5000", {})
     allowed = env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
     for host in ("mlflow.example.com:5000", "mlflow.example.com", "ml.lan:8080", "127.0.0.1:5000", "localhost:5000",
                  "10.1.2.3:5000"):  # fmt: skip
@@ -21,21 +21,33 @@ def test_a_server_name_keeps_mlflows_defaults_and_allows_the_name_on_any_port():
 
 
 def test_without_a_name_mlflows_defaults_apply():
-    assert server.allowed_hosts([], 5000, {}) == {}
+    assert server.allowed_hosts([], "127.0.0.1:5000", {}) == {}
 
 
 @pytest.mark.parametrize("own", ["mlflow.example.com", "mlflow.example.com,localhost"])
 def test_a_users_list_that_would_refuse_every_client_here_is_one_line(own):
     # MLflow's variable replaces its defaults, and a name without ':*' matches requests without a port only.
     with pytest.raises(server.ServerError, match=r"MLFLOW_SERVER_ALLOWED_HOSTS refuses 127\.0\.0\.1:5000"):
-        server.allowed_hosts([], 5000, {"MLFLOW_SERVER_ALLOWED_HOSTS": own})
+        server.allowed_hosts([], "127.0.0.1:5000", {"MLFLOW_SERVER_ALLOWED_HOSTS": own})
 
 
 def test_a_users_list_that_lets_local_clients_in_is_kept_as_it_is():
     own = {"MLFLOW_SERVER_ALLOWED_HOSTS": "mlflow.example.com:*,127.0.0.1:*"}
-    assert server.allowed_hosts([], 5000, own) == {}  # the server inherits it
+    assert server.allowed_hosts([], "127.0.0.1:5000", own) == {}  # the server inherits it
     with pytest.raises(server.ServerError, match="not both"):
-        server.allowed_hosts(["mlflow.example.com"], 5000, own)
+        server.allowed_hosts(["mlflow.example.com"], "127.0.0.1:5000", own)
+    # Checked against the address printed for clients: a server on 10.0.0.5 needs 10.0.0.5 allowed.
+    with pytest.raises(server.ServerError, match=r"refuses 10\.0\.0\.5:5000, the address printed for clients"):
+        server.allowed_hosts([], "10.0.0.5:5000", {"MLFLOW_SERVER_ALLOWED_HOSTS": "127.0.0.1:*"})
+    assert server.allowed_hosts([], "10.0.0.5:5000", {"MLFLOW_SERVER_ALLOWED_HOSTS": "10.0.0.5:*"}) == {}
+
+
+@pytest.mark.parametrize("name", ["*", "*.example.com", "http://mlflow.example.com", "mlflow.example.com:5000",
+                                  "mlflow example", "-bad.example.com", ""])  # fmt: skip
+def test_a_server_name_is_a_host_name_or_an_address_never_a_pattern(name):
+    # "*" would switch MLflow's Host check off altogether; a port or scheme would print a broken client URL.
+    with pytest.raises(server.ServerError, match=r"expected host names or IP addresses"):
+        server.allowed_hosts([name], "127.0.0.1:5000", {})
 
 
 def test_what_start_prints_for_clients():
