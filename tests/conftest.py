@@ -234,9 +234,12 @@ class imported_on_use:  # noqa: N801 - stands for a module: `nn = imported_on_us
 
 
 def write_params(directory: Path, **fetch: object) -> None:
-    """The project's ``params.yaml`` in ``directory``, its ``fetch`` section replaced by ``fetch`` (the fetch stage
-    checks every section before it starts)."""
-    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    """The project's committed ``params.yaml`` in ``directory``, its ``fetch`` section replaced by ``fetch`` (the
+    fetch stage checks every section before it starts). Committed: an experiment applied in this checkout (or a
+    failed ``dvc exp run -S``) changes the workspace's."""
+    committed = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[1]), "show", "HEAD:params.yaml"],
+                               capture_output=True, text=True, check=True)  # fmt: skip
+    params = yaml.safe_load(committed.stdout)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "params.yaml").write_text(yaml.safe_dump({**params, "fetch": fetch}, sort_keys=False))
 

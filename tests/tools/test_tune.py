@@ -242,8 +242,13 @@ def test_the_study_s_mlflow_client_prints_no_run_urls(tmp_path, monkeypatch):
     # trial in `make tune`'s one line per trial.
     from stages.tools.tune import runs
 
-    monkeypatch.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "")  # whatever was there comes back afterwards
-    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")
+    for name in (
+        "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT",
+        "MLFLOW_LOGGING_LEVEL",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR",
+    ):
+        monkeypatch.setenv(name, "")  # recorded as it was, so what Runs() sets is undone afterwards
+        monkeypatch.delenv(name)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs.Runs()
     from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
