@@ -210,7 +210,7 @@ def preflight(uri: str, environ: Mapping[str, str] | None = None, timeout_s: flo
 def credentials_source(uri: str, environ: Mapping[str, str]) -> str | None:
     """Where the credentials ``rest`` sends for ``uri`` come from (as ``auth_headers`` picks them): the
     environment, the URI's user-info, or nowhere (None)."""
-    if environ.get("MLFLOW_TRACKING_TOKEN") or environ.get("MLFLOW_TRACKING_USERNAME"):
+    if auth_headers(environ):  # without the URI's: the environment's own, which come first
         return "environment"
     return "uri" if without_credentials(uri)[1] else None
 
