@@ -280,6 +280,6 @@ clean-state:  ## Delete local state (mlflow.db, mlartifacts/, .runtime/, .tune/,
 	  case "$$answer" in y|Y|yes|Yes|YES) ;; *) echo "clean-state: nothing deleted"; exit 0;; esac; \
 	fi; \
 	if [ -e "$(SERVER_DIR)" ]; then \
-	  $(MAKE) --no-print-directory --silent install && python -m stages.tools.server remove --dir "$(SERVER_DIR)" || exit 1; \
+	  $(MAKE) --no-print-directory --silent install && python -m stages.tools.server remove --yes --dir "$(SERVER_DIR)" || exit 1; \
 	fi; \
 	rm -rf $(LOCAL_STATE) && echo "clean-state: deleted$$found"

@@ -2,7 +2,7 @@
 
     python -m stages.tools.server start [--host 127.0.0.1] [--port 5000] [--auth] [--artifacts s3://bucket/prefix]
     python -m stages.tools.server stop                                     (make server-stop)
-    python -m stages.tools.server remove                                   stop, then delete the cluster and .server/
+    python -m stages.tools.server remove [--yes]                           stop, then delete the cluster and .server/
 
 ``start`` runs ``mlflow server`` with ``--artifacts-destination`` (clients
 upload and download artifacts through the server and need no storage
@@ -43,6 +43,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from stages.lib import processes, redact
@@ -413,13 +414,48 @@ def stop(directory: Path = SERVER_DIR) -> list[str]:
     return stopped
 
 
+def doomed(directory: Path = SERVER_DIR) -> list[Path]:
+    """What ``remove`` would delete: ``directory`` and, when it lives elsewhere, the cluster ``pg.json`` records."""
+    paths = []
+    pg_json = directory / "pg.json"
+    if pg_json.exists():
+        cluster_dir = Path(json.loads(pg_json.read_text())["directory"])
+        if cluster_dir.exists() and not cluster_dir.is_relative_to(directory.resolve()):
+            paths.append(cluster_dir)
+    if directory.exists():
+        paths.append(directory)
+    return paths
+
+
+def confirmed(paths: list[Path], yes: bool, answer: Callable[[str], str] | None = None) -> bool:
+    """Whether ``remove`` may delete ``paths``: ``yes``, or a yes at the terminal, after listing them. Without a
+    terminal and without ``yes``, a ``ServerError``: nothing is deleted by surprise."""
+    if yes:
+        return True
+    if answer is None:
+        if not sys.stdin.isatty():
+            raise ServerError(
+                f"remove deletes {', '.join(map(str, paths))} (every run and model in them): nothing removed without "
+                "--yes (or a yes at a terminal)"
+            )
+        answer = input
+    print("server: remove deletes (every run and model in them; nothing rebuilds them):")
+    for path in paths:
+        print(f"  {path}")
+    try:
+        reply = answer("Delete them? [y/N] ")
+    except EOFError:  # Ctrl-D: no
+        print()
+        return False
+    return reply.strip().lower() in {"y", "yes"}
+
+
 def remove(directory: Path = SERVER_DIR) -> list[str]:
     """Stop, then delete the throw-away cluster (wherever it lives) and ``directory``: every run and artifact.
 
     A cluster still running when ``stop`` is done (one no state file records: left by a crash or an earlier
     version) is stopped first; one that cannot be stopped is refused, never deleted under a live server."""
     stop(directory)
-    removed = []
     pg_json = directory / "pg.json"
     if pg_json.exists():
         saved = json.loads(pg_json.read_text())
@@ -431,14 +467,10 @@ def remove(directory: Path = SERVER_DIR) -> list[str]:
                 raise ServerError(
                     f"the PostgreSQL cluster in {pg.directory} is running and would not stop ({exc}): nothing removed"
                 ) from None
-        cluster_dir = pg.directory
-        if cluster_dir.exists() and not cluster_dir.is_relative_to(directory.resolve()):
-            shutil.rmtree(cluster_dir)
-            removed.append(str(cluster_dir))
-    if directory.exists():
-        shutil.rmtree(directory)
-        removed.append(str(directory))
-    return removed
+    paths = doomed(directory)
+    for path in paths:
+        shutil.rmtree(path)
+    return [str(path) for path in paths]
 
 
 def describe(state: dict, backend_env: str | None) -> list[str]:
@@ -477,6 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--dir", type=Path, default=SERVER_DIR, help="where the state, secrets, logs and data live")
     parser.add_argument("--auth", action="store_true", help="MLflow's basic-auth app (required off loopback)")
+    parser.add_argument("--yes", action="store_true", help="remove: delete without asking")
     parser.add_argument("--artifacts", help="artifact destination (default: <dir>/artifacts), e.g. s3://bucket/mlflow")
     parser.add_argument(
         "--name", default="", help="the name(s) clients reach the server by, comma-separated (allowed Host headers)"
@@ -495,6 +528,10 @@ def main(argv: list[str] | None = None) -> int:
             stopped = stop(args.dir)
             print("server: stopped " + ", ".join(stopped) if stopped else "server: nothing to stop")
         else:
+            paths = doomed(args.dir)
+            if paths and not confirmed(paths, args.yes):
+                print("server: nothing removed")
+                return 0
             removed = remove(args.dir)
             print("server: removed " + ", ".join(removed) if removed else "server: nothing to remove")
     except ServerError as exc:

@@ -291,7 +291,7 @@ def auth_server(workdir):
         password = re.search(r"admin user 'admin', password (\S+) ", started.stdout).group(1)
         yield project, f"http://127.0.0.1:{port}", password, started
     finally:
-        removed = run_in([sys.executable, "-m", "stages.tools.server", "remove"], project)
+        removed = run_in([sys.executable, "-m", "stages.tools.server", "remove", "--yes"], project)
         shutil.rmtree(home, ignore_errors=True)
         assert removed.returncode == 0, removed.stderr
 

@@ -71,3 +71,43 @@ def test_a_start_without_auth_where_users_exist_says_logins_are_off(tmp_path, mo
     assert "server: note: basic auth is off this time" in capsys.readouterr().out
     assert server.main(["start", "--dir", str(tmp_path), "--auth"]) == 0
     assert "basic auth is off" not in capsys.readouterr().out
+
+
+def server_dir_with_a_cluster_elsewhere(tmp_path):
+    """A ``.server`` whose ``pg.json`` records a cluster outside it (as root, in the postgres user's home), none
+    running."""
+    directory, cluster = tmp_path / ".server", tmp_path / "postgres-home" / "cluster"
+    (cluster / "data").mkdir(parents=True)
+    directory.mkdir()
+    (directory / "pg.json").write_text(f'{{"directory": "{cluster}", "port": 5432}}')
+    return directory, cluster
+
+
+def test_remove_lists_what_it_deletes_and_asks(tmp_path, monkeypatch, capsys):
+    directory, cluster = server_dir_with_a_cluster_elsewhere(tmp_path)
+    assert server.doomed(directory) == [cluster, directory]
+    assert server.confirmed([cluster, directory], yes=False, answer=lambda prompt: "n") is False
+    listed = capsys.readouterr().out
+    assert f"  {cluster}\n  {directory}\n" in listed and "every run and model" in listed
+    assert server.confirmed([directory], yes=False, answer=lambda prompt: " Yes ") is True
+    assert server.confirmed([directory], yes=True, answer=lambda prompt: pytest.fail("asked despite --yes")) is True
+
+    def ctrl_d(prompt):
+        raise EOFError
+
+    assert server.confirmed([directory], yes=False, answer=ctrl_d) is False
+
+
+def test_remove_without_a_terminal_deletes_nothing_without_yes(tmp_path, monkeypatch, capsys):
+    directory, cluster = server_dir_with_a_cluster_elsewhere(tmp_path)
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    assert server.main(["remove", "--dir", str(directory)]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"server: error: remove deletes {cluster}, {directory} (every run and model in them)")
+    assert "--yes" in line
+    assert directory.exists() and cluster.exists()
+    assert server.main(["remove", "--dir", str(directory), "--yes"]) == 0
+    assert f"server: removed {cluster}, {directory}" in capsys.readouterr().out
+    assert not directory.exists() and not cluster.exists()
+    assert server.main(["remove", "--dir", str(directory)]) == 0  # nothing there: nothing to ask
+    assert "server: nothing to remove" in capsys.readouterr().out
