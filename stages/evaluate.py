@@ -26,7 +26,7 @@ from stages.params import evaluate as evaluate_params
 from stages.params import model as model_params
 from stages.params import schema
 from stages.params import train as train_params
-from stages.serving.classifier import Classifier, softmax
+from stages.serving.classifier import Classifier, ModelUnavailable, softmax
 
 KERAS_EPSILON = 1e-7  # keras.config.epsilon(): how far Keras keeps probabilities from 0 and 1 in its losses
 
@@ -145,8 +145,16 @@ def main() -> int:
         return 2
 
     started = time.monotonic()
-    classifier = Classifier(MODEL_PATH, SERVING_CONFIG_PATH, ONNX_PATH)  # what is served: ONNX when sound
-    (x_val, y_val), (x_test, y_test) = load_split(PREPARED_DIR, "val"), load_split(PREPARED_DIR, "test")
+    try:
+        classifier = Classifier(MODEL_PATH, SERVING_CONFIG_PATH, ONNX_PATH)  # what is served: ONNX when sound
+        (x_val, y_val), (x_test, y_test) = load_split(PREPARED_DIR, "val"), load_split(PREPARED_DIR, "test")
+        classes = dataset(read_stats())["classes"]
+    except FileNotFoundError as exc:
+        print(f"evaluate: error: {exc.filename} is missing: run the pipeline first (dvc repro)", file=sys.stderr)
+        return 2
+    except ModelUnavailable as exc:  # MODEL_RUNTIME unknown, or asking for a form the model lacks
+        print(f"evaluate: error: {exc}", file=sys.stderr)
+        return 2
     batch = cfg["evaluate"]["batch_size"]
     output = cfg["model"]["output"]
     val_outputs, test_outputs = classifier.outputs(x_val, batch), classifier.outputs(x_test, batch)
@@ -161,7 +169,7 @@ def main() -> int:
     }
     test_accuracy, test_loss = metrics["test_accuracy"], metrics["test_loss"]
     probs = softmax(test_outputs) if output == "linear" else test_outputs
-    pairs = write_reports(x_test, y_test, probs, metrics, cfg["evaluate"], classes=dataset(read_stats())["classes"])
+    pairs = write_reports(x_test, y_test, probs, metrics, cfg["evaluate"], classes=classes)
     top = ", ".join(
         f"{a}->{p} ({c})" for a, p, c in pairs[["actual", "predicted", "count"]].head(3).itertuples(index=False)
     )

@@ -37,6 +37,7 @@ import numpy as np
 from stages.lib import idx
 from stages.lib.files import staged_dir, write_json
 from stages.lib.progress import Progress
+from stages.lib.redact import first_line
 
 Log = Callable[[str], None]
 
@@ -70,17 +71,12 @@ def manifest_text(manifest: dict[str, Any]) -> str:
     return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
 def _read(path: Path, rel: str) -> bytes:
     try:
         with open(path, "rb") as f:
             return f.read()
     except OSError as exc:
-        raise DatasetError(f"fetch.path: {rel}: cannot be read ({exc.strerror or _first_line(exc)})") from None
+        raise DatasetError(f"fetch.path: {rel}: cannot be read ({exc.strerror or first_line(exc)})") from None
 
 
 # --- symlinks that leave fetch.path -------------------------------------------------
@@ -107,7 +103,7 @@ def _visible(directory: str, rel: str, root_real: str) -> list[os.DirEntry]:
         with os.scandir(directory) as it:
             entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
     except OSError as exc:
-        raise DatasetError(f"fetch.path: {rel or '.'}: cannot be listed ({exc.strerror or _first_line(exc)})") from None
+        raise DatasetError(f"fetch.path: {rel or '.'}: cannot be listed ({exc.strerror or first_line(exc)})") from None
     for entry in entries:
         _check_link(entry, f"{rel}{entry.name}", root_real)
     return entries
@@ -264,7 +260,7 @@ def _read_image(path: str, rel: str) -> bytes:
         finally:
             os.close(fd)
     except OSError as exc:
-        raise DatasetError(f"fetch.path: {rel}: cannot be read ({exc.strerror or _first_line(exc)})") from None
+        raise DatasetError(f"fetch.path: {rel}: cannot be read ({exc.strerror or first_line(exc)})") from None
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
@@ -367,7 +363,7 @@ def _read_idx(path: Path, ndim: int) -> tuple[bytes, np.ndarray]:
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error) as exc:
-            raise DatasetError(f"fetch.path: {path.name}: not a valid gzip file ({_first_line(exc)})") from None
+            raise DatasetError(f"fetch.path: {path.name}: not a valid gzip file ({first_line(exc)})") from None
     try:
         return data, idx.decode(data, name=path.name, ndim=ndim)
     except idx.IdxError as exc:
@@ -570,11 +566,11 @@ def read_manifest(raw_dir: Path) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: cannot be read ({_first_line(exc)})") from None
+        raise DatasetError(f"{path}: cannot be read ({first_line(exc)})") from None
     try:
         manifest = json.loads(text)
     except ValueError as exc:
-        raise DatasetError(f"{path}: not valid JSON ({_first_line(exc)}): run fetch again") from None
+        raise DatasetError(f"{path}: not valid JSON ({first_line(exc)}): run fetch again") from None
     return _check_manifest(manifest, path)
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from stages.lib.redact import described
+
 BOX = 20  # MNIST: the digit's longer side, in pixels
 SIDE = 28
 CENTRE = (14.0, 14.0)  # where MNIST puts the centre of mass (row, column): measured on the training set
@@ -48,8 +50,7 @@ def unreadable(exc: Exception) -> ImageError | None:
         return ImageError(f"cannot decode ({exc})")
     if isinstance(exc, MemoryError):
         return None
-    lines = str(exc).strip().splitlines()
-    return ImageError(f"cannot decode ({type(exc).__name__}: {lines[0] if lines else ''})")
+    return ImageError(f"cannot decode ({described(exc)})")
 
 
 # --- one image into MNIST's form ---------------------------------------------

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from stages.lib.files import atomic_path, sha256_file
+from stages.lib.redact import described
 from stages.serving.classifier import ONNX_INPUT, ONNX_OUTPUT, onnx_session, softmax
 
 TOLERANCE = 1e-5  # largest allowed difference of one probability between onnxruntime and Keras
@@ -67,10 +68,7 @@ def convert(model: Any, example: np.ndarray) -> Any:
                 model.export(target, format="onnx", verbose=False)
             return onnx.load(target)
         except Exception as exc:  # whatever the converter cannot do is one line, and Keras serves alone
-            text = str(exc).strip().splitlines()
-            raise Refused(
-                f"the ONNX converter (tf2onnx) refused the network: {type(exc).__name__}: {text[0] if text else ''}"
-            ) from None
+            raise Refused(f"the ONNX converter (tf2onnx) refused the network: {described(exc)}") from None
 
 
 @contextlib.contextmanager
@@ -141,14 +139,17 @@ def canonical(proto: Any) -> bytes:
 def check(model: Any, data: bytes, x: np.ndarray, output: str = "softmax", batch_size: int = 1024) -> None:
     """``Refused`` unless onnxruntime on ``data`` gives Keras's outputs on ``x`` within ``TOLERANCE`` (as
     probabilities) and the same top-1 class for every image."""
-    ort_session = onnx_session(data)
     worst, disagree = 0.0, 0
-    for i in range(0, len(x), batch_size):
-        batch = np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)
-        expected = as_probabilities(np.asarray(model(batch, training=False)), output)
-        got = as_probabilities(ort_session.run([ONNX_OUTPUT], {ONNX_INPUT: batch})[0], output)
-        worst = max(worst, float(np.abs(got - expected).max()))
-        disagree += int((got.argmax(axis=1) != expected.argmax(axis=1)).sum())
+    try:
+        ort_session = onnx_session(data)
+        for i in range(0, len(x), batch_size):
+            batch = np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)
+            expected = as_probabilities(np.asarray(model(batch, training=False)), output)
+            got = as_probabilities(ort_session.run([ONNX_OUTPUT], {ONNX_INPUT: batch})[0], output)
+            worst = max(worst, float(np.abs(got - expected).max()))
+            disagree += int((got.argmax(axis=1) != expected.argmax(axis=1)).sum())
+    except Exception as exc:  # a graph onnxruntime cannot load or run (an op it lacks): Keras serves alone
+        raise Refused(f"onnxruntime cannot run the ONNX form: {described(exc)}") from None
     if worst > TOLERANCE or disagree:
         raise Refused(
             f"the ONNX form differs from Keras on the {len(x)} check images: largest probability difference "

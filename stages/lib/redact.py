@@ -165,3 +165,10 @@ def first_line(exc: BaseException) -> str:
     """An exception as one redacted line: its message's first line, or its type's name when it has none."""
     message = str(exc).strip()
     return text(message.splitlines()[0] if message else type(exc).__name__)
+
+
+def described(exc: BaseException) -> str:
+    """An exception as one redacted line with its type: ``Type: first line``, or ``Type`` when it has no
+    message."""
+    message = str(exc).strip()
+    return text(f"{type(exc).__name__}: {message.splitlines()[0]}" if message else type(exc).__name__)

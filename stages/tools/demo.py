@@ -43,7 +43,7 @@ import numpy as np
 
 from stages import finish
 from stages.lib.images import from_image
-from stages.lib.redact import text as redact_text
+from stages.lib.redact import described, first_line
 from stages.lib.redact import uri as redact_uri
 from stages.lib.registry import SCORE_TAG, champion_uri
 from stages.serving.classifier import DIGITS, output_columns
@@ -152,17 +152,12 @@ class Answer:
 # --- one drawing or file -> an answer --------------------------------------------
 
 
-def one_line(exc: Exception) -> str:
-    first = str(exc).splitlines()[0] if str(exc) else ""
-    return redact_text(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)
-
-
 def answer_pixels(model: Probabilities, seen: np.ndarray, task: Task = MNIST) -> Answer:
     try:
         probabilities = np.asarray(model(seen[np.newaxis])[0], dtype=np.float64)
     except Exception as exc:  # the page stays up and says so; the server's log has the same line
-        print(f"demo: error: the model failed: {one_line(exc)}", file=sys.stderr)
-        return Answer(seen=seen, message=f"The model failed: {one_line(exc)}", task=task)
+        print(f"demo: error: the model failed: {described(exc)}", file=sys.stderr)
+        return Answer(seen=seen, message=f"The model failed: {described(exc)}", task=task)
     return Answer(probabilities=probabilities, seen=seen, task=task)
 
 
@@ -180,7 +175,7 @@ def answer_drawing(model: Probabilities, drawing, task: Task = MNIST) -> Answer:
             message = f"{task.prompt[:-1]}: the canvas is empty."
         return Answer(message=message, task=task)
     except Exception as exc:  # a surprise in an odd canvas is this drawing's message, not a crash
-        return Answer(message=f"Cannot read the drawing: {one_line(exc)}", task=task)
+        return Answer(message=f"Cannot read the drawing: {described(exc)}", task=task)
     return answer_pixels(model, seen, task)
 
 
@@ -502,13 +497,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, description, task = load(args.model or None)
     except Exception as exc:  # any failure to load is reported in one line
-        print(f"demo: error: cannot load the model: {redact_text(str(exc).splitlines()[0])}", file=sys.stderr)
+        print(f"demo: error: cannot load the model: {first_line(exc)}", file=sys.stderr)
         return 2
     app = build_app(model, description, task)
     try:
         serve(app, args.host, args.port, credentials)
     except OSError as exc:  # the port is taken, the address is not this machine's
-        reason = redact_text(str(exc).splitlines()[0])
+        reason = first_line(exc)
         if credentials:  # DEMO_PASSWORD is none of redact's variables: masked here
             reason = reason.replace(credentials[1], "***")
         print(f"demo: error: cannot listen on {args.host}:{args.port}: {reason}", file=sys.stderr)

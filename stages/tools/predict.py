@@ -105,7 +105,7 @@ def prepare(outcome: Outcome, form: Form = Form()) -> Outcome:
         except ImageError as exc:
             outcome.error = str(exc)
         except Exception as exc:  # a decoder's surprise is this file's error, not the whole batch's
-            outcome.error = f"cannot read: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            outcome.error = f"cannot read: {redact.described(exc)}"
     return outcome
 
 

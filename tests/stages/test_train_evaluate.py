@@ -2,7 +2,9 @@
 
 import json
 import math
+import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -275,9 +277,7 @@ def test_end_to_end_reports(prepared, tmp_path, monkeypatch):
 
 def run_train_stage(prepared, root, model=None, train=None, python_flags=()):
     """``python -m stages.train`` as DVC runs it (its own process: for a CNN, oneDNN and two threads)."""
-    import shutil
     import sys
-    from pathlib import Path
 
     import yaml
 
@@ -329,3 +329,12 @@ def test_train_stage_imports_neither_scikit_learn_nor_matplotlib(prepared, tmp_p
     # (-X importtime lists blocked imports too, but not the modules the packages would load.)
     assert not {"sklearn.base", "sklearn.utils", "matplotlib.colors", "matplotlib.figure"} & imported
     assert (tmp_path / "data" / "model" / "model.keras").exists()
+
+
+def test_evaluate_before_the_model_exists_is_one_line(tmp_path, monkeypatch, capsys):
+    shutil.copy(Path(__file__).resolve().parents[2] / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    assert evaluate.main() == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == "evaluate: error: data/model/serving.json is missing: run the pipeline first (dvc repro)"
+    assert not (tmp_path / "reports").exists()

@@ -65,7 +65,7 @@ def open_storage(url: str | None, on_stale: Callable | None = None) -> Any:
             engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
         )
     except Exception as exc:  # SQLAlchemy's errors (driver, DNS, refused, auth) all mean: cannot use it
-        reason = redact.text(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        reason = redact.first_line(exc)
         if "revision" in reason:  # another program's alembic_version table (MLflow's database, say)
             reason += " - Optuna needs a database of its own (MLflow's cannot be shared)"
         raise TuneError(f"storage {describe_storage(url)} is unusable: {reason[:300]}") from None
