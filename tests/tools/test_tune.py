@@ -254,3 +254,61 @@ def test_the_study_s_mlflow_client_prints_no_run_urls(tmp_path, monkeypatch):
     from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
 
     assert MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.get() is True
+
+
+def test_waiting_for_other_machines_trials_stops_on_a_signal(repo, monkeypatch):
+    import threading
+
+    base = storage.base_params()
+    study = storage.create_or_continue(storage.open_storage(None), "far", space.load_space("dense", base), 2, base)
+    trial = study.ask()
+    trial.set_user_attr("worker", {"host": "another-machine", "pid": 1})  # running elsewhere: not found dead
+    monkeypatch.setattr(worker, "on_stop_signals", lambda: None)  # this test's process keeps its own handlers
+    monkeypatch.setattr(cli, "on_stop_signals", lambda: None)
+    worker.STOP.clear()
+    result = []
+    waiting = threading.Thread(
+        target=lambda: result.append(cli.wait_for_others(study, lambda s, t: None, None, poll_s=5.0)), daemon=True
+    )
+    waiting.start()
+    time.sleep(0.3)
+    worker.STOP.set()  # Ctrl-C while waiting
+    waiting.join(timeout=2)
+    worker.STOP.clear()
+    assert not waiting.is_alive() and result == [True], "still waiting after Ctrl-C"
+    assert study.get_trials()[0].state.name == "RUNNING"  # the other machine's trial is left to its worker
+
+
+def test_an_error_in_make_tune_itself_leaves_the_study_run_failed_not_running(repo, monkeypatch):
+    ended = []
+
+    class FakeRuns:
+        uri = "sqlite:///unused.db"
+
+        def parent(self, study, space, trials):
+            return "parent-run"
+
+        def fail_study(self, run_id, status="FAILED"):
+            ended.append((run_id, status))
+
+    def broken(*args):
+        raise RuntimeError("figures could not be drawn")
+
+    monkeypatch.setattr(cli, "Runs", FakeRuns)
+    monkeypatch.setattr(cli, "run_study", broken)
+    monkeypatch.setattr(cli.store, "preflight", lambda uri: None)
+    with pytest.raises(RuntimeError):
+        cli.run("failing", 2, 1, "dense")
+    assert ended == [("parent-run", "FAILED")]
+
+
+def test_an_unexpected_error_is_one_line_without_the_password(monkeypatch, capsys):
+    def store_gone(*args):  # what MLflow raises when the server goes away mid-study
+        raise RuntimeError("API request to http://alice:s3cret@127.0.0.1:9/api/2.0/mlflow/runs/log-batch failed\n...")
+
+    monkeypatch.setattr(cli, "work", store_gone)
+    assert cli.main(["worker", "--study", "far"]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == (
+        "tune-worker: error: RuntimeError: API request to http://***@127.0.0.1:9/api/2.0/mlflow/runs/log-batch failed"
+    )

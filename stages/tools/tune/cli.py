@@ -122,21 +122,25 @@ def wait_for_workers(procs: list[subprocess.Popen]) -> bool:
         return True
 
 
-def wait_for_others(study: Any, on_failed: Callable, url: str | None, poll_s: float = 5.0) -> None:
-    """Trials still running on other machines' workers: wait for them to end (or to be found dead)."""
+def wait_for_others(study: Any, on_failed: Callable, url: str | None, poll_s: float = 5.0) -> bool:
+    """Trials still running on other machines' workers: wait for them to end (or to be found dead). Whether
+    stopped (SIGTERM or Ctrl-C) meanwhile: their workers go on with them."""
     import optuna  # noqa: PLC0415
 
+    on_stop_signals()
     said = 0.0
     while True:
         with study_lock(url, study.study_name):
             fail_dead_trials(study, on_failed)
         active = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         if not active:
-            return
+            return False
         if time.monotonic() - said > 30:
             print(f"tune: waiting for {len(active)} trial(s) on other workers: {[t.number for t in active]}")
             said = time.monotonic()
-        time.sleep(poll_s)
+        if STOP.wait(poll_s):
+            print("tune: stopped waiting; the other workers go on with their trials")
+            return True
 
 
 def run(
@@ -168,9 +172,29 @@ def run(
     study = create_or_continue(storage, study_name, space, trials, base)
     runs = Runs()
     parent = runs.parent(study, space, trials)
+    try:
+        return run_study(study, runs, parent, trials, workers, space.name, url, on_failed, threads)
+    except BaseException as exc:  # never left RUNNING: the next `make tune` of this study marks it RUNNING again
+        runs.fail_study(parent, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+
+
+def run_study(
+    study: Any,
+    runs: Runs,
+    parent: str,
+    trials: int,
+    workers: int,
+    space_name: str,
+    url: str | None,
+    on_failed: Callable,
+    threads: int | None,
+) -> int:
+    """``run``'s part after the parent run is RUNNING: the workers, the wait, the figures and the summary."""
+    study_name = study.study_name
     existing = len(counted(study.get_trials(deepcopy=False)))
     print(
-        f"tune: study '{study_name}' (space {space.name}) in {describe_storage(url)}: {existing} of {trials} "
+        f"tune: study '{study_name}' (space {space_name}) in {describe_storage(url)}: {existing} of {trials} "
         f"trials exist; {workers} worker(s); MLflow {redact.uri(runs.uri)} experiment {experiment_name()}, run {parent}"
     )
 
@@ -191,7 +215,7 @@ def run(
             killed = wait_for_workers(procs)
             relay.close()
     if not killed:
-        wait_for_others(study, on_failed, url)
+        killed = wait_for_others(study, on_failed, url)
     wall = time.monotonic() - started
     facts = summary(study, since, wall, workers)
     figures = TUNE_DIR / "figures" / study_name
@@ -277,3 +301,6 @@ def main(argv: list[str] | None = None) -> int:
     except (TuneError, schema.ParamsError, store.TrackingError) as exc:
         print(f"{name}: error: {redact.text(str(exc))}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a store gone mid-study, a bug: one line, without the password a URL may hold
+        print(f"{name}: error: {redact.described(exc)}", file=sys.stderr)
+        return 1

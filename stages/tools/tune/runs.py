@@ -146,6 +146,11 @@ class Runs:
                 client.log_artifacts(run_id, str(figures), "figures")
             client.set_terminated(run_id, "KILLED" if killed else "FINISHED")
 
+    def fail_study(self, run_id: str, status: str = "FAILED") -> None:
+        """The parent run after an error in ``make tune`` itself (best effort: the store may be what failed)."""
+        with contextlib.suppress(Exception), self.lock() as client:
+            client.set_terminated(run_id, status)
+
 
 class EpochLog:
     """Epoch rows on their way to a trial's MLflow run: written every ``interval`` seconds, not every epoch

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.lib import store
+from stages.lib import redact, store
 from stages.lib.paths import PREPARED_DIR
 from stages.tools.tune.liveness import Heartbeat, fail_dead_trials, retried_trial, retry, worker_id
 from stages.tools.tune.runs import EpochLog, Runs
@@ -223,7 +223,7 @@ def run_trial(
             log(f"trial {trial.number} FAIL: worker stopped" + (" (queued again)" if again else ""))
             raise Stopped(note) from None
         except Exception as exc:  # a bug or a resource error: this trial FAILs, not retried; the worker stops
-            note = f"{type(exc).__name__}: {exc}"
+            note = redact.described(exc)  # no password from a store's URL
             _finish(study, trial, runs, run_id, "FAIL", None, history, started, note, epochs.take())
             raise
     frozen = _finish(study, trial, runs, run_id, state, value, history, started, note, epochs.take())
