@@ -265,6 +265,10 @@ def test_a_refused_or_failed_export_writes_nothing_and_says_why(tmp_path, monkey
         portable.export(network, stale, x)
     assert not stale.exists()
 
+    # A graph onnxruntime cannot load (an op it lacks, a damaged file): refused in one line, not a crash.
+    with pytest.raises(portable.Refused, match=r"^onnxruntime cannot run the ONNX form: \w+: .+$"):
+        portable.check(network, b"not an ONNX graph", x)
+
 
 @pytest.mark.slow
 def test_the_pipelines_onnx_form_agrees_with_keras_on_all_10000_test_images(default_model):
