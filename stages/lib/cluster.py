@@ -140,11 +140,11 @@ class Postgres:
         )  # fmt: skip
 
     def check_hba(self) -> None:
-        """Refuse a cluster that lets anyone in (one created with ``--auth=trust`` by an earlier version)."""
+        """Refuse a cluster that lets anyone in (one created with ``--auth=trust``, by hand or by another tool)."""
         lines = [ln.split() for ln in (self.data / "pg_hba.conf").read_text().splitlines()]
         if any(fields and not fields[0].startswith("#") and "trust" in fields for fields in lines):
             raise ClusterError(
-                f"the PostgreSQL cluster in {self.directory} accepts `trust` logins (made by an earlier version): "
+                f"the PostgreSQL cluster in {self.directory} accepts `trust` logins (anyone on this machine can connect): "
                 "stop it, back up what you need, and remove that directory to get a password-protected one"
             )
 
