@@ -144,8 +144,8 @@ class Postgres:
         lines = [ln.split() for ln in (self.data / "pg_hba.conf").read_text().splitlines()]
         if any(fields and not fields[0].startswith("#") and "trust" in fields for fields in lines):
             raise ClusterError(
-                f"the PostgreSQL cluster in {self.directory} accepts `trust` logins (anyone on this machine can connect): "
-                "stop it, back up what you need, and remove that directory to get a password-protected one"
+                f"the PostgreSQL cluster in {self.directory} accepts `trust` logins (anyone on this machine can "
+                "connect): stop it, back up what you need, and remove that directory to get a password-protected one"
             )
 
     def start(self) -> None:

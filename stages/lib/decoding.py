@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from stages.lib.images import EMPTY_FILE, MAX_PIXELS, ImageError, unreadable
+from stages.serving import cores
 
 EXIF_FORMATS = {"JPEG", "MPO", "TIFF", "WEBP"}  # formats whose orientation lives in EXIF
 CHUNK = 256  # images per task: large enough to hide the task's cost, small enough for steady progress
@@ -45,14 +46,6 @@ class Shape:
     def pixel_shape(self) -> tuple[int, ...]:
         """One image's array shape: (H, W) for gray (as MNIST), (H, W, 3) for colour."""
         return (self.height, self.width) if self.channels == 1 else (self.height, self.width, 3)
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity: ``taskset``, a container's cpuset)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def image_to_array(image: Any, shape: Shape) -> np.ndarray:
@@ -176,7 +169,7 @@ def decode_packed(
     out = np.ndarray((n, *shape.pixel_shape), dtype=np.uint8, buffer=memory)
     indexed = [(i, offset, size) for i, (offset, size) in enumerate(entries)]
     chunks = [indexed[i : i + CHUNK] for i in range(0, n, CHUNK)]
-    workers = min(workers or usable_cores(), max(1, len(chunks)))
+    workers = min(workers or cores.usable(), max(1, len(chunks)))
     failed: dict[int, str] = {}
     _worker.update(blob_path=str(blob), out=out, shape=shape)  # what the forked workers inherit
     try:

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from stages.lib import datasets, decoding, idx  # noqa: E402
+from stages.serving import cores  # noqa: E402
 
 
 def write_pngs(directory: Path) -> list[Path]:
@@ -66,7 +67,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
     paths = write_pngs(args.dir)
-    print(f"{len(paths)} PNG files in {args.dir}; {decoding.usable_cores()} usable cores")
+    print(f"{len(paths)} PNG files in {args.dir}; {cores.usable()} usable cores")
     shape = decoding.Shape(28, 28, 1)
     best = {"plain": float("inf"), "pack": float("inf"), "decode": float("inf")}
     with tempfile.TemporaryDirectory() as tmp:

@@ -60,6 +60,20 @@ def test_processes_decode_the_same_pixels_as_one_and_report_bad_files_by_index(t
     assert "not an image" in failed_two[300] and "cannot decode" in failed_two[7]
 
 
+def test_the_decoding_processes_follow_the_cores_this_process_may_use(tmp_path, monkeypatch):
+    # Affinity within the cgroup's quota (stages.serving.cores): `docker --cpus=1` on a many-core host means one.
+    blobs = [encoded(Image.new("L", (8, 8), i % 256)) for i in range(2 * decoding.CHUNK + 1)]  # three chunks
+    entries = pack(tmp_path / "images.bin", blobs)
+    monkeypatch.setattr(decoding.cores, "usable", lambda: 1)
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a process pool where one core may be used")
+
+    monkeypatch.setattr("multiprocessing.get_context", no_pool)
+    gray, failed = decoding.decode_packed(tmp_path / "images.bin", entries, decoding.Shape(8, 8, 1))
+    assert failed == {} and [int(gray[i, 0, 0]) for i in (5, 256, 300, 512)] == [5, 0, 44, 0]
+
+
 def test_a_bad_file_gets_the_same_words_from_preprocess_as_from_predict_and_the_demo(tmp_path):
     """One reason per kind of bad file, whichever decoder meets it: an empty file, bytes that are no image, a
     truncated PNG."""
