@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from stages.lib import claims, stopping, store
+from stages.lib.paths import PARAMS_FILE
 
 MODEL_NAME = "mnist-classifier"  # MNIST's; another data set's is model_name(fetch.name)
 CHAMPION = "champion"
@@ -36,19 +37,17 @@ def model_name(dataset: str) -> str:
     return f"{dataset}-classifier"
 
 
-def dataset_name(params_path: Path | None = None) -> str:
-    """The data set ``params.yaml`` names (``fetch.name``; MNIST's when it names none): its MLflow experiment."""
-    from stages.params import schema  # noqa: PLC0415
+def dataset_name(params_path: Path = PARAMS_FILE) -> str:
+    """The data set ``params_path`` names (``fetch.name``, validated: a ``ParamsError`` says what is wrong): its
+    MLflow experiment."""
+    from stages.params import fetch, schema  # noqa: PLC0415
 
-    try:
-        return str(schema.read_raw(*([params_path] if params_path else []))["fetch"]["name"])
-    except (schema.ParamsError, KeyError, TypeError):
-        return "mnist"
+    return str(schema.load(fetch, path=params_path)["fetch"]["name"])
 
 
-def champion_uri(params_path: Path | None = None) -> str:
-    """``models:/<name>-classifier@champion`` of the data set ``params.yaml`` names: what ``make serve`` and
-    ``make demo`` serve by default."""
+def champion_uri(params_path: Path) -> str:
+    """``models:/<name>-classifier@champion`` of the data set ``params_path`` names: what ``make serve`` and
+    ``make demo`` serve by default (from the project's ``params.yaml``, wherever they are started)."""
     return f"models:/{model_name(dataset_name(params_path))}@{CHAMPION}"
 
 

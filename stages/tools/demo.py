@@ -43,13 +43,13 @@ import numpy as np
 
 from stages import finish
 from stages.lib.images import from_image
+from stages.lib.paths import PARAMS_FILE
 from stages.lib.redact import described, first_line
 from stages.lib.redact import uri as redact_uri
 from stages.lib.registry import SCORE_TAG, champion_uri
 from stages.serving.classifier import DIGITS, output_columns
 from stages.tools.predict import Form, Outcome, digit_in_form, prepare, ranked, ranking
 
-DEFAULT_MODEL = champion_uri()  # the champion of the data set params.yaml names
 DEFAULT_PORT = 7860
 CANVAS = 400  # the sketchpad's side, in pixels
 BRUSH = 14  # the pen's radius, in pixels: MNIST's strokes are about a tenth of the digit's height
@@ -472,8 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--model",
         metavar="URI",
-        default=DEFAULT_MODEL,
-        help=f"an MLflow model URI, or a .keras file with serving.json beside it (default: {DEFAULT_MODEL})",
+        default=None,
+        help="an MLflow model URI, or a .keras file with serving.json beside it (default: the champion of the "
+        "data set the project's params.yaml names, models:/<name>-classifier@champion)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
@@ -492,6 +493,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 2
 
+    if args.model is None:
+        from stages.params.schema import ParamsError  # noqa: PLC0415
+        from stages.tools.predict import PROJECT  # noqa: PLC0415
+
+        try:
+            args.model = champion_uri(PROJECT / PARAMS_FILE)
+        except ParamsError as exc:
+            print(f"demo: error: {exc}", file=sys.stderr)
+            return 2
     started = time.monotonic()
     print(f"demo: loading {redact_uri(args.model)} ...", file=sys.stderr)
     try:

@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from stages.lib import processes, redact, store, tracking
+from stages.lib.paths import PARAMS_FILE
 from stages.serving import cores
 from stages.serving.classifier import RUNTIME_ENV, RUNTIMES, THREADS_ENV, telemetry_off
 
@@ -111,9 +112,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"serve: error: {exc}", file=sys.stderr)
         return 2
     if args.model is None:
-        from stages.lib.registry import champion_uri  # noqa: PLC0415 - reads params.yaml
+        from stages.lib.registry import champion_uri  # noqa: PLC0415
+        from stages.params.schema import ParamsError  # noqa: PLC0415
 
-        args.model = champion_uri()
+        try:
+            args.model = champion_uri(PROJECT / PARAMS_FILE)
+        except ParamsError as exc:
+            print(f"serve: error: {exc}", file=sys.stderr)
+            return 2
     env = environment(args.runtime, threads)
     try:
         store.check_readable(args.model, env["MLFLOW_TRACKING_URI"])

@@ -1,6 +1,13 @@
 """The champion rule: highest val_accuracy wins, a tie keeps the champion, older versions are not reconsidered."""
 
+from pathlib import Path
+
+import pytest
+import yaml
+
 from stages.lib.registry import decide
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_first_version_is_the_first_champion():
@@ -76,9 +83,18 @@ def test_judging_without_a_new_version():
 
 def test_make_serve_and_the_demo_serve_the_champion_of_the_data_set_params_yaml_names(tmp_path):
     from stages.lib.registry import champion_uri
+    from stages.params.schema import ParamsError
 
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["fetch"]["name"] = "shapes"
     params = tmp_path / "params.yaml"
-    params.write_text("fetch:\n  name: shapes\n")
+    params.write_text(yaml.safe_dump(raw))
     assert champion_uri(params) == "models:/shapes-classifier@champion"
-    assert champion_uri(tmp_path / "missing.yaml") == "models:/mnist-classifier@champion"
-    assert champion_uri() == "models:/mnist-classifier@champion"  # this repository's params.yaml
+    assert champion_uri(ROOT / "params.yaml") == "models:/mnist-classifier@champion"  # this repository's
+    # No silent MNIST when the file is missing or wrong: one line saying what is wrong.
+    with pytest.raises(ParamsError, match=r"missing\.yaml not found"):
+        champion_uri(tmp_path / "missing.yaml")
+    raw["fetch"]["name"] = "Shapes Set"
+    params.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError, match=r"^params: fetch\.name "):
+        champion_uri(params)

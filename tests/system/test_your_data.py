@@ -151,7 +151,12 @@ def test_the_champion_is_served_over_http_read_by_predict_and_answered_by_the_de
     store = f"sqlite:///{project}/mlflow.db"
     # The model `make serve` and `make demo` serve by default, read from this project's params.yaml.
     champion = run_in(
-        [sys.executable, "-c", "from stages.lib.registry import champion_uri; print(champion_uri())"],
+        [
+            sys.executable,
+            "-c",
+            "from pathlib import Path; from stages.lib.registry import champion_uri; "
+            "print(champion_uri(Path('params.yaml')))",
+        ],
         project,
         PYTHONPATH=str(ROOT),
     )

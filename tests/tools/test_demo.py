@@ -324,7 +324,8 @@ def test_the_page_says_which_registered_version_answers(tmp_path, monkeypatch):
         tags = {"model.kind": "cnn", "val_accuracy": score}
         version = client.create_model_version(MODEL_NAME, str(tmp_path), tags=tags).version
     client.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
-    assert demo.describe_model(demo.DEFAULT_MODEL) == f"{demo.DEFAULT_MODEL}: version 2 (cnn, val_accuracy 0.9788)"
+    champion = f"models:/{MODEL_NAME}@{CHAMPION}"
+    assert demo.describe_model(champion) == f"{champion}: version 2 (cnn, val_accuracy 0.9788)"
     assert (
         demo.describe_model(f"models:/{MODEL_NAME}/1")
         == f"models:/{MODEL_NAME}/1: version 1 (cnn, val_accuracy 0.9712)"

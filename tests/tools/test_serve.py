@@ -94,8 +94,12 @@ def test_main_says_what_it_serves_and_hands_over_to_mlflow(capsys, monkeypatch):
 
 
 def test_the_default_model_is_the_champion_of_params_yaml(capsys, monkeypatch, tmp_path):
-    (tmp_path / "params.yaml").write_text("fetch:\n  name: pets\n")
-    monkeypatch.chdir(tmp_path)
+    import yaml
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+    raw["fetch"]["name"] = "pets"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.setattr(serve, "PROJECT", tmp_path)  # the project's params.yaml, wherever serve is started
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     monkeypatch.setattr(serve.os, "execvpe", lambda file, args, env: None)
     assert serve.main(["--workers", "1"]) == 0
@@ -153,3 +157,18 @@ def test_the_servers_environment_turns_onnxruntimes_usage_events_off_unless_set(
     """Every version's workers, also those whose logged code predates the project's own setting."""
     assert serve.environment("auto", 1, {"PATH": "/bin"})["ORT_DISABLE_TELEMETRY"] == "1"
     assert serve.environment("auto", 1, {"PATH": "/bin", "ORT_DISABLE_TELEMETRY": "0"})["ORT_DISABLE_TELEMETRY"] == "0"
+
+
+@pytest.mark.parametrize("command", ["serve", "demo"])
+def test_a_broken_params_yaml_is_one_line_not_mnists_champion(command, tmp_path, monkeypatch, capsys):
+    # The default model is the champion of the data set the project's params.yaml names (wherever the command
+    # is started): a file that cannot say which is an error, never a silent fallback to MNIST's champion.
+    from stages.tools import demo, predict
+
+    (tmp_path / "params.yaml").write_text("fetch: [unclosed\n")
+    monkeypatch.setattr(serve, "PROJECT", tmp_path)
+    monkeypatch.setattr(predict, "PROJECT", tmp_path)
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # a valid params.yaml here must not be read instead
+    assert (serve.main([]) if command == "serve" else demo.main([])) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"{command}: error: params: {tmp_path / 'params.yaml'} is not valid YAML"), line
