@@ -48,7 +48,8 @@ def main() -> int:
         )
         return 2
     if result.returncode != 0:
-        print(f"lock-check: error: dvc status failed: {result.stderr.strip()}", file=sys.stderr)
+        lines = result.stderr.strip().splitlines()  # DVC's ERROR line is its last
+        print(f"lock-check: error: dvc status failed: {lines[-1] if lines else result.returncode}", file=sys.stderr)
         return 2
     problems = stale_entries(json.loads(result.stdout or "{}"))
     for line in problems:

@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stages.lib import git
 from stages.lib.paths import METRICS_PATH as _METRICS_PATH
 
 METRICS_PATH = _METRICS_PATH.as_posix()  # also a git path: `git show HEAD:reports/metrics.json`
@@ -141,10 +141,10 @@ def _fmt(value: float | None) -> str:
 
 
 def committed_text(path: str = METRICS_PATH, rev: str = "HEAD") -> str:
-    result = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise MetricsError(f"{rev}:{path}: not committed ({result.stderr.strip().splitlines()[-1:]})")
-    return result.stdout
+    try:
+        return git.committed(rev, path).decode()
+    except git.NotCommitted as exc:
+        raise MetricsError(f"{rev}:{path}: not committed ({exc})") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             predict, config, source = load_model(args.model, args.runtime)
         except Exception as exc:  # any failure to load is reported in one line
-            print(f"predict: error: cannot load the model: {redact.first_line(exc)}", file=sys.stderr)
+            print(f"mnist-predict: error: cannot load the model: {redact.first_line(exc)}", file=sys.stderr)
             return 2
         outcomes = list(prepared)
     if Form.of(config) != form:  # the model wants another form: bring the listed images into it
@@ -341,9 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     failed = [o for o in outcomes if o.error is not None]
     if not args.json:
         for o in failed:
-            print(f"predict: error: {o.path}: {o.error}", file=sys.stderr)
+            print(f"mnist-predict: error: {o.path}: {o.error}", file=sys.stderr)
     seconds = time.monotonic() - started
-    print(f"predict: {len(good)} of {len(outcomes)} images in {seconds:.1f}s ({source})", file=sys.stderr)
+    print(f"mnist-predict: {len(good)} of {len(outcomes)} images in {seconds:.1f}s ({source})", file=sys.stderr)
     return 1 if failed else 0
 
 

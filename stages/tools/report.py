@@ -21,6 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from stages.lib import git
 from stages.lib.paths import EVALUATE_DIR, HISTORY_PATH, PR_REPORT_DIR
 
 
@@ -31,7 +32,8 @@ class ReportError(RuntimeError):
 def run(args: list[str]) -> str:
     result = subprocess.run(args, capture_output=True, text=True)
     if result.returncode != 0:
-        raise ReportError(f"{' '.join(args)} failed: {result.stderr.strip().splitlines()[-1:] or result.returncode}")
+        lines = result.stderr.strip().splitlines()
+        raise ReportError(f"{' '.join(args)} failed: {lines[-1] if lines else f'exit status {result.returncode}'}")
     return result.stdout
 
 
@@ -50,8 +52,10 @@ def default_base() -> str:
 
 def at_revision(rev: str, path: Path) -> bytes | None:
     """The committed bytes of ``path`` at ``rev``, or None when it is not there."""
-    result = subprocess.run(["git", "show", f"{rev}:{path.as_posix()}"], capture_output=True)
-    return result.stdout if result.returncode == 0 else None
+    try:
+        return git.committed(rev, path)
+    except git.NotCommitted:
+        return None
 
 
 def table(kind: str, base: str, head: str) -> str:

@@ -135,3 +135,12 @@ def test_cpu_model_reads_cpuinfo(tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9R14\n")
     assert mc.cpu_model(info) == "AMD EPYC 9R14" and mc.cpu_model(tmp_path / "none") == "this CPU"
+
+
+def test_a_revision_without_the_metrics_is_one_line_in_gits_words(repo, capsys):
+    assert mc.main(["--rev", "nosuchrev"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert (
+        line
+        == "metrics: error: nosuchrev:reports/metrics.json: not committed (fatal: invalid object name 'nosuchrev'.)"
+    )

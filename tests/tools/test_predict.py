@@ -197,7 +197,7 @@ def test_a_registry_model_without_a_store_is_one_line_and_leaves_no_empty_store(
     monkeypatch.setattr(predict, "PROJECT", tmp_path)  # this project's default store, here
     assert predict.main(["seven.png", "--model", "models:/mnist-classifier@champion"]) == 2
     assert capsys.readouterr().err == (
-        f"predict: error: cannot load the model: no MLflow store at sqlite:///{tmp_path / 'mlflow.db'}: "
+        f"mnist-predict: error: cannot load the model: no MLflow store at sqlite:///{tmp_path / 'mlflow.db'}: "
         "run `make repro` first, or set MLFLOW_TRACKING_URI\n"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seven.png"]
@@ -246,7 +246,7 @@ def test_cli_table_json_exit_codes_and_saved_inputs(tiny_model_dir, tmp_path, ca
     out, err = capsys.readouterr()
     header, row = out.strip().splitlines()
     assert header.split()[:3] == ["path", "digit", "confidence"] and row.startswith(str(images / "seven.png"))
-    assert f"predict: error: {images / 'broken.jpg'}: not an image" in err
+    assert f"mnist-predict: error: {images / 'broken.jpg'}: not an image" in err
     seen = Image.open(tmp_path / "seen" / "0001-seven.png")
     assert seen.size == (28, 28) and seen.mode == "L"
 
@@ -277,7 +277,7 @@ def test_the_installed_command_prints_everything_and_skips_unused_imports(tiny_m
     assert json.loads(result.stdout)["path"] == str(tmp_path / "seven.png")  # flushed before the fast exit
     last = result.stderr.strip().splitlines()[-1]
     where = re.escape(f"{tiny_model_dir.resolve()}/data/model")
-    assert re.fullmatch(rf"predict: 1 of 1 images in [0-9.]+s \({where}, keras\)", last), last
+    assert re.fullmatch(rf"mnist-predict: 1 of 1 images in [0-9.]+s \({where}, keras\)", last), last
     imported = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if line.startswith("import time")}
     assert "tensorflow" in imported
     assert not {"sklearn.base", "matplotlib.figure"} & imported  # Keras would import both: see stages.leave_out
@@ -301,7 +301,7 @@ def test_either_runtime_prints_the_answer_and_one_line_nothing_of_tensorflows(de
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines()[1].split()[1] == "7", result.stdout
     (line,) = result.stderr.splitlines()
-    assert line.startswith("predict: 1 of 1 images in ") and line.endswith(
+    assert line.startswith("mnist-predict: 1 of 1 images in ") and line.endswith(
         f", {'keras' if runtime == 'keras' else 'onnxruntime'})"
     ), line
 
