@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from stages.lib import git
+from stages.lib.files import staged_dir
 from stages.lib.paths import EVALUATE_DIR, HISTORY_PATH, PR_REPORT_DIR
 
 
@@ -67,13 +68,19 @@ def table(kind: str, base: str, head: str) -> str:
 def write_report(base: str, head: str = "HEAD", out: Path = PR_REPORT_DIR) -> Path:
     """The report of ``head`` against ``base``, both as committed (not as reproduced on this machine:
     another CPU moves the last digits; ``make reproduce`` checks that separately)."""
+    labels = {rev: run(["git", "rev-parse", "--short", rev]).strip() for rev in (base, head)}
+    metrics, params = table("metrics", base, head), table("params", base, head)
+    with staged_dir(out) as staging:  # a complete report replaces the last one, none of its files left over
+        write_files(staging, base, head, labels, metrics, params)
+    return out / "report.md"
+
+
+def write_files(out: Path, base: str, head: str, labels: dict[str, str], metrics: str, params: str) -> None:
+    """The report's files in ``out``: ``report.md`` (the PR comment), ``summary.md`` (the job summary) and
+    the pictures they show."""
     import pandas as pd  # noqa: PLC0415
 
     from stages.lib import plots  # noqa: PLC0415
-
-    labels = {rev: run(["git", "rev-parse", "--short", rev]).strip() for rev in (base, head)}
-    out.mkdir(parents=True, exist_ok=True)
-    metrics, params = table("metrics", base, head), table("params", base, head)
 
     histories = {}
     for rev, name in [(base, "base"), (head, "this change")]:
@@ -99,7 +106,6 @@ def write_report(base: str, head: str = "HEAD", out: Path = PR_REPORT_DIR) -> Pa
         [title, tables, "## Loss and accuracy per epoch", *images[:1], "## Confusion matrix (test set)", *images[1:]]
     )
     (out / "report.md").write_text(body + "\n")
-    return out / "report.md"
 
 
 def main(argv: list[str] | None = None) -> int:
