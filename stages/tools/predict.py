@@ -40,6 +40,7 @@ import numpy as np
 
 from stages import KERAS_EXTRAS, finish, leave_out
 from stages.lib import redact, store, tracking
+from stages.lib.files import atomic_path
 from stages.lib.images import EMPTY_FILE, ImageError, decode, mnist_style
 from stages.lib.paths import MODEL_PATH, ONNX_PATH, SERVING_CONFIG_PATH
 from stages.serving.classifier import DIGITS, IMAGE_SHAPE, RUNTIME_ENV, RUNTIMES, telemetry_off
@@ -283,7 +284,8 @@ def save_inputs(outcomes: list[Outcome], directory: Path) -> None:
         if o.pixels is not None:
             name = f"{i:04d}-{Path(o.path).stem}.png"
             pixels = np.clip(np.rint(o.pixels), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels, mode="L" if pixels.ndim == 2 else "RGB").save(directory / name)
+            with atomic_path(directory / name, suffix=".png") as tmp:  # complete files only
+                Image.fromarray(pixels, mode="L" if pixels.ndim == 2 else "RGB").save(tmp)
 
 
 def main(argv: list[str] | None = None) -> int:

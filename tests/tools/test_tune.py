@@ -312,3 +312,21 @@ def test_an_unexpected_error_is_one_line_without_the_password(monkeypatch, capsy
     assert line == (
         "tune-worker: error: RuntimeError: API request to http://***@127.0.0.1:9/api/2.0/mlflow/runs/log-batch failed"
     )
+
+
+def test_the_figures_replace_the_last_set_whole(tmp_path):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="figs", direction="maximize")
+    for value in (0.91, 0.95, 0.93):
+        trial = study.ask({"train.learning_rate": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})
+        trial.report(value - 0.01, 1)
+        study.tell(trial, value)
+    directory = tmp_path / "figures" / "figs"
+    directory.mkdir(parents=True)
+    (directory / "old_plot.png").write_bytes(b"an earlier study's")
+    written = figures.draw_figures(study, directory)
+    assert {"optimization_history.png", "trials.csv", "best_trials.png"} <= set(written)
+    assert sorted(p.name for p in directory.iterdir()) == sorted(written)  # the stale file went with the old set
+    assert not [p for p in directory.parent.iterdir() if p.name.startswith(".")]  # no staging left

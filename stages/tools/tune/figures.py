@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from stages.lib.files import staged_dir
 from stages.tools.tune.liveness import counted
 from stages.tools.tune.space import OBJECTIVE
 
@@ -60,7 +61,13 @@ def summary(
 
 def draw_figures(study: Any, directory: Path) -> list[str]:
     """Optuna's own plots (matplotlib): optimization history, intermediate values, parameter importances;
-    and the best trials as a table (pandas' table plot). Returns the files written."""
+    and the best trials as a table (pandas' table plot). Returns the files written. They replace the last
+    call's whole (``staged_dir``): none of an earlier figure set stays, and an interrupted call leaves it."""
+    with staged_dir(directory) as staging:
+        return _draw(study, staging)
+
+
+def _draw(study: Any, directory: Path) -> list[str]:
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
@@ -68,7 +75,6 @@ def draw_figures(study: Any, directory: Path) -> list[str]:
     import optuna  # noqa: PLC0415
     import pandas as pd  # noqa: PLC0415
 
-    directory.mkdir(parents=True, exist_ok=True)
     written = []
     plots = {
         "optimization_history.png": optuna.visualization.matplotlib.plot_optimization_history,
