@@ -152,7 +152,7 @@ def test_a_folder_is_split_stratified_and_described(tmp_path):
         "skipped": [],
     }
     assert stats["shapes"]["x_test"] == [6, 8, 6, 3] and stats["class_counts"]["test"] == {"0": 3, "1": 3}
-    x_train = np.load(tmp_path / "prepared" / "x_train.npy")
+    x_train = np.load(tmp_path / "prepared" / "x_train.npy", allow_pickle=False)
     assert x_train.dtype == np.float32 and x_train.min() >= 0 and x_train.max() <= 1
     assert json.loads((tmp_path / "prepared" / "stats.json").read_text())["dataset"]["classes"] == ["cat", "dog"]
 

@@ -117,7 +117,7 @@ def test_it_is_published_under_its_own_name_and_serves_class_names(project, publ
 
     mlflow.set_tracking_uri(uri)
     served = mlflow.pyfunc.load_model("models:/shapes-classifier@champion")
-    x_test = np.load(project / "data" / "prepared" / "x_test.npy")
+    x_test = np.load(project / "data" / "prepared" / "x_test.npy", allow_pickle=False)
     raw = np.clip(np.round(x_test[:6] * 255), 0, 255).astype(np.float32)
     frame = served.predict(raw)
     assert list(frame.columns) == ["label", "class", "probabilities"]
