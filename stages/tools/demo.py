@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import html
-import ipaddress
 import os
 import secrets
 import sys
@@ -43,6 +42,7 @@ import numpy as np
 
 from stages import finish
 from stages.lib.images import from_image
+from stages.lib.net import is_loopback, local_url
 from stages.lib.paths import PARAMS_FILE
 from stages.lib.redact import described, first_line
 from stages.lib.redact import uri as redact_uri
@@ -402,15 +402,6 @@ def build_app(model: Probabilities, description: str, task: Task = MNIST):
     return app
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def wants_auth(host: str, flag: bool | None, environ=os.environ) -> bool:
     """Whether the page asks for a login: ``--auth``/``--no-auth``, else ``DEMO_AUTH`` (1/0), else only off
     loopback. Off loopback it must: anyone who can reach the address could use the page (the server rule)."""
@@ -518,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
             reason = reason.replace(credentials[1], "***")
         print(f"demo: error: cannot listen on {args.host}:{args.port}: {reason}", file=sys.stderr)
         return 1
-    url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
+    url = local_url(args.host, args.port)
     print(f"demo: {description}", file=sys.stderr)
     what = "draw or upload" if task.drawable else "upload"
     print(f"demo: {task.dataset} ({len(task.classes)} classes), {what} an image", file=sys.stderr)

@@ -55,6 +55,7 @@ from stages.lib.cluster import (
     write_private,
 )
 from stages.lib.files import write_json
+from stages.lib.net import is_loopback, local_url
 from stages.lib.paths import SERVER_DIR
 
 # MLflow's basic-auth app (mlflow/server/auth/basic_auth.ini, keys as there). EDIT: every user of the team logs,
@@ -77,15 +78,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def secret_file(path: Path, nbytes: int = 24) -> str:
@@ -351,7 +343,7 @@ def start(
     if state_path.exists():
         raise ServerError(f"a server started from {directory} is already running: `make server-stop` first")
     check_port(host, port)
-    url = f"http://{host if host not in ('0.0.0.0', '::') else '127.0.0.1'}:{port}"
+    url = local_url(host, port)
     hosts_env = allowed_hosts(names or [], urllib.parse.urlsplit(url).netloc, os.environ)
     if artifacts and artifacts.startswith("s3://"):
         check_s3(artifacts)
