@@ -77,8 +77,9 @@ def load_raw(raw_dir: Path, cfg: dict, log=print) -> tuple[np.ndarray, np.ndarra
     shape = decoding.Shape(*cfg["image_size"], cfg["channels"])
     manifest = datasets.read_manifest(raw_dir)
     if manifest is None or manifest["kind"] == "idx":
-        x_full, y_full = idx.read_pair(raw_dir / "train-images-idx3-ubyte", raw_dir / "train-labels-idx1-ubyte")
-        x_test, y_test = idx.read_pair(raw_dir / "t10k-images-idx3-ubyte", raw_dir / "t10k-labels-idx1-ubyte")
+        (x_full, y_full), (x_test, y_test) = (
+            idx.read_pair(*(raw_dir / name for name in datasets.IDX_NAMES[split])) for split in ("train", "test")
+        )
         x_full, x_test = decoding.resize_arrays(x_full, shape), decoding.resize_arrays(x_test, shape)
         name, kind, classes = (
             ("mnist", "mnist", MNIST["classes"]) if manifest is None else (manifest["name"], "idx", manifest["classes"])

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stages.lib import claims, stopping, store
+from stages.lib import claims, redact, stopping, store
 from stages.lib.paths import PARAMS_FILE
 
 MODEL_NAME = "mnist-classifier"  # MNIST's; another data set's is model_name(fetch.name)
@@ -49,6 +49,31 @@ def champion_uri(params_path: Path) -> str:
     """``models:/<name>-classifier@champion`` of the data set ``params_path`` names: what ``make serve`` and
     ``make demo`` serve by default (from the project's ``params.yaml``, wherever they are started)."""
     return f"models:/{model_name(dataset_name(params_path))}@{CHAMPION}"
+
+
+def describe(uri: str, store_uri: str) -> str:
+    """Which model a URI names: a registry URI with its version, kind and val_accuracy (from ``store_uri``);
+    otherwise the URI, redacted."""
+    if not uri.startswith("models:/"):
+        return redact.uri(uri)
+    import mlflow  # noqa: PLC0415
+
+    name_part = uri.removeprefix("models:/")
+    client = mlflow.MlflowClient(store_uri)
+    try:
+        if "@" in name_part:
+            name, alias = name_part.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            name, number = name_part.rsplit("/", 1)
+            version = client.get_model_version(name, number)
+    except Exception:  # latest/stage URIs and the like: say the URI, the model itself loaded
+        return uri
+    tags = version.tags
+    details = [tags[key] for key in ("model.kind",) if key in tags]
+    with contextlib.suppress(KeyError, ValueError):  # a tag edited by hand says nothing rather than fail
+        details.append(f"{SCORE_TAG} {float(tags[SCORE_TAG]):.4f}")
+    return f"{uri}: version {version.version}" + (f" ({', '.join(details)})" if details else "")
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from stages.lib.net import is_loopback, local_url
 from stages.lib.paths import PARAMS_FILE
 from stages.lib.redact import described, first_line
 from stages.lib.redact import uri as redact_uri
-from stages.lib.registry import SCORE_TAG, champion_uri
+from stages.lib.registry import champion_uri, describe
 from stages.serving.classifier import DIGITS, output_columns
 from stages.tools.predict import Form, Outcome, digit_in_form, prepare, ranked, ranking
 
@@ -290,29 +290,10 @@ def describe_model(uri: str | None) -> str:
     """Which model answers: a registry URI with its version, kind and val_accuracy; otherwise the URI or path."""
     if uri is None:
         return "the workspace model (data/model/model.keras)"
-    if not uri.startswith("models:/"):
-        return redact_uri(uri)
-    import mlflow  # noqa: PLC0415
-
     from stages.lib.store import read_store  # noqa: PLC0415
     from stages.tools.predict import PROJECT  # noqa: PLC0415
 
-    name_part = uri.removeprefix("models:/")
-    client = mlflow.MlflowClient(read_store(PROJECT))
-    try:
-        if "@" in name_part:
-            name, alias = name_part.split("@", 1)
-            version = client.get_model_version_by_alias(name, alias)
-        else:
-            name, number = name_part.rsplit("/", 1)
-            version = client.get_model_version(name, number)
-    except Exception:  # latest/stage URIs and the like: say the URI, the model itself loaded
-        return uri
-    tags = version.tags
-    details = [tags[key] for key in ("model.kind",) if key in tags]
-    with contextlib.suppress(KeyError, ValueError):  # a tag edited by hand says nothing rather than fail
-        details.append(f"{SCORE_TAG} {float(tags[SCORE_TAG]):.4f}")
-    return f"{uri}: version {version.version}" + (f" ({', '.join(details)})" if details else "")
+    return describe(uri, read_store(PROJECT))
 
 
 def load(uri: str | None) -> tuple[Probabilities, str, Task]:

@@ -81,7 +81,7 @@ def loadable(model: str, env: dict[str, str]) -> tuple[str, str]:
     import mlflow  # noqa: PLC0415 - only once the plan is sound
     import mlflow.pyfunc  # noqa: PLC0415
 
-    from stages.tools.demo import describe_model  # noqa: PLC0415
+    from stages.lib.registry import describe  # noqa: PLC0415
 
     pinned = model
     if model.startswith("models:/") and "@" in model:
@@ -91,7 +91,7 @@ def loadable(model: str, env: dict[str, str]) -> tuple[str, str]:
     with tempfile.TemporaryDirectory(prefix="serve-check-") as tmp:
         # Its workers warn of the TensorFlow and Keras it pins where they are not installed: once is enough.
         mlflow.pyfunc.load_model(pinned, suppress_warnings=True, dst_path=tmp)
-    described = describe_model(pinned)
+    described = describe(pinned, env["MLFLOW_TRACKING_URI"])
     return pinned, (f"{redact.uri(model)}: {described.split(': ', 1)[1]}" if pinned != model else described)
 
 
