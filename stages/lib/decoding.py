@@ -29,7 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from stages.lib.images import EMPTY_FILE, MAX_PIXELS, ImageError, unreadable
+from stages.lib.images import (
+    EMPTY_FILE,
+    ImageError,
+    is_wide_gray,
+    on_white,
+    refuse_too_large,
+    unreadable,
+    wide_gray,
+)
 from stages.serving import cores
 
 EXIF_FORMATS = {"JPEG", "MPO", "TIFF", "WEBP"}  # formats whose orientation lives in EXIF
@@ -52,23 +60,16 @@ def image_to_array(image: Any, shape: Shape) -> np.ndarray:
     """A Pillow image as uint8 pixels of ``shape`` (see the module's docstring for each step)."""
     from PIL import Image, ImageOps  # noqa: PLC0415
 
-    if image.width * image.height > MAX_PIXELS:
-        raise ImageError(f"image too large ({image.width}x{image.height}; at most {MAX_PIXELS:,} pixels)")
+    refuse_too_large(image)
     mode = "L" if shape.channels == 1 else "RGB"
     if image.format == "JPEG" and (image.width > 2 * shape.width and image.height > 2 * shape.height):
         image.draft(mode, (shape.width, shape.height))  # the decoder scales down itself
     image.load()
     if "exif" in image.info or image.format in EXIF_FORMATS:  # a PNG without an eXIf chunk has no orientation
         image = ImageOps.exif_transpose(image)
-    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
-        pixels = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(pixels * (255.0 / top), 0, 255).astype(np.uint8), mode="L")
-    if image.mode in ("P", "PA"):
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "La", "RGBa") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    if is_wide_gray(image):
+        image = Image.fromarray(wide_gray(image).astype(np.uint8), mode="L")
+    image = on_white(image)
     if image.mode != mode:
         image = image.convert(mode)
     if image.size != (shape.width, shape.height):

@@ -89,9 +89,14 @@ def from_image(image: Any) -> np.ndarray:
     """
     if image.width == 0 or image.height == 0:
         raise ImageError("empty image (0 pixels)")
+    refuse_too_large(image)
+    return _grayscale(_reduced(image))
+
+
+def refuse_too_large(image: Any) -> None:
+    """``ImageError`` for an image over ``MAX_PIXELS``, from its header, before its pixels are decoded."""
     if image.width * image.height > MAX_PIXELS:
         raise ImageError(f"image too large ({image.width}x{image.height}; at most {MAX_PIXELS:,} pixels)")
-    return _grayscale(_reduced(image))
 
 
 def _reduced(image: Any, limit: int = WORKING_SIZE) -> Any:
@@ -113,20 +118,36 @@ def _reduced(image: Any, limit: int = WORKING_SIZE) -> Any:
     return image
 
 
-def _grayscale(image) -> np.ndarray:
+def is_wide_gray(image: Any) -> bool:
+    """A 16- or 32-bit grayscale image (``I;16*``, ``I``, ``F``), whose values ``wide_gray`` brings to 0-255."""
+    return image.mode.startswith("I;16") or image.mode in ("I", "F")
+
+
+def wide_gray(image: Any) -> np.ndarray:
+    """A 16- or 32-bit grayscale image's pixels scaled to 0-255 (float64): 16-bit modes, and 32-bit ones with
+    values over 255, by 255/65535; others as they are. The one rule for training, predict and the demo."""
+    pixels = np.asarray(image, dtype=np.float64)
+    top = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
+    return np.clip(pixels * (255.0 / top), 0, 255)
+
+
+def on_white(image: Any) -> Any:
+    """``image`` with its transparency (alpha, a palette's or a ``transparency`` colour) composited onto white,
+    as ink on paper; an image without transparency as it is."""
     from PIL import Image  # noqa: PLC0415
 
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit grayscale: scale to 0-255
-        pixels = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
-        return np.clip(pixels * (255.0 / top), 0, 255)
-    if image.mode == "P" or image.mode == "PA":
+    if image.mode in ("P", "PA"):
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "La", "RGBa") or "transparency" in image.info:
         rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(white, rgba)
-    return np.asarray(image.convert("L"), dtype=np.float64)
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return image
+
+
+def _grayscale(image) -> np.ndarray:
+    if is_wide_gray(image):
+        return wide_gray(image)
+    return np.asarray(on_white(image).convert("L"), dtype=np.float64)
 
 
 def mnist_style(gray: np.ndarray) -> np.ndarray:
