@@ -108,7 +108,7 @@ def test_a_decoders_surprise_is_that_files_error_in_the_same_words_everywhere(mo
 
 
 def test_an_image_over_the_pixel_cap_is_refused_before_decoding(monkeypatch, tmp_path):
-    monkeypatch.setattr(decoding, "MAX_PIXELS", 100)
+    monkeypatch.setattr(images, "MAX_PIXELS", 100)  # the one cap, predict's and training's
     with pytest.raises(ImageError, match=r"image too large \(20x20; at most 100 pixels\)"):
         decoding.to_array(io.BytesIO(encoded(Image.new("L", (20, 20)))), decoding.Shape(4, 4, 1))
 
