@@ -128,7 +128,7 @@ def test_two_workers_share_a_study_in_postgresql(clone, storage):
     assert len(trials) == 8 and all(t.state.is_finished() for t in trials)
     workers = {t.user_attrs["worker"]["pid"] for t in trials}
     assert len(workers) == 2  # both workers ran trials
-    lines = [line for line in result.stdout.splitlines() if "] trial " in line]
+    lines = [line for line in result.stdout.splitlines() if re.search(r"\] trial \d+ (COMPLETE|PRUNED|FAIL)", line)]
     assert len(lines) == 8 and all(" val_accuracy " in line and " best " in line for line in lines)
 
     runs = child_runs(clone, "pair")

@@ -330,3 +330,25 @@ def test_the_figures_replace_the_last_set_whole(tmp_path):
     assert {"optimization_history.png", "trials.csv", "best_trials.png"} <= set(written)
     assert sorted(p.name for p in directory.iterdir()) == sorted(written)  # the stale file went with the old set
     assert not [p for p in directory.parent.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_a_long_trial_shows_an_epoch_line_every_few_seconds_and_a_short_one_does_not_flood():
+    now, lines = [0.0], []
+    every = worker.Every(10.0, lines.append, clock=lambda: now[0])
+    for epoch, t in enumerate((3.0, 9.0, 12.0, 15.0, 22.5, 40.0), start=1):
+        now[0] = t
+        every(f"epoch {epoch}/6")
+    assert lines == ["epoch 3/6", "epoch 5/6", "epoch 6/6"]
+
+
+@pytest.mark.parametrize(
+    ("line", "counts"),
+    [
+        ("trial 3 COMPLETE val_accuracy 0.9712 4.1s (3 epochs) - best 0.9712 (trial 3) [host:1]", True),
+        ("trial 4 PRUNED val_accuracy 0.9001@2 2.0s (2 epochs) - best 0.9712 (trial 3) [host:1]", True),
+        ("trial 5 FAIL: worker stopped (queued again)", False),
+        ("trial 6 epoch 4/15 - 12.31s - loss 0.1000 - accuracy 0.9700 - val_loss 0.1100", False),
+    ],
+)
+def test_the_studys_bar_counts_ended_trials_only(line, counts):
+    assert bool(cli.TRIAL_ENDED.match(line)) is counts

@@ -16,6 +16,7 @@ import contextlib
 import datetime
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -47,6 +48,8 @@ from stages.tools.tune.storage import (
     study_lock,
 )
 from stages.tools.tune.worker import STOP, Stopped, on_stop_signals, work
+
+TRIAL_ENDED = re.compile(r"trial \d+ (COMPLETE|PRUNED) ")  # a worker's line for a trial that counts
 
 
 def start_workers(study_name: str, workers: int, threads: int | None) -> list[subprocess.Popen]:
@@ -89,7 +92,7 @@ class Relay:
                     print(text, file=self.stream, flush=True)
                     continue
                 self.bar.write(text)
-                if line.startswith("trial ") and " FAIL: " not in line:
+                if TRIAL_ENDED.match(line):  # not its epoch lines, nor a FAIL (the trial is queued again)
                     self.bar.update(1)
 
     def close(self) -> None:

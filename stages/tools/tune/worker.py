@@ -44,6 +44,7 @@ class Stopped(Exception):
     """SIGTERM or Ctrl-C: stop after telling Optuna and MLflow about the current trial."""
 
 
+EPOCH_LINE_S = 10.0  # a running trial's epoch line at most this often (and its line when it ends)
 STOP = threading.Event()  # set by SIGTERM or Ctrl-C; checked between epochs and between trials
 
 
@@ -67,6 +68,20 @@ def threads_for(workers: int, backend_threads: int, wanted: int | str = "auto", 
     if wanted != "auto":
         return int(wanted)
     return max(1, min(backend_threads, cores.usable() // max(workers, 1)))
+
+
+class Every:
+    """``log`` at most once every ``seconds``: a trial of many epochs shows it is alive, one of short epochs
+    does not flood ``make tune``'s output (K workers share it)."""
+
+    def __init__(self, seconds: float, log: Callable[[str], None], clock: Callable[[], float] = time.monotonic):
+        self.seconds, self.log, self.clock = seconds, log, clock
+        self.last = clock()
+
+    def __call__(self, line: str) -> None:
+        if self.clock() - self.last >= self.seconds:
+            self.log(line)
+            self.last = self.clock()
 
 
 def progress_line(trial: Any, study: Any, seconds: float, epochs: int) -> str:
@@ -205,7 +220,7 @@ def run_trial(
                 data["val"],
                 config["train"],
                 config["model"]["output"],
-                log=lambda _line: None,
+                log=Every(EPOCH_LINE_S, lambda line: log(f"trial {trial.number} {line}")),
                 background=background,
                 jit_compile=jit_compile,
                 on_epoch=on_epoch,
