@@ -73,6 +73,22 @@ def quiet_output(environ: dict[str, str]) -> None:
         environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+CODE_LOADER = "mlflow.pyfunc.loaders.code_model"  # the loader of a model logged from code (publish's)
+
+
+def refuse_pickled(uri: str) -> None:
+    """``TrackingError`` unless the MLflow model at ``uri`` was logged from code, as ``publish`` logs it: any
+    other pyfunc model is unpickled when loaded (code its logger chose, run here). Reads its MLmodel only."""
+    from mlflow.models import get_model_info  # noqa: PLC0415
+
+    loader = get_model_info(uri).flavors.get("python_function", {}).get("loader_module")
+    if loader != CODE_LOADER:
+        raise TrackingError(
+            f"{redact.uri(uri)} was not logged from code (its python_function loader is {loader or 'missing'}): "
+            "loading it would unpickle it, which this project never does"
+        )
+
+
 def quiet_mlflow(environ: dict[str, str] | None = None) -> None:
     """MLflow's output quiet (``quiet_output``), its database errors without tracebacks, its requests without
     minutes of retries: call before importing MLflow."""

@@ -172,6 +172,7 @@ def load_model(uri: str | None, runtime: str | None = None) -> Loaded:
     mlflow.set_tracking_uri(store_uri)
     if importlib.util.find_spec("keras") is None:  # the inference-only environment
         logging.getLogger("mlflow.utils.requirements_utils").addFilter(beyond_training_packages)
+    tracking.refuse_pickled(uri)
     model = mlflow.pyfunc.load_model(uri)
     served = model.unwrap_python_model()
     classifier = getattr(served, "classifier", None)

@@ -88,6 +88,7 @@ def loadable(model: str, env: dict[str, str]) -> tuple[str, str]:
         name, alias = model.removeprefix("models:/").split("@", 1)
         version = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).get_model_version_by_alias(name, alias)
         pinned = f"models:/{name}/{version.version}"
+    tracking.refuse_pickled(pinned)
     with tempfile.TemporaryDirectory(prefix="serve-check-") as tmp:
         # Its workers warn of the TensorFlow and Keras it pins where they are not installed: once is enough.
         mlflow.pyfunc.load_model(pinned, suppress_warnings=True, dst_path=tmp)

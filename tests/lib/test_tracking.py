@@ -162,3 +162,20 @@ with open(sys.argv[1], "a") as f:
     print("held", flush=True)
     time.sleep(20)
 """
+
+
+@pytest.mark.slow  # a real MLflow store
+def test_a_pickled_model_is_refused_before_it_is_loaded(tmp_path, monkeypatch):
+    import mlflow
+    import mlflow.pyfunc
+
+    class Echo(mlflow.pyfunc.PythonModel):  # logged as an instance: cloudpickled
+        def predict(self, context, model_input):
+            return model_input
+
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(name="echo", python_model=Echo(), pip_requirements=[])
+    with pytest.raises(tracking.TrackingError, match=r"was not logged from code \(its python_function loader is "):
+        tracking.refuse_pickled(info.model_uri)

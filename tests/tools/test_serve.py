@@ -140,6 +140,7 @@ def test_a_model_that_cannot_load_here_is_one_line_before_any_worker(capsys, mon
 
     monkeypatch.setattr(serve, "loadable", LOADABLE)  # the real one, on a model that cannot load here
     monkeypatch.setattr(mlflow.pyfunc, "load_model", unavailable)
+    monkeypatch.setattr(serve.tracking, "refuse_pickled", lambda uri: None)  # no store answers here
     monkeypatch.setattr(serve.os, "execvpe", lambda *a: pytest.fail("started a server"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:s3cret@127.0.0.1:5000")
     with mock.patch.dict(os.environ):  # loadable makes this process's environment the server's: restored after
