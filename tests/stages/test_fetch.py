@@ -15,6 +15,7 @@ import yaml
 
 from stages import fetch as fetch_stage
 from stages.fetch import FetchError, fetch
+from stages.lib import sources
 from stages.lib.idx import dotted_name
 from stages.lib.sources import (
     NPZ_ARRAYS,
@@ -622,3 +623,30 @@ def test_holds_verified(tmp_path, synthetic, expected):
     assert fetch_stage.holds_verified(raw, expected.files)
     (raw / "notes.txt").write_text("x")
     assert not fetch_stage.holds_verified(raw, expected.files)
+
+
+@pytest.mark.parametrize("packing", ["zip", "gz-in-zip", "zip-header-lies"])
+def test_a_member_larger_than_any_mnist_file_is_refused_before_it_fills_memory(
+    tmp_path, http_server, synthetic, expected, monkeypatch, packing
+):
+    limit = max(len(data) for data in synthetic.files.values())  # every real file fits; the bomb does not
+    monkeypatch.setattr(sources, "MAX_FILE_BYTES", limit)
+    big = b"\0" * 100_000  # a bomb in miniature: a few hundred bytes compressed
+    assert limit < len(big)
+    files = dict(synthetic.files)
+    if packing == "gz-in-zip":
+        files = {name + ".gz": gzip.compress(data) for name, data in files.items()}
+        files["train-images-idx3-ubyte.gz"] = gzip.compress(big)
+    else:
+        files["train-images-idx3-ubyte"] = big
+    archive = _zip(files, zipfile.ZIP_DEFLATED)
+    why = "larger than any MNIST file"
+    if packing == "zip-header-lies":  # the headers say 100 bytes: zipfile inflates no more than that, then the CRC
+        archive = archive.replace((100_000).to_bytes(4, "little"), (100).to_bytes(4, "little"))
+        why = "unreadable member"
+    http_server.add(KAGGLE_PATH, Route(archive))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(SourceError, match=rf"train-images-idx3-ubyte(\.gz)?: {why}"):
+        fetch_kaggle(dest, fast(kaggle_url=http_server.url), expected, credentials=CREDS)
+    assert not (dest / "train-images-idx3-ubyte").exists()
