@@ -13,8 +13,16 @@ from pathlib import Path
 from stages import KERAS_EXTRAS, finish, leave_out
 from stages.lib import data, runtime, store
 from stages.lib.data import load_split, read_stats
-from stages.lib.files import atomic_path, sha256_file, write_json
-from stages.lib.paths import HISTORY_PATH, MODEL_PATH, ONNX_PATH, PREPARED_DIR, SERVING_CONFIG_PATH, STATS_PATH
+from stages.lib.files import atomic_path, sha256_file, staged_dir, write_json
+from stages.lib.paths import (
+    HISTORY_PATH,
+    MODEL_DIR,
+    MODEL_PATH,
+    ONNX_PATH,
+    PREPARED_DIR,
+    SERVING_CONFIG_PATH,
+    STATS_PATH,
+)
 from stages.lib.training import (
     HISTORY_COLUMNS,
     BatchTooLarge,
@@ -124,8 +132,11 @@ def main() -> int:
         print(f"train: error: {exc}", file=sys.stderr)
         return 1
     seconds = time.monotonic() - started
-    nn.save_model(model, MODEL_PATH)
-    write_serving_config(cfg["model"]["output"], *make_portable(model, val[0], cfg["model"]["output"]))
+    output = cfg["model"]["output"]
+    with staged_dir(MODEL_DIR) as staging:  # the model's files appear together, or not at all
+        nn.save_model(model, staging / MODEL_PATH.name)
+        onnx, refused = make_portable(model, val[0], output, staging / ONNX_PATH.name)
+        write_serving_config(output, onnx, refused, path=staging / SERVING_CONFIG_PATH.name)
     write_history(history)
     runtime.remember("train", sha256_file(MODEL_PATH), started=stage_started, ended=time.time(), train_seconds=seconds)
     print(

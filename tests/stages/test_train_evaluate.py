@@ -338,3 +338,30 @@ def test_evaluate_before_the_model_exists_is_one_line(tmp_path, monkeypatch, cap
     [line] = capsys.readouterr().err.splitlines()
     assert line == "evaluate: error: data/model/serving.json is missing: run the pipeline first (dvc repro)"
     assert not (tmp_path / "reports").exists()
+
+
+def test_a_failure_after_training_leaves_the_last_model_whole(prepared, tmp_path, monkeypatch):
+    """The model's files (model.keras, model.onnx, serving.json) are swapped in together: an error while they
+    are written leaves the last model as it was, never a new model.keras beside an old serving.json."""
+    import yaml
+
+    shutil.copytree(prepared, tmp_path / "data" / "prepared")
+    params = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+    params["train"]["epochs"] = 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    model_dir = tmp_path / "data" / "model"
+    model_dir.mkdir()
+    for name in ("model.keras", "model.onnx", "serving.json"):
+        (model_dir / name).write_text(f"the last model's {name}")
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train, "write_serving_config", broken)
+    with pytest.raises(OSError, match="No space left"):
+        train.main()
+    assert {p.name: p.read_text() for p in model_dir.iterdir()} == {
+        name: f"the last model's {name}" for name in ("model.keras", "model.onnx", "serving.json")
+    }
+    assert sorted(p.name for p in model_dir.parent.iterdir()) == ["model", "prepared"]  # no staging left
