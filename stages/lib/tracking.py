@@ -74,18 +74,34 @@ def quiet_output(environ: dict[str, str]) -> None:
 
 
 CODE_LOADER = "mlflow.pyfunc.loaders.code_model"  # the loader of a model logged from code (publish's)
+NO_PICKLES = {"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}  # MLflow's own refusal, for every process that loads
+
+
+def pin(uri: str, store_uri: str) -> str:
+    """``models:/<name>@<alias>`` as the version the alias names now (``models:/<name>/<version>``), so that what
+    is checked is what is loaded, wherever the alias moves meanwhile; any other URI as it is."""
+    if not (uri.startswith("models:/") and "@" in uri):
+        return uri
+    import mlflow  # noqa: PLC0415
+
+    name, alias = uri.removeprefix("models:/").split("@", 1)
+    return f"models:/{name}/{mlflow.MlflowClient(store_uri).get_model_version_by_alias(name, alias).version}"
 
 
 def refuse_pickled(uri: str) -> None:
-    """``TrackingError`` unless the MLflow model at ``uri`` was logged from code, as ``publish`` logs it: any
-    other pyfunc model is unpickled when loaded (code its logger chose, run here). Reads its MLmodel only."""
+    """``TrackingError`` unless the MLflow model at ``uri`` was logged from code, as ``publish`` logs it (MLflow's
+    code-model loader, and the code's path, which is what MLflow itself goes by): any other pyfunc model is
+    unpickled when loaded, running code its logger chose. Reads its MLmodel only. Callers also set ``NO_PICKLES``
+    in the loading process's environment, so that MLflow refuses too."""
     from mlflow.models import get_model_info  # noqa: PLC0415
 
-    loader = get_model_info(uri).flavors.get("python_function", {}).get("loader_module")
-    if loader != CODE_LOADER:
+    pyfunc = get_model_info(uri).flavors.get("python_function", {})
+    loader = pyfunc.get("loader_module")
+    if loader != CODE_LOADER or "model_code_path" not in pyfunc:
         raise TrackingError(
-            f"{redact.uri(uri)} was not logged from code (its python_function loader is {loader or 'missing'}): "
-            "loading it would unpickle it, which this project never does"
+            f"{redact.uri(uri)} was not logged from code (its python_function loader is {loader or 'missing'}"
+            f"{'' if 'model_code_path' in pyfunc else ', with no code path'}): loading it would unpickle it, which "
+            "this project never does"
         )
 
 

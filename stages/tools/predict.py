@@ -172,8 +172,10 @@ def load_model(uri: str | None, runtime: str | None = None) -> Loaded:
     mlflow.set_tracking_uri(store_uri)
     if importlib.util.find_spec("keras") is None:  # the inference-only environment
         logging.getLogger("mlflow.utils.requirements_utils").addFilter(beyond_training_packages)
-    tracking.refuse_pickled(uri)
-    model = mlflow.pyfunc.load_model(uri)
+    os.environ.update(tracking.NO_PICKLES)
+    pinned = tracking.pin(uri, store_uri)  # the version checked is the version loaded
+    tracking.refuse_pickled(pinned)
+    model = mlflow.pyfunc.load_model(pinned)
     served = model.unwrap_python_model()
     classifier = getattr(served, "classifier", None)
     runtime = getattr(classifier, "runtime", None)  # a version registered before ONNX forms answers through Keras

@@ -67,6 +67,7 @@ def environment(runtime: str, threads: int, base: dict[str, str] | None = None) 
     env[RUNTIME_ENV] = runtime
     env[THREADS_ENV] = env.get(THREADS_ENV) or str(threads)
     env["MLFLOW_TRACKING_URI"] = store.read_store(PROJECT, env)
+    env.update(tracking.NO_PICKLES)  # its workers load the model too
     return telemetry_off(env)  # for every version's logged code, whatever it sets itself
 
 
@@ -83,11 +84,7 @@ def loadable(model: str, env: dict[str, str]) -> tuple[str, str]:
 
     from stages.lib.registry import describe  # noqa: PLC0415
 
-    pinned = model
-    if model.startswith("models:/") and "@" in model:
-        name, alias = model.removeprefix("models:/").split("@", 1)
-        version = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).get_model_version_by_alias(name, alias)
-        pinned = f"models:/{name}/{version.version}"
+    pinned = tracking.pin(model, env["MLFLOW_TRACKING_URI"])
     tracking.refuse_pickled(pinned)
     with tempfile.TemporaryDirectory(prefix="serve-check-") as tmp:
         # Its workers warn of the TensorFlow and Keras it pins where they are not installed: once is enough.

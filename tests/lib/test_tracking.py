@@ -179,3 +179,15 @@ def test_a_pickled_model_is_refused_before_it_is_loaded(tmp_path, monkeypatch):
         info = mlflow.pyfunc.log_model(name="echo", python_model=Echo(), pip_requirements=[])
     with pytest.raises(tracking.TrackingError, match=r"was not logged from code \(its python_function loader is "):
         tracking.refuse_pickled(info.model_uri)
+    # Its MLmodel edited to name the code-model loader: still a pickle (no code path, which MLflow goes by).
+    [mlmodel] = tmp_path.glob("**/MLmodel")
+    mlmodel.write_text(
+        mlmodel.read_text().replace("loader_module: mlflow.pyfunc.model", f"loader_module: {tracking.CODE_LOADER}")
+    )
+    assert f"loader_module: {tracking.CODE_LOADER}" in mlmodel.read_text()
+    with pytest.raises(tracking.TrackingError, match=r"with no code path\): loading it would unpickle it"):
+        tracking.refuse_pickled(info.model_uri)
+    # And MLflow itself refuses in a process that says so (what predict, the demo and serve's workers set).
+    monkeypatch.setenv(*next(iter(tracking.NO_PICKLES.items())))
+    with pytest.raises(mlflow.exceptions.MlflowException, match="Deserializing model using pickle is disallowed"):
+        mlflow.pyfunc.load_model(info.model_uri)
