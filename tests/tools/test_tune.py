@@ -339,6 +339,8 @@ def test_a_long_trial_shows_an_epoch_line_every_few_seconds_and_a_short_one_does
         now[0] = t
         every(f"epoch {epoch}/6")
     assert lines == ["epoch 3/6", "epoch 5/6", "epoch 6/6"]
+    every("early stopping: val_loss has not improved for 2 epochs; restoring the weights of epoch 4")
+    assert len(lines) == 4  # not an epoch line: always said
 
 
 @pytest.mark.parametrize(
@@ -347,6 +349,7 @@ def test_a_long_trial_shows_an_epoch_line_every_few_seconds_and_a_short_one_does
         ("trial 3 COMPLETE val_accuracy 0.9712 4.1s (3 epochs) - best 0.9712 (trial 3) [host:1]", True),
         ("trial 4 PRUNED val_accuracy 0.9001@2 2.0s (2 epochs) - best 0.9712 (trial 3) [host:1]", True),
         ("trial 5 FAIL: worker stopped (queued again)", False),
+        ("trial 7 FAIL val_accuracy - 1.2s (1 epochs) - best 0.9712 (trial 3) [host:1]", True),  # diverged
         ("trial 6 epoch 4/15 - 12.31s - loss 0.1000 - accuracy 0.9700 - val_loss 0.1100", False),
     ],
 )

@@ -49,7 +49,9 @@ from stages.tools.tune.storage import (
 )
 from stages.tools.tune.worker import STOP, Stopped, on_stop_signals, work
 
-TRIAL_ENDED = re.compile(r"trial \d+ (COMPLETE|PRUNED) ")  # a worker's line for a trial that counts
+# A worker's line for a trial that counts towards the study's N (``liveness.counted``): complete, pruned, or failed
+# for good (diverged); not a "FAIL:" line (its worker stopped or died: the trial is queued again), nor an epoch.
+TRIAL_ENDED = re.compile(r"trial \d+ (COMPLETE|PRUNED|FAIL) val_accuracy ")
 
 
 def start_workers(study_name: str, workers: int, threads: int | None) -> list[subprocess.Popen]:

@@ -71,15 +71,17 @@ def threads_for(workers: int, backend_threads: int, wanted: int | str = "auto", 
 
 
 class Every:
-    """``log`` at most once every ``seconds``: a trial of many epochs shows it is alive, one of short epochs
-    does not flood ``make tune``'s output (K workers share it)."""
+    """``log`` epoch lines at most once every ``seconds`` (other lines always): a trial of many epochs shows it is
+    alive, one of short epochs does not flood ``make tune``'s output (K workers share it)."""
 
     def __init__(self, seconds: float, log: Callable[[str], None], clock: Callable[[], float] = time.monotonic):
         self.seconds, self.log, self.clock = seconds, log, clock
         self.last = clock()
 
     def __call__(self, line: str) -> None:
-        if self.clock() - self.last >= self.seconds:
+        if not line.startswith("epoch "):  # early stopping's line, say: always
+            self.log(line)
+        elif self.clock() - self.last >= self.seconds:
             self.log(line)
             self.last = self.clock()
 
