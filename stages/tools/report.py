@@ -17,13 +17,17 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from stages.lib import git
-from stages.lib.files import staged_dir
 from stages.lib.paths import EVALUATE_DIR, HISTORY_PATH, PR_REPORT_DIR
+
+REPORT_FILES = ("report.md", "summary.md", "curves.png", "confusion_base.png", "confusion_head.png")
 
 
 class ReportError(RuntimeError):
@@ -70,8 +74,19 @@ def write_report(base: str, head: str = "HEAD", out: Path = PR_REPORT_DIR) -> Pa
     another CPU moves the last digits; ``make reproduce`` checks that separately)."""
     labels = {rev: run(["git", "rev-parse", "--short", rev]).strip() for rev in (base, head)}
     metrics, params = table("metrics", base, head), table("params", base, head)
-    with staged_dir(out) as staging:  # a complete report replaces the last one, none of its files left over
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+    try:
         write_files(staging, base, head, labels, metrics, params)
+        # The report's own files only (--out may hold others): this run's replace the last run's, and one the
+        # last run wrote but this one does not (a confusion matrix a revision lacks) goes, never left stale.
+        for name in REPORT_FILES:
+            if (staging / name).exists():
+                os.replace(staging / name, out / name)
+            else:
+                (out / name).unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out / "report.md"
 
 

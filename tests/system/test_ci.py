@@ -100,9 +100,9 @@ def env() -> dict[str, str]:
 
 @pytest.mark.slow
 def test_report_shows_the_changed_metric_and_param_with_images(two_commits):
-    stale = two_commits / "reports" / "pr" / "confusion_old.png"  # an earlier report's file
-    stale.parent.mkdir(parents=True)
-    stale.write_bytes(b"from an earlier run")
+    other = two_commits / "reports" / "pr" / "notes.txt"  # not the report's: --out may hold other files
+    other.parent.mkdir(parents=True)
+    other.write_text("mine")
     result = subprocess.run(
         [sys.executable, "-m", "stages.tools.report", "--base", "HEAD~1"],
         cwd=two_commits,
@@ -119,7 +119,7 @@ def test_report_shows_the_changed_metric_and_param_with_images(two_commits):
     for image in ["curves.png", "confusion_base.png", "confusion_head.png"]:
         assert (out / image).stat().st_size > 1000 and f"({image})" in report
     assert "![" not in (out / "summary.md").read_text()  # tables only
-    assert not stale.exists(), "a report is complete on its own: nothing of the last one stays beside it"
+    assert other.read_text() == "mine" and not list(out.glob(".report-*"))  # kept; no staging left
 
 
 @pytest.mark.slow

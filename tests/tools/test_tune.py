@@ -355,3 +355,11 @@ def test_a_long_trial_shows_an_epoch_line_every_few_seconds_and_a_short_one_does
 )
 def test_the_studys_bar_counts_ended_trials_only(line, counts):
     assert bool(cli.TRIAL_ENDED.match(line)) is counts
+
+
+@pytest.mark.parametrize("study", ["x/../../../reports", "..", "a b", "-rf", "tune\n", "ü"])
+def test_a_study_name_that_is_no_plain_name_is_one_line(study, capsys):
+    # The name becomes a directory under .tune/figures, a DVC experiment's and an MLflow run's name.
+    assert cli.main(["run", f"--study={study}", "--trials", "2"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"tune: error: STUDY={study!r}: expected letters, digits")

@@ -51,6 +51,7 @@ from stages.tools.tune.worker import STOP, Stopped, on_stop_signals, work
 
 # A worker's line for a trial that counts towards the study's N (``liveness.counted``): complete, pruned, or failed
 # for good (diverged); not a "FAIL:" line (its worker stopped or died: the trial is queued again), nor an epoch.
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 TRIAL_ENDED = re.compile(r"trial \d+ (COMPLETE|PRUNED|FAIL) val_accuracy ")
 
 
@@ -293,6 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.study.strip():
             raise TuneError("STUDY must not be empty")
+        if not STUDY_NAME.fullmatch(args.study) or ".." in args.study:  # a path part, an experiment and run name
+            raise TuneError(
+                f"STUDY={args.study!r}: expected letters, digits, '.', '_' and '-' (up to 64, starting with a letter "
+                "or digit)"
+            )
         if args.command == "run":
             return run(args.study, args.trials, args.workers, args.space, args.threads, args.space_file)
         if args.command == "worker":
