@@ -76,12 +76,13 @@ def dir_digest(directory: Path) -> str:
 
 
 @contextlib.contextmanager
-def atomic_path(target: Path, suffix: str = ".tmp") -> Iterator[Path]:
+def atomic_path(target: Path, suffix: str = ".tmp", durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it into place on success.
 
     On any exception the temporary file is removed and ``target`` is untouched.
     ``suffix`` keeps writers that insist on an extension (Keras' ``.keras``) happy.
-    The file is fsynced before the rename and the directory after it.
+    The file is fsynced before the rename and the directory after it, unless not ``durable`` (many small files a
+    person asked for: a killed process still leaves none half-written, but a power cut may lose the last ones).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -91,9 +92,11 @@ def atomic_path(target: Path, suffix: str = ".tmp") -> Iterator[Path]:
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are ordinary files
-        _fsync(tmp_path)  # the bytes on the disk before the name points at them
+        if durable:
+            _fsync(tmp_path)  # the bytes on the disk before the name points at them
         os.replace(tmp_path, target)
-        _fsync(target.parent)  # and the new name itself
+        if durable:
+            _fsync(target.parent)  # and the new name itself
     finally:
         tmp_path.unlink(missing_ok=True)
 

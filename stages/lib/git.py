@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from stages.lib import processes
+
 
 class NotCommitted(RuntimeError):
     """The path is not in that revision (or the revision does not exist); the message is git's own line."""
@@ -14,6 +16,5 @@ def committed(rev: str, path: str | Path) -> bytes:
     """The bytes of ``path`` (relative to the repository root) as committed at ``rev``."""
     result = subprocess.run(["git", "show", f"{rev}:{Path(path).as_posix()}"], capture_output=True)
     if result.returncode != 0:
-        lines = result.stderr.decode(errors="replace").strip().splitlines()
-        raise NotCommitted(lines[-1] if lines else f"git show exited with status {result.returncode}")
+        raise NotCommitted(processes.error_line(result.stderr.decode(errors="replace"), result.returncode))
     return result.stdout

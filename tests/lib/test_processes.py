@@ -120,3 +120,24 @@ def test_programs_are_this_environment_s_whatever_path_says(monkeypatch, tmp_pat
     (tmp_path / "mlflow").write_text("")
     assert processes.program("mlflow") == str(tmp_path / "mlflow")
     assert processes.program("dvc") == "dvc"  # not installed here: left for PATH to find
+
+
+@pytest.mark.parametrize(
+    ("stderr", "line"),
+    [
+        (  # DVC: the reason before an excerpt of the file
+            "'./dvc.yaml' validation failed.\n\nextra keys not allowed, in stages -> a -> bogus_key, line 3, column 5\n"
+            "  3 │   cmd: echo\n  4 │   bogus_key: 1\n",
+            "'./dvc.yaml' validation failed. extra keys not allowed, in stages -> a -> bogus_key, line 3, column 5",
+        ),
+        (  # DVC: an error line, then its footer
+            "ERROR: unexpected error - [Errno 13] Permission denied: '.dvc/tmp'\n\nHaving any troubles? Hit us up at "
+            "https://dvc.org/support, we are always happy to help!\n",
+            "ERROR: unexpected error - [Errno 13] Permission denied: '.dvc/tmp'",
+        ),
+        ("fatal: invalid object name 'nosuchrev'.\n", "fatal: invalid object name 'nosuchrev'."),
+        ("", "exit status 128"),
+    ],
+)
+def test_another_programs_error_in_one_line(stderr, line):
+    assert processes.error_line(stderr, 128) == line

@@ -8,6 +8,7 @@ import os
 import tarfile
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -625,12 +626,12 @@ def test_holds_verified(tmp_path, synthetic, expected):
     assert not fetch_stage.holds_verified(raw, expected.files)
 
 
-@pytest.mark.parametrize("packing", ["zip", "gz-in-zip", "zip-header-lies"])
+@pytest.mark.parametrize("packing", ["zip", "gz-in-zip"])
 def test_a_member_larger_than_any_mnist_file_is_refused_before_it_fills_memory(
     tmp_path, http_server, synthetic, expected, monkeypatch, packing
 ):
     limit = max(len(data) for data in synthetic.files.values())  # every real file fits; the bomb does not
-    monkeypatch.setattr(sources, "MAX_FILE_BYTES", limit)
+    monkeypatch.setattr(sources, "MAX_MNIST_FILE_BYTES", limit)
     big = b"\0" * 100_000  # a bomb in miniature: a few hundred bytes compressed
     assert limit < len(big)
     files = dict(synthetic.files)
@@ -640,13 +641,20 @@ def test_a_member_larger_than_any_mnist_file_is_refused_before_it_fills_memory(
     else:
         files["train-images-idx3-ubyte"] = big
     archive = _zip(files, zipfile.ZIP_DEFLATED)
-    why = "larger than any MNIST file"
-    if packing == "zip-header-lies":  # the headers say 100 bytes: zipfile inflates no more than that, then the CRC
-        archive = archive.replace((100_000).to_bytes(4, "little"), (100).to_bytes(4, "little"))
-        why = "unreadable member"
     http_server.add(KAGGLE_PATH, Route(archive))
     dest = tmp_path / "dest"
     dest.mkdir()
-    with pytest.raises(SourceError, match=rf"train-images-idx3-ubyte(\.gz)?: {why}"):
+    with pytest.raises(SourceError, match=r"train-images-idx3-ubyte(\.gz)?: larger than any MNIST file"):
         fetch_kaggle(dest, fast(kaggle_url=http_server.url), expected, credentials=CREDS)
     assert not (dest / "train-images-idx3-ubyte").exists()
+
+
+def test_a_local_file_larger_than_any_mnist_file_is_refused_before_it_is_read(
+    tmp_path, synthetic, expected, monkeypatch
+):
+    src = synthetic.write(tmp_path / "src")
+    monkeypatch.setattr(sources, "MAX_MNIST_FILE_BYTES", max(len(d) for d in synthetic.files.values()))
+    (src / "train-images-idx3-ubyte").write_bytes(b"\0" * 100_000)
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail(f"read {self.name} whole"))
+    with pytest.raises(SourceError, match=r"train-images-idx3-ubyte: larger than any MNIST file"):
+        fetch_local(tmp_path / "raw", fast(local_dir=str(src)), expected)

@@ -331,15 +331,6 @@ def test_train_stage_imports_neither_scikit_learn_nor_matplotlib(prepared, tmp_p
     assert (tmp_path / "data" / "model" / "model.keras").exists()
 
 
-def test_evaluate_before_the_model_exists_is_one_line(tmp_path, monkeypatch, capsys):
-    shutil.copy(Path(__file__).resolve().parents[2] / "params.yaml", tmp_path / "params.yaml")
-    monkeypatch.chdir(tmp_path)
-    assert evaluate.main() == 2
-    [line] = capsys.readouterr().err.splitlines()
-    assert line == "evaluate: error: data/model/serving.json is missing: run the pipeline first (dvc repro)"
-    assert not (tmp_path / "reports").exists()
-
-
 def test_a_failure_after_training_leaves_the_last_model_whole(prepared, tmp_path, monkeypatch):
     """The model's files (model.keras, model.onnx, serving.json) are swapped in together: an error while they
     are written leaves the last model as it was, never a new model.keras beside an old serving.json."""
