@@ -45,9 +45,10 @@ def dataset_name(params_path: Path = PARAMS_FILE) -> str:
     return str(schema.load(fetch, path=params_path)["fetch"]["name"])
 
 
-def champion_uri(params_path: Path) -> str:
-    """``models:/<name>-classifier@champion`` of the data set ``params_path`` names: what ``make serve`` and
-    ``make demo`` serve by default (from the project's ``params.yaml``, wherever they are started)."""
+def champion_uri(params_path: Path = PARAMS_FILE) -> str:
+    """``models:/<name>-classifier@champion`` of the data set ``params_path`` names (validated, as
+    ``dataset_name``): what ``make serve`` and ``make demo`` serve by default, given the project's
+    ``params.yaml`` wherever they are started; the notebook's champion (from the repository root)."""
     return f"models:/{model_name(dataset_name(params_path))}@{CHAMPION}"
 
 
