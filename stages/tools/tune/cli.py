@@ -49,9 +49,9 @@ from stages.tools.tune.storage import (
 )
 from stages.tools.tune.worker import STOP, Stopped, on_stop_signals, work
 
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a directory of figures, an experiment, a run
 # A worker's line for a trial that counts towards the study's N (``liveness.counted``): complete, pruned, or failed
 # for good (diverged); not a "FAIL:" line (its worker stopped or died: the trial is queued again), nor an epoch.
-STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 TRIAL_ENDED = re.compile(r"trial \d+ (COMPLETE|PRUNED|FAIL) val_accuracy ")
 
 
@@ -95,7 +95,7 @@ class Relay:
                     print(text, file=self.stream, flush=True)
                     continue
                 self.bar.write(text)
-                if TRIAL_ENDED.match(line):  # not its epoch lines, nor a FAIL (the trial is queued again)
+                if TRIAL_ENDED.match(line):
                     self.bar.update(1)
 
     def close(self) -> None:
