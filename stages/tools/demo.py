@@ -48,7 +48,7 @@ from stages.lib.redact import described, first_line
 from stages.lib.redact import uri as redact_uri
 from stages.lib.registry import champion_uri, describe
 from stages.serving.classifier import DIGITS, output_columns
-from stages.tools.predict import Form, Outcome, digit_in_form, prepare, ranked, ranking
+from stages.tools.predict import PROJECT, Form, Outcome, digit_in_form, prepare, ranked, ranking
 
 DEFAULT_PORT = 7860
 CANVAS = 400  # the sketchpad's side, in pixels
@@ -291,7 +291,6 @@ def describe_model(uri: str | None) -> str:
     if uri is None:
         return "the workspace model (data/model/model.keras)"
     from stages.lib.store import read_store  # noqa: PLC0415
-    from stages.tools.predict import PROJECT  # noqa: PLC0415
 
     return describe(uri, read_store(PROJECT))
 
@@ -461,19 +460,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--port must be between 1 and 65535")
     try:
         credentials, generated = login() if wants_auth(args.host, args.auth) else (None, None)
+        if args.model is None:  # the project's params.yaml, wherever this is started (a ParamsError is a ValueError)
+            args.model = champion_uri(PROJECT / PARAMS_FILE)
     except ValueError as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 2
 
-    if args.model is None:
-        from stages.params.schema import ParamsError  # noqa: PLC0415
-        from stages.tools.predict import PROJECT  # noqa: PLC0415
-
-        try:
-            args.model = champion_uri(PROJECT / PARAMS_FILE)
-        except ParamsError as exc:
-            print(f"demo: error: {exc}", file=sys.stderr)
-            return 2
     started = time.monotonic()
     print(f"demo: loading {redact_uri(args.model)} ...", file=sys.stderr)
     try:

@@ -104,20 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime", default="auto", choices=RUNTIMES, help="which form answers (default auto)")
     parser.add_argument("--model", help="a model URI (default: the champion of params.yaml's data set)")
     args = parser.parse_args(argv)
+    from stages.lib.registry import champion_uri  # noqa: PLC0415
+
     try:
         workers, threads = plan(args.workers, cores.usable())
+        if args.model is None:  # the project's params.yaml, wherever this is started (a ParamsError is a ValueError)
+            args.model = champion_uri(PROJECT / PARAMS_FILE)
     except ValueError as exc:
         print(f"serve: error: {exc}", file=sys.stderr)
         return 2
-    if args.model is None:
-        from stages.lib.registry import champion_uri  # noqa: PLC0415
-        from stages.params.schema import ParamsError  # noqa: PLC0415
-
-        try:
-            args.model = champion_uri(PROJECT / PARAMS_FILE)
-        except ParamsError as exc:
-            print(f"serve: error: {exc}", file=sys.stderr)
-            return 2
     env = environment(args.runtime, threads)
     try:
         store.check_readable(args.model, env["MLFLOW_TRACKING_URI"])

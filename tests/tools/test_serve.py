@@ -164,11 +164,11 @@ def test_the_servers_environment_turns_onnxruntimes_usage_events_off_unless_set(
 def test_a_broken_params_yaml_is_one_line_not_mnists_champion(command, tmp_path, monkeypatch, capsys):
     # The default model is the champion of the data set the project's params.yaml names (wherever the command
     # is started): a file that cannot say which is an error, never a silent fallback to MNIST's champion.
-    from stages.tools import demo, predict
+    from stages.tools import demo
 
     (tmp_path / "params.yaml").write_text("fetch: [unclosed\n")
     monkeypatch.setattr(serve, "PROJECT", tmp_path)
-    monkeypatch.setattr(predict, "PROJECT", tmp_path)
+    monkeypatch.setattr(demo, "PROJECT", tmp_path)
     monkeypatch.chdir(Path(__file__).resolve().parents[2])  # a valid params.yaml here must not be read instead
     assert (serve.main([]) if command == "serve" else demo.main([])) == 2
     [line] = capsys.readouterr().err.splitlines()
