@@ -121,7 +121,8 @@ ZIP_MEMBER_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedErr
 
 
 # No MNIST file is larger (the training images: 47,040,016 bytes): anything bigger is refused before it fills
-# memory, whatever an archive's or a gzip stream's own header claims (a decompression bomb).
+# memory (a decompression bomb): a gzip stream is read up to this size only, a zip or tar member is judged by
+# its header (zipfile inflates no more than the header's size), a local file by its size on disk.
 MAX_MNIST_FILE_BYTES = 64 * 2**20
 
 
