@@ -196,6 +196,7 @@ def test_a_study_on_the_journal_file(repo):
 
 
 def test_bad_input_on_the_command_line_is_one_line_and_writes_nothing(repo, monkeypatch, capsys):
+    before = sorted(repo.rglob("*"))
     assert cli.main(["run", "--study", "demo", "--trials", "0"]) == 2
     assert cli.main(["run", "--study", "demo", "--trials", "2", "--space", "nosuch"]) == 2
     assert cli.main(["worker", "--study", "demo"]) == 2
@@ -207,7 +208,17 @@ def test_bad_input_on_the_command_line_is_one_line_and_writes_nothing(repo, monk
     assert err[2].startswith("tune-worker: error: no study 'demo' in this storage")
     assert err[3].startswith("tune: error: storage postgresql://***@127.0.0.1:1/tune is unusable")
     assert len(err) == 4 and "s3cret" not in "".join(err)
-    assert not (repo / "mlflow.db").exists()
+    assert sorted(repo.rglob("*")) == before  # no journal for a study that is not there, no mlflow.db
+
+
+def test_a_worker_or_tune_best_on_a_sqlite_storage_that_is_not_there_creates_nothing(repo, monkeypatch, capsys):
+    monkeypatch.setenv("TUNE_STORAGE", f"sqlite:///{repo}/optuna.db")
+    assert cli.main(["worker", "--study", "demo"]) == 2
+    assert cli.main(["best", "--study", "demo"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[0] for line in err] == ["tune-worker", "tune-best"], err
+    assert all("no study 'demo' in this storage (none yet)" in line for line in err), err
+    assert not (repo / "optuna.db").exists() and not (repo / ".tune").exists()
 
 
 def test_a_silent_worker_on_another_machine_is_found_by_the_heartbeat(repo, monkeypatch):

@@ -241,7 +241,7 @@ def _fmt(value: float) -> str:
 
 def best(study_name: str, dry_run: bool = False) -> int:
     """``make tune-best``: the best trial's overrides through ``dvc exp run -n tune-<study>``."""
-    study = load_study(open_storage(storage_url()), study_name)
+    study = load_study(open_storage(storage_url(), create=False), study_name)
     try:
         winner = study.best_trial
     except ValueError:

@@ -44,12 +44,18 @@ def describe_storage(url: str | None) -> str:
     return str(JOURNAL) if url is None else redact.uri(url)
 
 
-def open_storage(url: str | None, on_stale: Callable | None = None) -> Any:
-    """Optuna's storage: the journal file, or an RDB (heartbeat on) at ``url``; a one-line error if unusable."""
+def open_storage(url: str | None, on_stale: Callable | None = None, create: bool = True) -> Any:
+    """Optuna's storage: the journal file, or an RDB (heartbeat on) at ``url``; a one-line error if unusable.
+
+    ``create=False`` (a worker, ``tune-best``: they read a study that must exist): a journal or SQLite file that
+    is not there yet is read as an empty storage, and nothing is created.
+    """
     import optuna  # noqa: PLC0415
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own one line per trial instead
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if not create and not _exists(url):
+        return optuna.storages.InMemoryStorage()
     if url is None:
         from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock  # noqa: PLC0415
 
@@ -69,6 +75,18 @@ def open_storage(url: str | None, on_stale: Callable | None = None) -> Any:
         if "revision" in reason:  # another program's alembic_version table (MLflow's database, say)
             reason += " - Optuna needs a database of its own (MLflow's cannot be shared)"
         raise TuneError(f"storage {describe_storage(url)} is unusable: {reason[:300]}") from None
+
+
+def _exists(url: str | None) -> bool:
+    """Whether the journal, or a SQLite storage's file, is there (a server's database: taken as there)."""
+    if url is None:
+        return JOURNAL.exists()
+    if url.startswith("sqlite"):
+        from sqlalchemy.engine import make_url  # noqa: PLC0415
+
+        database = make_url(url).database
+        return not database or database == ":memory:" or Path(database).exists()
+    return True
 
 
 @contextlib.contextmanager

@@ -116,7 +116,7 @@ def work(study_name: str, workers: int = 1, threads: int | None = None, log: Cal
             runs.end_trial(run_id, "FAIL", {}, "its worker stopped answering" + ("; retried" if again else ""))
         log(f"trial {trial.number} FAIL: its worker died" + (" (queued again)" if again else ""))
 
-    storage = open_storage(url, on_stale=on_failed)
+    storage = open_storage(url, on_stale=on_failed, create=False)
     study = load_study(storage, study_name)
     check_worker(study, base)
     space = study.user_attrs["space"]
