@@ -201,9 +201,10 @@ def test_nothing_changed_writes_nothing_and_a_change_rewrites(tmp_path):
     (src / "square" / "new.png").unlink()
     assert fetch_dataset("folder", "shapes", src, raw, log=quiet) is True
     assert contents(raw) == changed
-    # a renamed data set rewrites dataset.json only
+    # a renamed data set is written again under its new name: the same images.bin bytes (the same DVC hash)
+    blob = (raw / "images.bin").read_bytes()
     assert fetch_dataset("folder", "forms", src, raw, log=quiet) is True
-    assert read_manifest(raw)["name"] == "forms"
+    assert read_manifest(raw)["name"] == "forms" and (raw / "images.bin").read_bytes() == blob
     # a truncated images.bin is not taken for the same data
     (raw / "images.bin").write_bytes((raw / "images.bin").read_bytes()[:-1])
     assert fetch_dataset("folder", "forms", src, raw, log=quiet) is True
@@ -540,21 +541,33 @@ def test_bad_data_is_one_line_and_data_raw_stays(tmp_path, monkeypatch, capsys, 
     assert sorted(p.name for p in (repo / "data").iterdir()) == ["external", "raw"]  # no staging left behind
 
 
-def test_the_checks_run_before_anything_is_read(tmp_path):
+def test_the_checks_run_before_anything_is_read(tmp_path, monkeypatch):
     """A bad class folder fails the scan: no file is opened, nothing is written."""
     src = make_folder(tmp_path / "shapes")
     (src / "zebra").mkdir()
+    before = sorted(tmp_path.rglob("*"))
+
+    def no_reading(*args, **kwargs):
+        pytest.fail(f"a file was opened: {args[:1]}")
+
+    monkeypatch.setattr("builtins.open", no_reading)
+    monkeypatch.setattr(Path, "open", no_reading)
     with pytest.raises(DatasetError, match="class folder zebra/ holds no files"):
         datasets.scan_folder(src, log=quiet)
-    assert not (tmp_path / "raw").exists()
+    monkeypatch.undo()
+    assert sorted(tmp_path.rglob("*")) == before
 
 
-def test_dataset_json_is_not_changed_by_copying_the_manifest(tmp_path):
-    """read_manifest hands back a plain dict: preprocess may keep it; the file stays as written."""
+def test_a_manifest_read_is_a_copy_and_an_offset_that_disagrees_is_malformed(tmp_path):
+    """read_manifest hands back a plain dict: preprocess may change it, the file stays as written; a dataset.json
+    whose offsets do not follow from the sizes is refused."""
     raw = tmp_path / "raw"
     fetch_dataset("folder", "shapes", make_folder(tmp_path / "shapes"), raw, log=quiet)
+    written = (raw / "dataset.json").read_bytes()
     manifest = read_manifest(raw)
     edited = copy.deepcopy(manifest)
+    manifest["files"].clear()
+    assert (raw / "dataset.json").read_bytes() == written and read_manifest(raw) == edited
     edited["files"][0]["offset"] = 5
     (raw / "dataset.json").write_text(json.dumps(edited))
     with pytest.raises(DatasetError, match="is malformed: run fetch again"):

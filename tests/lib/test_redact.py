@@ -106,6 +106,7 @@ def test_params_redacts_uris_in_values_and_leaves_the_rest():
         "fetch.keras_url": "https://user:pw@host/mnist.npz?token=abc",
         "fetch.kaggle_url": "https://www.kaggle.com/api/v1",
         "fetch.sources": ["keras", "https://u:pw2@h/x"],
+        "fetch.mirror": {"url": "https://u:pw3@m/x", "tried": ("https://u:pw4@n/y", 2)},
         "train.epochs": 10,
         "model.activation": "relu",
     }
@@ -114,6 +115,7 @@ def test_params_redacts_uris_in_values_and_leaves_the_rest():
         "fetch.keras_url": "https://***@host/mnist.npz?token=***",
         "fetch.kaggle_url": "https://www.kaggle.com/api/v1",
         "fetch.sources": ["keras", "https://***@h/x"],
+        "fetch.mirror": {"url": "https://***@m/x", "tried": ("https://***@n/y", 2)},
         "train.epochs": 10,
         "model.activation": "relu",
     }

@@ -165,7 +165,11 @@ def test_a_bad_model_is_one_line_and_no_password_is_shown_for_it(tmp_path, capsy
     monkeypatch.delenv("DEMO_AUTH", raising=False)
     assert demo.main(["--model", str(tmp_path / "none.keras"), "--host", "0.0.0.0"]) == 2
     out = capsys.readouterr()
-    assert out.err.strip().splitlines()[-1].startswith("demo: error: cannot load the model: ")
+    assert out.err.splitlines() == [
+        f"demo: loading {tmp_path / 'none.keras'} ...",
+        f"demo: error: cannot load the model: {tmp_path / 'none.keras'} not found: run `dvc repro` first, "
+        "or pass --model URI",
+    ]
     assert "password" not in out.out + out.err  # the page never started: no login to give
     assert demo.main(["--model", str(tmp_path / "none.keras")]) == 2
     assert all(demo.is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "127.0.1.1"))
