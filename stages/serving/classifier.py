@@ -145,14 +145,14 @@ def telemetry_off(env: Any) -> Any:
     return env
 
 
-def onnx_session(source: bytes | str | Path, threads: int | None = None) -> Any:
-    """An onnxruntime session on ONNX bytes or a file, on ``threads`` threads (default: ``$MODEL_THREADS``, else
-    the cores this process may use, ``cores.usable``, rather than onnxruntime's count of the machine's cores)."""
+def onnx_session(source: bytes | str | Path) -> Any:
+    """An onnxruntime session on ONNX bytes or a file, on ``$MODEL_THREADS`` threads, else on the cores this
+    process may use (``cores.usable``) rather than onnxruntime's count of the machine's cores."""
     telemetry_off(os.environ)
     import onnxruntime as ort  # noqa: PLC0415 - only when an ONNX form is loaded
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or int(os.environ.get(THREADS_ENV) or 0) or usable_cores()
+    options.intra_op_num_threads = int(os.environ.get(THREADS_ENV) or 0) or usable_cores()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: no warnings about unused initializers on stderr
     return ort.InferenceSession(source if isinstance(source, bytes) else str(source), options, ["CPUExecutionProvider"])

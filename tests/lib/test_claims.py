@@ -4,18 +4,19 @@ staleness, one waiter takes a stale claim over, and nothing is left behind."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
 from stages.lib import claims, stopping
 
-pytestmark = pytest.mark.slow
 MODEL = "mnist-classifier"
 
 
@@ -30,6 +31,7 @@ def names(client) -> list[str]:
     return sorted(m.name for m in client.search_registered_models(f"name LIKE '{MODEL}.claim.%'"))
 
 
+@pytest.mark.slow
 def test_the_store_refuses_a_second_claim(client):
     first = claims.acquire(client, MODEL, "result", "k1")
     assert first is not None and first.generation == 1
@@ -42,6 +44,7 @@ def test_the_store_refuses_a_second_claim(client):
     assert names(client) == []
 
 
+@pytest.mark.slow
 def test_a_retried_creation_is_recognised_as_the_owners(client):
     name = claims.prefix(MODEL, "result", "k2") + "1"
     assert claims._create(client, name, "token-a", "h", 1)
@@ -50,6 +53,7 @@ def test_a_retried_creation_is_recognised_as_the_owners(client):
     client.delete_registered_model(name)
 
 
+@pytest.mark.slow
 def test_a_beating_claim_is_never_stale_whatever_the_clocks(client, monkeypatch):
     holder = claims.acquire(client, MODEL, "result", "k3", host="runner-1")
     with holder.beating(beat_s=0.1):
@@ -61,6 +65,7 @@ def test_a_beating_claim_is_never_stale_whatever_the_clocks(client, monkeypatch)
     holder.release()
 
 
+@pytest.mark.slow
 def test_one_waiter_takes_a_stale_claim_over(client):
     dead = claims.acquire(client, MODEL, "result", "k4", host="runner-1")  # never beats: its host died
     dead.tag(claims.RUN_TAG, "run-of-the-dead")
@@ -89,6 +94,7 @@ def test_one_waiter_takes_a_stale_claim_over(client):
     assert names(client) == []
 
 
+@pytest.mark.slow
 def test_a_dead_publisher_on_this_host_is_taken_over_at_once(client):
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
@@ -108,6 +114,7 @@ def test_a_dead_publisher_on_this_host_is_taken_over_at_once(client):
     live.release()
 
 
+@pytest.mark.slow
 def test_done_ends_the_wait(client):
     holder = claims.acquire(client, MODEL, "result", "k7")
     calls = []
@@ -115,6 +122,7 @@ def test_done_ends_the_wait(client):
     holder.release()
 
 
+@pytest.mark.slow
 def test_only_a_publish_process_counts_as_alive_here():
     here = socket.gethostname()
     publishing = subprocess.Popen(
@@ -139,6 +147,7 @@ def test_only_a_publish_process_counts_as_alive_here():
     assert not claims.dead_here({claims.HOST_TAG: "elsewhere", claims.PID_TAG: "1"}, here)  # cannot be seen
 
 
+@pytest.mark.slow
 def test_a_holder_that_wakes_after_being_taken_over_and_released_knows_it_and_deletes_nothing(client):
     sleeper = claims.acquire(client, MODEL, "result", "k8", host="runner-1")
     taker = claims.acquire(client, MODEL, "result", "k8", host="runner-2", stale_s=0, poll_s=0.01)
@@ -153,6 +162,7 @@ def test_a_holder_that_wakes_after_being_taken_over_and_released_knows_it_and_de
     assert names(client) == []
 
 
+@pytest.mark.slow
 def test_release_never_raises_while_unwinding(client):
     claim = claims.acquire(client, MODEL, "result", "k9")
 
@@ -166,6 +176,7 @@ def test_release_never_raises_while_unwinding(client):
     claim.release()
 
 
+@pytest.mark.slow
 def test_a_signal_while_waiting_for_a_claim_stops_the_wait(client):
     holder = claims.acquire(client, MODEL, "result", "k10")
     timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
@@ -188,6 +199,7 @@ def test_a_signal_while_waiting_for_a_claim_stops_the_wait(client):
         (RuntimeError("the store went away"), False),
     ],
 )
+@pytest.mark.slow
 def test_a_claim_is_kept_after_a_stop_that_may_leave_a_run_running(client, stop, kept):
     """Kept, it goes stale, and whoever takes it over marks that run FAILED, from any host."""
     with pytest.raises(type(stop)), claims.acquire(client, MODEL, "result", "k11").holding():
@@ -195,3 +207,59 @@ def test_a_claim_is_kept_after_a_stop_that_may_leave_a_run_running(client, stop,
     assert names(client) == ([claims.prefix(MODEL, "result", "k11") + "1"] if kept else [])
     for name in names(client):
         client.delete_registered_model(name)
+
+
+# --- fast: what is read from a claim's tags, without a store ----------------------------------------------------
+
+
+class Models:
+    """A stand-in for MlflowClient's registered-model search: SQL's LIKE, where ``_`` matches any character."""
+
+    def __init__(self, *names: str, tags: dict[str, str] | None = None) -> None:
+        self.models = [SimpleNamespace(name=n, tags=dict(tags or {})) for n in names]
+
+    def search_registered_models(self, filter_string: str) -> list:
+        pattern = filter_string.split("'")[1]
+        regex = "".join("." if c == "_" else ".*" if c == "%" else re.escape(c) for c in pattern)
+        return [m for m in self.models if re.fullmatch(regex, m.name)]
+
+
+def test_generations_are_the_numbered_claims_of_exactly_one_prefix():
+    name_prefix = claims.prefix("my_model", "publish", "abc")
+    assert name_prefix == "my_model.claim.publish.abc."
+    client = Models(
+        f"{name_prefix}1",
+        f"{name_prefix}12",
+        f"{name_prefix}x",  # not a generation
+        "myXmodel.claim.publish.abc.3",  # LIKE's _ matched another model's claim
+        "my_model.claim.publish.abcd.4",  # another key
+        "my_model",
+    )
+    assert sorted(claims.generations(client, name_prefix)) == [1, 12]
+
+
+def test_a_claim_is_dead_here_only_when_its_process_on_this_host_no_longer_publishes():
+    host = socket.gethostname()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    other = subprocess.Popen(["sleep", "30"])  # alive, but not a publisher (a reused pid)
+    publisher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "stages.publish"])
+    try:
+        deadline = time.monotonic() + 10
+        while b"stages.publish" not in open(f"/proc/{publisher.pid}/cmdline", "rb").read():  # exec'd
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+        def dead(pid: object, on: str = host) -> bool:
+            return claims.dead_here({claims.HOST_TAG: on, claims.PID_TAG: str(pid)}, host)
+
+        assert dead(gone.pid) and dead(other.pid)
+        assert not dead(publisher.pid)
+        assert not dead(os.getpid())  # this process's own claim
+        assert not dead(gone.pid, on="another-machine")  # another host's processes cannot be seen from here
+        assert not dead("") and not dead("12a")
+        assert not claims.dead_here({claims.PID_TAG: str(gone.pid)}, host)  # no host tag
+    finally:
+        for proc in (other, publisher):
+            proc.kill()
+            proc.wait()

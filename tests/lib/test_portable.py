@@ -176,7 +176,7 @@ def test_an_unknown_runtime_is_refused(onnx_model, monkeypatch):
         Classifier(onnx_model / "model.keras", onnx_model / "serving.json", onnx_model / "model.onnx")
 
 
-def test_onnx_runs_on_the_cores_this_process_may_use(tmp_path, monkeypatch):
+def test_usable_cores_are_the_affinity_within_the_cgroup_quota(tmp_path, monkeypatch):
     from stages.serving import cores
 
     (tmp_path / "cpu.max").write_text("150000 100000\n")
@@ -187,6 +187,17 @@ def test_onnx_runs_on_the_cores_this_process_may_use(tmp_path, monkeypatch):
     assert cores.usable(tmp_path) == 16
     monkeypatch.setattr(cores, "affinity", lambda: 1)
     assert cores.usable(tmp_path) == 1
+
+
+def test_onnx_runs_on_the_cores_this_process_may_use(onnx_model, monkeypatch):
+    def threads() -> int:
+        return classifier.onnx_session(onnx_model / "model.onnx").get_session_options().intra_op_num_threads
+
+    monkeypatch.delenv(classifier.THREADS_ENV, raising=False)
+    monkeypatch.setattr(classifier, "usable_cores", lambda: 3)
+    assert threads() == 3  # not onnxruntime's own count of the machine's cores
+    monkeypatch.setenv(classifier.THREADS_ENV, "1")  # make serve: one per worker
+    assert threads() == 1
 
 
 def test_train_threads_auto_keeps_a_dense_network_on_one_thread(monkeypatch):

@@ -644,9 +644,24 @@ def test_a_member_larger_than_any_mnist_file_is_refused_before_it_fills_memory(
     http_server.add(KAGGLE_PATH, Route(archive))
     dest = tmp_path / "dest"
     dest.mkdir()
+    inflate, unzip, asked = zipfile.ZipFile.read, gzip.GzipFile.read, []
+
+    def read_member(self, member, *args):  # a member is judged by its header before it is inflated
+        info = member if isinstance(member, zipfile.ZipInfo) else self.getinfo(member)
+        assert info.file_size <= limit, f"{info.filename} inflated whole"
+        return inflate(self, member, *args)
+
+    def read_gzip(self, size=-1):  # a gzip stream is read no further than the limit
+        asked.append(size)
+        return unzip(self, size)
+
+    monkeypatch.setattr(zipfile.ZipFile, "read", read_member)
+    monkeypatch.setattr(gzip.GzipFile, "read", read_gzip)
     with pytest.raises(SourceError, match=r"train-images-idx3-ubyte(\.gz)?: larger than any MNIST file"):
         fetch_kaggle(dest, fast(kaggle_url=http_server.url), expected, credentials=CREDS)
     assert not (dest / "train-images-idx3-ubyte").exists()
+    if packing == "gz-in-zip":
+        assert asked and all(0 <= size <= limit + 1 for size in asked), asked
 
 
 def test_a_local_file_larger_than_any_mnist_file_is_refused_before_it_is_read(

@@ -17,10 +17,10 @@ def test_a_report_replaces_its_own_files_only(tmp_path, monkeypatch):
         (staging / "report.md").write_text(f"{labels[head]} against {labels[base]}")
         (staging / "summary.md").write_text(metrics)
 
-    monkeypatch.setattr(report, "run", lambda args: "abc1234\n")
+    monkeypatch.setattr(report, "run", lambda args: {"HEAD~1": "abc1234\n", "HEAD": "def5678\n"}[args[-1]])
     monkeypatch.setattr(report, "table", lambda kind, base, head: f"No {kind} changed.")
     monkeypatch.setattr(report, "write_files", files)
     assert report.write_report("HEAD~1", out=out) == out / "report.md"
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "report.md", "summary.md"]
     assert (out / "notes.txt").read_text() == "the user's"
-    assert (out / "report.md").read_text() == "abc1234 against abc1234"
+    assert (out / "report.md").read_text() == "def5678 against abc1234"
