@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -246,7 +247,7 @@ def test_a_claim_is_dead_here_only_when_its_process_on_this_host_no_longer_publi
     publisher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "stages.publish"])
     try:
         deadline = time.monotonic() + 10
-        while b"stages.publish" not in open(f"/proc/{publisher.pid}/cmdline", "rb").read():  # exec'd
+        while b"stages.publish" not in Path(f"/proc/{publisher.pid}/cmdline").read_bytes():  # exec'd
             assert time.monotonic() < deadline
             time.sleep(0.01)
 
