@@ -184,10 +184,16 @@ def _check(name: str, values: Any, schema: Schema) -> dict[str, Any]:
 
 def read_raw(path: Path = PARAMS_FILE) -> dict[str, Any]:
     try:
-        with open(path) as f:
+        with open(path, "rb") as f:  # bytes: YAML's reader judges the encoding, and bad text is a YAML error
             raw = yaml.safe_load(f)
     except FileNotFoundError:
         raise ParamsError(f"params: {path} not found (run from the repository root)") from None
+    except OSError as exc:
+        raise ParamsError(f"params: {path} cannot be read: {exc.strerror or exc}") from None
+    except yaml.reader.ReaderError as exc:  # bytes that are not text in YAML's encodings (UTF-8, UTF-16)
+        raise ParamsError(
+            f"params: {path} is not UTF-8 text: {exc.reason} at byte {exc.position} (save it as UTF-8)"
+        ) from None
     except yaml.YAMLError as exc:
         raise ParamsError(f"params: {path} is not valid YAML: {exc}".splitlines()[0]) from None
     return raw if raw is not None else {}

@@ -124,6 +124,22 @@ def test_load_reports_bad_yaml(tmp_path):
         schema.load(train, path=path)
 
 
+def test_a_params_file_that_is_not_utf8_text_or_not_a_file_is_one_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_bytes("train:\n  epochs: 10  # café\n".encode("latin-1"))  # saved by an editor in Latin-1
+    with pytest.raises(
+        schema.ParamsError, match=r"params.yaml is not UTF-8 text: invalid continuation byte at byte 26 "
+    ):
+        schema.load(train, path=path)
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(schema.ParamsError, match=r"params.yaml cannot be read: Is a directory$"):
+        schema.load(train, path=path)
+    path.rmdir()
+    path.write_text("train:\n  epochs: 10  # café\n", encoding="utf-8")  # UTF-8 is read whatever the locale
+    assert schema.read_raw(path) == {"train": {"epochs": 10}}
+
+
 def test_flatten():
     assert schema.flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": "x"}) == {"a.b": 1, "a.c.d": [1, 2], "e": "x"}
 
