@@ -86,10 +86,11 @@ def load_raw(raw_dir: Path, cfg: dict, log=print) -> tuple[np.ndarray, np.ndarra
         )
         return x_full, y_full, x_test, y_test, {"name": name, "kind": kind, "classes": classes, "skipped": []}
     files = manifest["files"]
+    blob = datasets.packed_images(raw_dir, manifest)
     check_memory(len(files), shape)
     progress = Progress(f"preprocess: decoding {len(files)} images", len(files), unit="images")
     pixels, failed = decoding.decode_packed(
-        raw_dir / datasets.IMAGES, [(f["offset"], f["size"]) for f in files], shape, progress=progress.update
+        blob, [(f["offset"], f["size"]) for f in files], shape, progress=progress.update
     )
     progress.close()
     if failed and not cfg["skip_unreadable"]:

@@ -23,11 +23,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import mmap
 import os
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -574,25 +573,15 @@ def read_manifest(raw_dir: Path) -> dict[str, Any] | None:
     return _check_manifest(manifest, path)
 
 
-def iter_files(raw_dir: Path, manifest: dict[str, Any]) -> Iterator[tuple[dict[str, Any], bytes]]:
-    """(manifest entry, the file's bytes) for each file of a folder data set, in manifest order.
-
-    The bytes are slices of one memory map of ``images.bin``: no file is opened per image.
-    """
+def packed_images(raw_dir: Path, manifest: dict[str, Any]) -> Path:
+    """``images.bin`` of a folder data set, checked against ``dataset.json``: there, and exactly as long as the
+    files it describes (a cut-off copy would otherwise be read as unreadable images of the user's)."""
     path = Path(raw_dir) / IMAGES
-    files = manifest["files"]
-    expected = sum(f["size"] for f in files)
-    if not path.is_file():
-        raise DatasetError(f"{path}: missing: run fetch again")
-    with open(path, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        if size != expected:
-            raise DatasetError(f"{path}: {size} bytes, but {MANIFEST} describes {expected}: run fetch again")
-        if size == 0:
-            for entry in files:
-                yield entry, b""
-            return
-        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            for entry in files:
-                start = entry["offset"]
-                yield entry, mm[start : start + entry["size"]]
+    expected = sum(f["size"] for f in manifest["files"])
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: missing: run fetch again") from None
+    if size != expected:
+        raise DatasetError(f"{path}: {size} bytes, but {MANIFEST} describes {expected}: run fetch again")
+    return path

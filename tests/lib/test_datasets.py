@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 
 from stages import fetch as fetch_stage
 from stages.lib import datasets, idx, runtime
-from stages.lib.datasets import DatasetError, fetch_dataset, iter_files, read_manifest
+from stages.lib.datasets import DatasetError, fetch_dataset, read_manifest
 from stages.params import fetch as fetch_params
 from stages.params import schema
 from tests.conftest import write_params
@@ -106,6 +106,12 @@ def contents(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
 
 
+def packed(raw: Path, manifest: dict) -> list[tuple[dict, bytes]]:
+    """(manifest entry, the file's bytes in images.bin) for each file, in manifest order."""
+    blob = datasets.packed_images(raw, manifest).read_bytes()
+    return [(entry, blob[entry["offset"] : entry["offset"] + entry["size"]]) for entry in manifest["files"]]
+
+
 def quiet(_: str) -> None:
     pass
 
@@ -131,7 +137,7 @@ def test_folder_without_split_is_packed_unmodified(tmp_path):
     assert paths == sorted(p.relative_to(src).as_posix() for c in CLASSES for p in (src / c).glob("*-*"))
     assert all(f["split"] is None for f in manifest["files"])
     seen = 0
-    for entry, data in iter_files(raw, manifest):
+    for entry, data in packed(raw, manifest):
         assert data == (src / entry["path"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == entry["sha256"]
         assert CLASSES[entry["label"]] == entry["path"].split("/")[0] and entry["offset"] == seen
@@ -155,7 +161,7 @@ def test_folder_with_train_and_test_keeps_the_given_split(tmp_path):
         split, kind, _ = entry["path"].split("/")
         assert entry["split"] == split and CLASSES[entry["label"]] == kind
     assert [f["path"] for f in manifest["files"]] == sorted(f["path"] for f in manifest["files"])
-    assert {e["path"]: d for e, d in iter_files(raw, manifest)} == {
+    assert {e["path"]: d for e, d in packed(raw, manifest)} == {
         p.relative_to(src).as_posix(): p.read_bytes() for p in src.rglob("*") if p.is_file()
     }
 
@@ -285,7 +291,10 @@ def test_a_damaged_images_bin_is_one_line(tmp_path):
     manifest = read_manifest(raw)
     (raw / "images.bin").write_bytes((raw / "images.bin").read_bytes()[:-3])
     with pytest.raises(DatasetError, match=r"images.bin: \d+ bytes, but dataset.json describes \d+: run fetch again"):
-        next(iter_files(raw, manifest))
+        datasets.packed_images(raw, manifest)
+    (raw / "images.bin").unlink()
+    with pytest.raises(DatasetError, match=r"images.bin: missing: run fetch again"):
+        datasets.packed_images(raw, manifest)
     (raw / "dataset.json").write_text("{not json")
     with pytest.raises(DatasetError, match="dataset.json: not valid JSON"):
         read_manifest(raw)

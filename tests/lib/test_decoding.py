@@ -136,9 +136,11 @@ def make_folder(root: Path, broken: bool = False) -> Path:
 def prepared(tmp_path: Path, broken: bool = False, **kwargs):
     raw = tmp_path / "raw"
     datasets.fetch_dataset("folder", "pets", make_folder(tmp_path / "pets", broken), raw, log=lambda line: None)
-    return preprocess.prepare(
-        raw, tmp_path / "prepared", 0.25, 0, "minmax", image_size=(8, 6), channels=3, test_fraction=0.25, **kwargs
-    )
+    return prepared_from(raw, tmp_path / "prepared", **kwargs)
+
+
+def prepared_from(raw: Path, out: Path, **kwargs):
+    return preprocess.prepare(raw, out, 0.25, 0, "minmax", image_size=(8, 6), channels=3, test_fraction=0.25, **kwargs)
 
 
 def test_a_folder_is_split_stratified_and_described(tmp_path):
@@ -201,6 +203,18 @@ def test_a_data_set_larger_than_memory_trains_is_refused_in_one_line():
     with pytest.raises(ParamsError, match=r"^params: 1000 images of 64x64x3 are 12,288,000 values, more than"):
         preprocess.check_memory(1000, decoding.Shape(64, 64, 3), limit=10_000_000)
     preprocess.check_memory(1000, decoding.Shape(64, 64, 3), limit=20_000_000)
+
+
+def test_a_cut_off_images_bin_is_a_fetch_problem_not_the_users_images(tmp_path):
+    """A copy of data/raw that lost its end would decode its last files as 'not an image': preprocess says to
+    fetch again instead (whatever skip_unreadable says), before decoding anything."""
+    raw = tmp_path / "raw"
+    datasets.fetch_dataset("folder", "pets", make_folder(tmp_path / "pets"), raw, log=lambda line: None)
+    (raw / "images.bin").write_bytes((raw / "images.bin").read_bytes()[:-100])
+    for skip in (False, True):
+        with pytest.raises(datasets.DatasetError, match=r"images.bin: \d+ bytes, but dataset.json describes \d+: run"):
+            prepared_from(raw, tmp_path / "prepared", skip_unreadable=skip)
+    assert not (tmp_path / "prepared").exists()
 
 
 def test_the_memory_limit_follows_the_machine(tmp_path):
