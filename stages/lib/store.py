@@ -41,9 +41,10 @@ class TrackingError(RuntimeError):
 
 def read_store(project: Path, environ: Mapping[str, str] | None = None) -> str:
     """The store that predict, serve and the demo read models from: ``MLFLOW_TRACKING_URI``, or else the
-    ``mlflow.db`` of ``project``, the checkout their code is in (they run from any directory)."""
+    ``mlflow.db`` of ``project``, the checkout their code is in (they run from any directory). A relative
+    SQLite path means ``project``'s, as it means the repository root's to the stages (``store``)."""
     environ = os.environ if environ is None else environ
-    return environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project / MLFLOW_DB}"
+    return store({**environ, "DVC_ROOT": str(project)})[0]
 
 
 def repo_root(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Path:

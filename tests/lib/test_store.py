@@ -47,6 +47,16 @@ def test_a_sqlite_store_keeps_its_artifacts_beside_it(tmp_path):
     assert store.store({"MLFLOW_TRACKING_URI": uri}) == (uri, (tmp_path / "mlartifacts").as_uri())
 
 
+def test_predict_serve_and_the_demo_read_the_projects_store_from_any_directory(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    monkeypatch.chdir(tmp_path)  # elsewhere
+    assert store.read_store(project, {}) == f"sqlite:///{project}/mlflow.db"
+    relative = {"MLFLOW_TRACKING_URI": "sqlite:///team.db", "DVC_ROOT": str(tmp_path)}
+    assert store.read_store(project, relative) == f"sqlite:///{project}/team.db"  # as publish wrote it
+    for uri in (f"sqlite:///{tmp_path}/elsewhere.db", "http://127.0.0.1:5000"):
+        assert store.read_store(project, {"MLFLOW_TRACKING_URI": uri}) == uri
+
+
 def test_missing_sqlite_directory(tmp_path):
     with pytest.raises(store.TrackingError, match="not a writable directory"):
         store.preflight(f"sqlite:///{tmp_path}/nope/mlflow.db")
