@@ -72,7 +72,11 @@ def expand(paths: list[str]) -> list[Outcome]:
         for match in matches:
             path = Path(match)
             if path.is_dir():
-                images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+                try:
+                    images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+                except OSError as exc:  # not readable by this user, say
+                    found.append(Outcome(match, error=f"cannot list this directory ({exc.strerror or exc})"))
+                    continue
                 if not images:
                     found.append(Outcome(match, error="directory has no image files"))
                 found.extend(Outcome(str(p)) for p in images)

@@ -160,6 +160,24 @@ def test_paths_directories_and_globs(tmp_path):
     assert errors[3:] == ["no such file", "directory has no image files", "no file matches this pattern"]
 
 
+def test_a_directory_that_cannot_be_listed_is_its_own_line_and_the_rest_is_read(tmp_path, monkeypatch):
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "seven.png").write_bytes(png(drawn_seven()))
+    listing = Path.iterdir
+
+    def iterdir(self):  # as for a directory of another user's, mode 700 (the tests run as root, who may read it)
+        if self.name == "locked":
+            raise PermissionError(13, "Permission denied")
+        return listing(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    found = expand([str(tmp_path / "locked"), str(tmp_path / "seven.png")])
+    assert [(Path(o.path).name, o.error) for o in found] == [
+        ("locked", "cannot list this directory (Permission denied)"),
+        ("seven.png", None),
+    ]
+
+
 def test_an_existing_file_with_glob_characters_is_a_file(tmp_path):
     (tmp_path / "digit[1].png").write_bytes(png(drawn_seven()))
     (tmp_path / "digit1.png").write_bytes(png(drawn_seven()))  # what the pattern would match instead
