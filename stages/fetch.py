@@ -91,10 +91,10 @@ def fetch_mnist(cfg: dict[str, Any]) -> int:
 
 def fetch_own(cfg: dict[str, Any]) -> int:
     """``fetch.dataset`` idx or folder: ``fetch.path`` (relative to the repository, seen from experiment copies)."""
-    root = datasets.resolve_path(cfg["path"], repo_root())
-    uri = root.as_uri()
-    print(f"fetch: {cfg['dataset']} data set {cfg['name']} from {uri}")
     try:
+        root = datasets.resolve_path(cfg["path"], repo_root())
+        uri = root.as_uri()
+        print(f"fetch: {cfg['dataset']} data set {cfg['name']} from {uri}")
         datasets.fetch_dataset(cfg["dataset"], cfg["name"], root, RAW_DIR)
     except datasets.DatasetError as exc:
         print(f"fetch: error: {exc}", file=sys.stderr)

@@ -61,8 +61,11 @@ class DatasetError(ValueError):
 
 def resolve_path(path: str, repo_root: Path) -> Path:
     """``fetch.path`` as an absolute, resolved path: a relative one is relative to the repository root."""
-    p = Path(path).expanduser()
-    return (p if p.is_absolute() else Path(repo_root) / p).resolve()
+    try:
+        p = Path(path).expanduser()
+        return (p if p.is_absolute() else Path(repo_root) / p).resolve()
+    except RuntimeError as exc:  # ~nosuchuser/..., or a loop of symbolic links
+        raise DatasetError(f"fetch.path: {path}: {first_line(exc)}") from None
 
 
 def manifest_text(manifest: dict[str, Any]) -> str:

@@ -581,3 +581,13 @@ def test_a_manifest_read_is_a_copy_and_an_offset_that_disagrees_is_malformed(tmp
     (raw / "dataset.json").write_text(json.dumps(edited))
     with pytest.raises(DatasetError, match="is malformed: run fetch again"):
         read_manifest(raw)
+
+
+def test_a_fetch_path_that_cannot_be_resolved_is_one_line(tmp_path):
+    with pytest.raises(DatasetError, match=r"^fetch.path: ~nosuchuser-x/pets: Could not determine home directory"):
+        datasets.resolve_path("~nosuchuser-x/pets", tmp_path)
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(DatasetError, match=r"^fetch.path: a/pets: Symlink loop"):
+        datasets.resolve_path("a/pets", tmp_path)
+    assert datasets.resolve_path("pets", tmp_path) == tmp_path.resolve() / "pets"
