@@ -1,7 +1,7 @@
 # Two commands get a newcomer from a fresh clone to results:
 #   make repro   - create .venv, install the locked dependencies, run the DVC pipeline
 #   make test    - the same set-up if needed, then the whole test suite
-# Both are idempotent: the install re-runs only when requirements.lock changes.
+# Both are idempotent: the install re-runs only when requirements.lock or pyproject.toml changes.
 # `make reproduce` re-runs the whole pipeline and checks the committed metrics (CI does).
 
 PYTHON ?= python3
@@ -94,8 +94,8 @@ lint: install  ## ruff check, ruff format --check, actionlint
 	ruff format --check .
 	actionlint .github/workflows/*.yml
 
-# Run every stage again from nothing (no cached results, data fetched anew) and
-# fail if the metrics drift from those committed at HEAD.
+# Run every stage again (no cached results; data/raw is kept when its files verify,
+# as fetch checks them) and fail if the metrics drift from those committed at HEAD.
 reproduce: install  ## Every stage again from nothing; fail when the metrics drift from HEAD's
 	dvc repro --force
 	python -m stages.tools.metrics_check --tolerance $(TOLERANCE) --loss-rtol $(LOSS_RTOL)

@@ -17,7 +17,7 @@ from typing import Any
 
 # Tiny matrices: oneDNN's per-op set-up and a thread pool cost more than they
 # save. Must be set before TensorFlow is imported (the train stage turns it on
-# for the CNN and for dropout: see train.backend_settings).
+# for the CNN and for dropout: see training.backend_settings).
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -58,7 +58,7 @@ def build(
 ) -> keras.Model:
     """The ``model`` params' network.
 
-    dense: Flatten -> [Dense(units, activation) -> Dropout]* -> Dense(10, softmax | linear).
+    dense: Flatten -> [Dense(units, activation) -> Dropout]* -> Dense(classes, softmax | linear).
     cnn: one block per ``cnn["filters"]`` entry (Conv2D, "same" padding ->
     [BatchNormalization] -> activation -> 2x2 pooling), then the same head.
     With ``cnn["pool_first"]`` the pooling comes right after the convolution,
@@ -153,7 +153,7 @@ def loss_function(
     """Cross-entropy matching the label encoding and whether the model outputs logits.
 
     With ``label_smoothing``, each target keeps ``1 - label_smoothing`` and
-    every class gets ``label_smoothing / 10`` (sparse labels are one-hot
+    every class gets ``label_smoothing / classes`` (sparse labels are one-hot
     encoded for it first).
     """
     from_logits = output == "linear"
@@ -262,7 +262,7 @@ class Steps:
         return loss * tf.cast(tf.shape(x)[0], tf.float32), _correct(y, out)
 
     def _train_steps(self, x: tf.Tensor, y: tf.Tensor, n: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Steps on the batches ``x[0]``, ..., ``x[n - 1]`` (x: steps x batch x 28 x 28)."""
+        """Steps on the batches ``x[0]``, ..., ``x[n - 1]`` (x: steps x batch x image shape)."""
 
         def body(i, loss_sum, correct):
             loss, right = self._train_step(x[i], y[i])

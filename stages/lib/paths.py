@@ -30,7 +30,7 @@ PR_REPORT_DIR = REPORTS_DIR / "pr"  # make report: the pull-request report (not 
 # git-ignored, read by the stage that logs the run to MLflow.
 RUNTIME_DIR = Path(".runtime")
 
-# The default MLflow store, at the root of the DVC repository (see tracking.store).
+# The default MLflow store, at the root of the DVC repository (see store.store).
 MLFLOW_DB = "mlflow.db"
 MLFLOW_ARTIFACTS = "mlartifacts"
 SERVER_DIR = Path(".server")  # make server: state, logs, the throw-away PostgreSQL cluster, artifacts

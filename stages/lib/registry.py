@@ -4,7 +4,9 @@ The rule for the ``champion`` alias: the version with the highest
 ``val_accuracy`` (the validation split; the test split is never used to
 choose) among the versions whose run is FINISHED. A new version takes the
 alias only when its ``val_accuracy`` is strictly higher than the current
-champion's: on a tie the champion keeps it (it was there first). Clients use
+champion's, or equal with an ONNX form that the champion lacks (the light
+runtime can then serve it); otherwise, on a tie, the champion keeps it (it was
+there first). Clients use
 ``models:/mnist-classifier@champion``.
 
 A version is created only once its run is FINISHED with every artifact, and

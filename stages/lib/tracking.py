@@ -350,7 +350,7 @@ def log_run(
     FAILED (never left RUNNING) and re-raises the original error, even when
     marking it fails too (the store has gone: the next publish on this host,
     or the one that takes the claim over, mends it). Under
-    ``stopping.stop_on_signals``, SIGTERM and SIGINT stop it between two
+    ``stopping.deferred_signals``, SIGTERM and SIGINT stop it between two
     requests, as ``stopping.Terminated`` naming the run and its state.
     """
     from mlflow.entities import Metric, Param  # noqa: PLC0415

@@ -1,9 +1,11 @@
 """The served model: raw pixels in, per image the class (MNIST: the digit) and the probabilities out.
 
 An MLflow pyfunc model around ``classifier.Classifier``. A client sends a
-batch of 28x28 images with values in 0-255, exactly as in the MNIST files;
-the model normalizes them as in training and answers a ``digit`` and ten
-``probabilities`` per image. A bad request raises an error that MLflow's
+batch of images in the model's shape (``serving.json``'s ``image_shape``;
+MNIST: 28x28) with values in 0-255, as in the data set's files; the model
+normalizes them as in training and answers, per image, the class (``digit``
+for MNIST, ``label`` and ``class`` for other data) and one probability per
+class. A bad request raises an error that MLflow's
 scoring server turns into HTTP 400 with the message.
 
 This file is logged as the model's code ("models from code": nothing is

@@ -32,7 +32,7 @@ def experiment_name() -> str:
 
 
 class Runs:
-    """The study's runs in the project's MLflow store (``tracking.store``), experiment ``<data set>-tune``.
+    """The study's runs in the project's MLflow store (``store.store``), experiment ``<data set>-tune``.
 
     Every write holds ``tracking.store_lock``: K workers share a SQLite store safely on one machine.
     """

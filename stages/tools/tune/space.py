@@ -213,7 +213,7 @@ def _settings(at: str, raw: Any, default: dict[str, int]) -> dict[str, int]:
 
 
 def _backends(base: Mapping[str, Any], fixed: dict[str, Any], candidates: dict[str, list]) -> set[str]:
-    """The TensorFlow set-ups (``train.backend_settings``) the space's model params can need."""
+    """The TensorFlow set-ups (``training.backend_settings``) the space's model params can need."""
     from stages.lib.training import backend_settings  # noqa: PLC0415 - no TensorFlow; only when validating
 
     model_keys = [key for key in candidates if key.startswith("model.")]
