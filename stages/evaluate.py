@@ -156,7 +156,7 @@ def main() -> int:
         print(f"evaluate: error: {exc}", file=sys.stderr)
         return 2
     batch = cfg["evaluate"]["batch_size"]
-    output = cfg["model"]["output"]
+    output = classifier.config["output"]  # the model's own (serving.json), as it is served
     val_outputs, test_outputs = classifier.outputs(x_val, batch), classifier.outputs(x_test, batch)
     metrics = {
         k: round(v, 6)
@@ -168,7 +168,7 @@ def main() -> int:
         }.items()
     }
     test_accuracy, test_loss = metrics["test_accuracy"], metrics["test_loss"]
-    probs = softmax(test_outputs) if output == "linear" else test_outputs
+    probs = softmax(test_outputs) if classifier.logits else test_outputs
     pairs = write_reports(x_test, y_test, probs, metrics, cfg["evaluate"], classes=classes)
     top = ", ".join(
         f"{a}->{p} ({c})" for a, p, c in pairs[["actual", "predicted", "count"]].head(3).itertuples(index=False)

@@ -304,11 +304,6 @@ def evaluate(
     return loss, accuracy, outputs
 
 
-def probabilities(outputs: np.ndarray, output: str) -> np.ndarray:
-    """Class probabilities from the model's outputs (softmax applied to logits)."""
-    return tf.nn.softmax(outputs).numpy() if output == "linear" else outputs
-
-
 def load_model(path: Path) -> keras.Model:
     """A model saved by ``save_model`` (Keras' native format; no pickled code)."""
     return keras.models.load_model(path, safe_mode=True)

@@ -53,11 +53,6 @@ def test_loss_matches_labels_and_output(labels, output, loss):
     assert y.shape == ((2, 10) if labels == "onehot" else (2,))
 
 
-def test_probabilities_from_logits():
-    logits = np.array([[0.0, np.log(3.0)] + [-np.inf] * 8], np.float32)
-    np.testing.assert_allclose(nn.probabilities(logits, "linear")[0, :2], [0.25, 0.75], rtol=1e-6)
-
-
 def _trained_weights(x, y, order, steps_per_call):
     import keras
 

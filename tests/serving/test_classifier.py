@@ -36,3 +36,5 @@ def test_softmax_rows_sum_to_one():
     probs = classifier.softmax(np.array([[1.0, 2.0, 3.0], [1000.0, 0.0, 0.0]]))
     np.testing.assert_allclose(probs.sum(axis=1), 1.0)
     assert probs[1].argmax() == 0
+    logits = np.array([[0.0, np.log(3.0)] + [-np.inf] * 8], np.float32)
+    np.testing.assert_allclose(classifier.softmax(logits)[0, :2], [0.25, 0.75], rtol=1e-6)
