@@ -105,18 +105,12 @@ def main() -> int:
     except FileNotFoundError as exc:
         print(f"train: error: {exc.filename} is missing: run the preprocess stage first", file=sys.stderr)
         return 2
-    dataset = data.dataset(stats)
     backend = backend_settings(cfg["model"], cfg["train"]["threads"])
     from stages.lib import model as nn  # noqa: PLC0415 - TensorFlow, after the cheap checks
 
     nn.configure(cfg["train"]["seed"], threads=backend["threads"])
     train, val = load_split(PREPARED_DIR, "train"), load_split(PREPARED_DIR, "val")
-    model = nn.build(
-        **cfg["model"],
-        input_shape=tuple(stats["shapes"]["x_train"][1:]),
-        classes=len(dataset["classes"]),
-        name=dataset["name"],
-    )
+    model = nn.build(**cfg["model"], **data.network_shape(stats))
     started = time.monotonic()
     try:
         history = fit(

@@ -35,6 +35,16 @@ def dataset(stats: dict[str, Any]) -> dict[str, Any]:
     return stats.get("dataset") or dict(MNIST)
 
 
+def network_shape(stats: dict[str, Any]) -> dict[str, Any]:
+    """What ``model.build`` takes from the prepared data: one image's shape, the number of classes, the name."""
+    facts = dataset(stats)
+    return {
+        "input_shape": tuple(stats["shapes"]["x_train"][1:]),
+        "classes": len(facts["classes"]),
+        "name": facts["name"],
+    }
+
+
 def is_digits(classes: list[str]) -> bool:
     """Whether the classes are MNIST's ten digits, named "0" to "9" (reports then say "digit")."""
     return classes == MNIST["classes"]

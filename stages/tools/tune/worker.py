@@ -122,7 +122,7 @@ def work(study_name: str, workers: int = 1, threads: int | None = None, log: Cal
     space = study.user_attrs["space"]
     runs = Runs()
 
-    from stages.lib.data import dataset, load_split, read_stats  # noqa: PLC0415
+    from stages.lib.data import load_split, network_shape, read_stats  # noqa: PLC0415
     from stages.lib.training import backend_settings, background_value  # noqa: PLC0415
 
     first = {k: next(iter(d.values()))[0] for k, d in space["search"].items()}
@@ -135,11 +135,7 @@ def work(study_name: str, workers: int = 1, threads: int | None = None, log: Cal
     nn.tf.get_logger().setLevel("ERROR")  # each trial traces its own functions: TensorFlow's retracing warning
     data = {split: load_split(PREPARED_DIR, split) for split in ("train", "val")}
     stats = read_stats()
-    shape = {  # the prepared data's, as the train stage builds its network
-        "input_shape": tuple(stats["shapes"]["x_train"][1:]),
-        "classes": len(dataset(stats)["classes"]),
-        "name": dataset(stats)["name"],
-    }
+    shape = network_shape(stats)  # the prepared data's, as the train stage builds its network
     background = background_value()
     log(
         f"worker {socket.gethostname()}:{os.getpid()}: study '{study_name}', {n_threads} thread(s), "
