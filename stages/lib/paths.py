@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# This checkout, for the commands a person runs from any directory (mnist-predict, make serve, the demo): they
+# read its model, params and store. The stages use the relative paths below (DVC runs them at the root).
+PROJECT = Path(__file__).resolve().parents[2]
+
 PARAMS_FILE = Path("params.yaml")
 
 DATA_DIR = Path("data")

@@ -43,12 +43,12 @@ import numpy as np
 from stages import finish
 from stages.lib.images import from_image
 from stages.lib.net import is_loopback, local_url
-from stages.lib.paths import PARAMS_FILE
+from stages.lib.paths import PARAMS_FILE, PROJECT
 from stages.lib.redact import described, first_line
 from stages.lib.redact import uri as redact_uri
 from stages.lib.registry import champion_uri, describe
 from stages.serving.classifier import DIGITS, output_columns
-from stages.tools.predict import PROJECT, Form, Outcome, digit_in_form, prepare, ranked, ranking
+from stages.tools.predict import Form, Outcome, digit_in_form, prepare, ranked, ranking
 
 DEFAULT_PORT = 7860
 CANVAS = 400  # the sketchpad's side, in pixels

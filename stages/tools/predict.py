@@ -42,10 +42,8 @@ from stages import KERAS_EXTRAS, finish, leave_out
 from stages.lib import redact, store, tracking
 from stages.lib.files import atomic_path
 from stages.lib.images import EMPTY_FILE, ImageError, decode, mnist_style
-from stages.lib.paths import MODEL_PATH, ONNX_PATH, SERVING_CONFIG_PATH
+from stages.lib.paths import MODEL_PATH, ONNX_PATH, PROJECT, SERVING_CONFIG_PATH
 from stages.serving.classifier import DIGITS, IMAGE_SHAPE, RUNTIME_ENV, RUNTIMES, telemetry_off
-
-PROJECT = Path(__file__).resolve().parents[2]  # the repository, wherever `mnist-predict` is run from
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 

@@ -20,10 +20,9 @@ import argparse
 import os
 import sys
 import tempfile
-from pathlib import Path
 
 from stages.lib import processes, redact, store, tracking
-from stages.lib.paths import PARAMS_FILE
+from stages.lib.paths import PARAMS_FILE, PROJECT
 from stages.serving import cores
 from stages.serving.classifier import RUNTIME_ENV, RUNTIMES, THREADS_ENV, telemetry_off
 
@@ -31,7 +30,6 @@ HOST = "127.0.0.1"
 # Each worker holds its own copy of the model and its runtime (about 175 MB for an ONNX form, more through
 # Keras): on a large machine, more than this many is a choice to make, not a default.
 MAX_AUTO_WORKERS = 8
-PROJECT = Path(__file__).resolve().parents[2]  # the repository, as for mnist-predict and the demo
 
 
 def plan(workers: str, usable: int) -> tuple[int, int]:
