@@ -308,11 +308,6 @@ def _read_folder(name: str, folder: Folder, keep: int = 0) -> tuple[dict[str, An
     return manifest, kept
 
 
-def folder_manifest(name: str, folder: Folder) -> dict[str, Any]:
-    """``dataset.json`` for a scanned folder: every file read once for its sha256 and its offset in ``images.bin``."""
-    return _read_folder(name, folder)[0]
-
-
 def pack_folder(root: Path, manifest: dict[str, Any], target: Path, kept: list[bytes] | None = None) -> None:
     """Write the files of ``manifest`` into ``target`` (``images.bin``): ``kept``, the bytes read for the manifest,
     or each file read again and checked against its sha256."""

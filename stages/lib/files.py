@@ -101,11 +101,6 @@ def atomic_path(target: Path, suffix: str = ".tmp", durable: bool = True) -> Ite
         tmp_path.unlink(missing_ok=True)
 
 
-def write_bytes(target: Path, data: bytes) -> None:
-    with atomic_path(target) as tmp:
-        tmp.write_bytes(data)
-
-
 def write_json(target: Path, obj: Any) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")

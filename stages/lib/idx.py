@@ -6,7 +6,6 @@ dimensions, then one big-endian uint32 per dimension, then the data.
 
 from __future__ import annotations
 
-import gzip
 import struct
 from pathlib import Path
 
@@ -71,18 +70,10 @@ def decode(data: bytes, *, name: str = "<bytes>", ndim: int | None = None) -> np
     return np.frombuffer(data, dtype=np.uint8, offset=header_len).reshape(shape)
 
 
-def read_bytes(path: Path) -> bytes:
-    """Read a file's bytes, transparently un-gzipping ``*.gz`` files."""
-    path = Path(path)
-    if path.suffix == ".gz":
-        with gzip.open(path, "rb") as f:
-            return f.read()
-    return path.read_bytes()
-
-
 def read(path: Path, *, ndim: int | None = None) -> np.ndarray:
+    """An uncompressed IDX file (``data/raw`` holds them so; fetch un-gzips what it is given, within a limit)."""
     path = Path(path)
-    return decode(read_bytes(path), name=str(path), ndim=ndim)
+    return decode(path.read_bytes(), name=str(path), ndim=ndim)
 
 
 def read_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:

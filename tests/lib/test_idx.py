@@ -1,4 +1,3 @@
-import gzip
 import struct
 
 import numpy as np
@@ -21,12 +20,6 @@ def test_header_layout_matches_lecun():
     data = idx.encode(np.zeros((60000, 28, 28), dtype=np.uint8))
     assert data[:16] == struct.pack(">IIII", 0x00000803, 60000, 28, 28)
     assert len(data) == 16 + 60000 * 28 * 28
-
-
-def test_reads_gzipped_file(tmp_path):
-    labels = np.array([3, 4, 5], dtype=np.uint8)
-    (tmp_path / "labels.gz").write_bytes(gzip.compress(idx.encode(labels)))
-    np.testing.assert_array_equal(idx.read(tmp_path / "labels.gz", ndim=1), labels)
 
 
 def test_writer_rejects_non_uint8():
