@@ -343,15 +343,12 @@ class IdxSet:
 
 
 def _find_idx(root: Path, name: str, root_real: str) -> Path:
-    for candidate in idx.accepted_names(name):
-        path = root / candidate
-        if path.is_file():
-            if not _inside(os.path.realpath(path), root_real):
-                raise DatasetError(
-                    f"fetch.path: {candidate} is a symlink to {os.path.realpath(path)}, outside fetch.path"
-                )
-            return path
-    raise DatasetError(f"fetch.path: no {name} in {root} (also looked for {', '.join(idx.accepted_names(name)[1:])})")
+    path = idx.find(root, name)
+    if path is None:
+        raise DatasetError(f"fetch.path: {idx.not_found(root, name)}")
+    if not _inside(os.path.realpath(path), root_real):
+        raise DatasetError(f"fetch.path: {path.name} is a symlink to {os.path.realpath(path)}, outside fetch.path")
+    return path
 
 
 def _read_idx(path: Path, ndim: int) -> tuple[bytes, np.ndarray]:

@@ -30,6 +30,16 @@ def accepted_names(name: str) -> list[str]:
     return bases + [b + ".gz" for b in bases]
 
 
+def find(root: Path, name: str) -> Path | None:
+    """The first of ``name``'s accepted names that is a file in ``root``, or None."""
+    return next((root / n for n in accepted_names(name) if (root / n).is_file()), None)
+
+
+def not_found(root: Path, name: str) -> str:
+    """Why ``find`` found nothing, naming each name it looked for."""
+    return f"no {name} in {root} (also looked for {', '.join(accepted_names(name)[1:])})"
+
+
 def magic_for(ndim: int) -> int:
     return (UBYTE << 8) | ndim
 

@@ -379,12 +379,12 @@ def fetch_local(dest: Path, settings: Settings, expected: Expected, log: Log = p
     if not root.is_dir():
         raise SourceSkipped(f"{root} is not a directory")
     for name in expected.files:
-        candidates = [root / n for n in accepted_names(name) if (root / n).is_file()]
-        if not candidates:
-            raise SourceError(f"{root}: no {name} (also looked for {', '.join(accepted_names(name)[1:])})")
-        if candidates[0].stat().st_size > MAX_MNIST_FILE_BYTES:  # before reading it
-            raise too_large(str(candidates[0]))
-        _write_member(candidates[0].read_bytes(), candidates[0].name, dest, shown=str(candidates[0]))
+        path = idx.find(root, name)
+        if path is None:
+            raise SourceError(idx.not_found(root, name))
+        if path.stat().st_size > MAX_MNIST_FILE_BYTES:  # before reading it
+            raise too_large(str(path))
+        _write_member(path.read_bytes(), path.name, dest, shown=str(path))
 
 
 def origin(name: str, settings: Settings, expected: Expected) -> str:
