@@ -32,10 +32,10 @@ import numpy as np
 from stages.lib.images import (
     EMPTY_FILE,
     ImageError,
+    first_frame,
     is_wide_gray,
     on_white,
     refuse_too_large,
-    unreadable,
     wide_gray,
 )
 from stages.serving import cores
@@ -89,16 +89,7 @@ def to_array(source: Any, shape: Shape) -> np.ndarray:
 def _to_array(source: Any, shape: Shape) -> np.ndarray:
     """``to_array`` where Pillow's decompression-bomb warning is already an error (set once per chunk: a
     ``catch_warnings`` per image costs more than decoding a small one)."""
-    from PIL import Image  # noqa: PLC0415
-
-    try:
-        with Image.open(source) as image:
-            image.seek(0)
-            return image_to_array(image, shape)
-    except Exception as exc:
-        if (error := unreadable(exc)) is None:
-            raise
-        raise error from None
+    return first_frame(source, lambda image: image_to_array(image, shape))
 
 
 def resize_arrays(images: np.ndarray, shape: Shape) -> np.ndarray:

@@ -11,12 +11,15 @@ form. Used by ``mnist-predict`` and the demo page: one copy of the preprocessing
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from stages.lib.redact import described
+
+T = TypeVar("T")
 
 BOX = 20  # MNIST: the digit's longer side, in pixels
 SIDE = 28
@@ -68,12 +71,22 @@ def decode(source: str | Path | Any) -> np.ndarray:
     """
     from PIL import Image  # noqa: PLC0415
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return first_frame(source, from_image)
+
+
+def first_frame(source: str | Path | Any, convert: Callable[[Any], T]) -> T:
+    """``convert`` applied to the first frame of an image file or file-like object (opened lazily: ``convert``
+    sees its header before its pixels); whatever Pillow raises is the one-line ``ImageError`` of ``unreadable``.
+    The caller makes Pillow's decompression-bomb warning an error (``decode``; once per chunk of images in
+    ``decoding``)."""
+    from PIL import Image  # noqa: PLC0415
+
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as image:
-                image.seek(0)  # the first frame of an animation
-                return from_image(image)
+        with Image.open(source) as image:
+            image.seek(0)  # the first frame of an animation
+            return convert(image)
     except Exception as exc:
         if (error := unreadable(exc)) is None:
             raise
