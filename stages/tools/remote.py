@@ -25,7 +25,7 @@ import os
 import sys
 from pathlib import Path
 
-from stages.lib import redact
+from stages.lib import redact, s3
 
 NAME = "shared"
 # Seconds: how long to wait for a connection, and for each read of an answer (not for a whole transfer).
@@ -38,9 +38,6 @@ KEPT = ("access_key_id", "secret_access_key", "session_token", "profile", "regio
 
 class RemoteError(ValueError):
     pass
-
-
-INVALID_ENDPOINT = "not a valid endpoint URL (a host name has letters, digits, dots and hyphens only; IPv6 in [])"
 
 
 def valid_endpoint(endpoint: str) -> bool:
@@ -67,7 +64,7 @@ def remote_config(url: str, endpoint: str | None = None) -> dict:
             if not endpoint.startswith(("http://", "https://")):
                 raise RemoteError(f"ENDPOINT={redact.uri(endpoint)}: expected http://host:port or https://host")
             if not valid_endpoint(endpoint):
-                raise RemoteError(f"ENDPOINT={redact.uri(endpoint)}: {INVALID_ENDPOINT}")
+                raise RemoteError(f"ENDPOINT={redact.uri(endpoint)}: {s3.INVALID_ENDPOINT}")
             config["endpointurl"] = endpoint
         return config
     if endpoint:
@@ -127,21 +124,8 @@ def check_s3(repo: Path = Path("."), timeout_s: float = 5) -> None:
     bucket, _, prefix = remote.path.partition("/")
     try:
         remote.fs.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=1)
-    except ValueError:  # botocore refuses the endpoint before any request; its message holds the raw URL
-        raise RemoteError(f"{where}: {INVALID_ENDPOINT}") from None
-    except botocore.exceptions.NoCredentialsError:
-        raise RemoteError(
-            f"{where}: no credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile)"
-        ) from None
-    except botocore.exceptions.EndpointConnectionError:
-        raise RemoteError(f"{where}: could not connect to the endpoint") from None
-    except botocore.exceptions.BotoCoreError as exc:
-        raise RemoteError(redact.text(f"{where}: {exc}")) from None
-    except (botocore.exceptions.ClientError, OSError) as exc:  # s3fs raises S3's answer as an OSError, from it
-        answer = exc if isinstance(exc, botocore.exceptions.ClientError) else exc.__cause__
-        error = (getattr(answer, "response", None) or {}).get("Error", {})
-        reason = f"{error.get('Code')}: {error.get('Message')}" if error else str(exc) or type(exc).__name__
-        raise RemoteError(redact.text(f"{where}: {reason}")) from None
+    except (ValueError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
+        raise RemoteError(f"{where}: {s3.reason(exc)}") from None
 
 
 def check_directory(path: str) -> None:

@@ -46,7 +46,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from stages.lib import processes, redact
+from stages.lib import processes, redact, s3
 from stages.lib.cluster import (
     CONNECT_TIMEOUT_S,
     ClusterError,
@@ -119,22 +119,10 @@ def check_s3(uri: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         connect_timeout=timeout_s, read_timeout=timeout_s, retries={"max_attempts": 2, "mode": "standard"}
     )
     try:
-        s3 = boto3.client("s3", endpoint_url=endpoint, config=config)
-        s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
-    except ValueError:  # botocore refuses the endpoint before any request (an underscore in the host, an
-        # unclosed bracket); its message holds the raw URL, user-info and all
-        raise ServerError(
-            f"{where}: not a valid endpoint URL (a host name has letters, digits, dots and hyphens only; IPv6 in [])"
-        ) from None
-    except botocore.exceptions.NoCredentialsError:
-        raise ServerError(f"{where}: no S3 credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)") from None
-    except botocore.exceptions.ClientError as exc:
-        error = exc.response.get("Error", {})
-        raise ServerError(redact.text(f"{where}: {error.get('Code')}: {error.get('Message')}")) from None
-    except botocore.exceptions.EndpointConnectionError:
-        raise ServerError(f"{where}: could not connect to the endpoint") from None
-    except botocore.exceptions.BotoCoreError as exc:
-        raise ServerError(redact.text(f"{where}: {exc}")) from None
+        client = boto3.client("s3", endpoint_url=endpoint, config=config)
+        client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+    except (ValueError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise ServerError(f"{where}: {s3.reason(exc)}") from None
 
 
 def check_backend(uri: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
