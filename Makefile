@@ -96,7 +96,7 @@ lint: install  ## ruff check, ruff format --check, actionlint
 
 # Run every stage again (no cached results; data/raw is kept when its files verify,
 # as fetch checks them) and fail if the metrics drift from those committed at HEAD.
-reproduce: install  ## Every stage again from nothing; fail when the metrics drift from HEAD's
+reproduce: install  ## Every stage again, none from cache; fail when the metrics drift from HEAD's
 	dvc repro --force
 	python -m stages.tools.metrics_check --tolerance $(TOLERANCE) --loss-rtol $(LOSS_RTOL)
 

@@ -101,10 +101,13 @@ def train(flags: list[str], seed: int, probabilities: Path | None = None) -> dic
     if probabilities:
         import numpy as np
 
+        from stages.serving.classifier import softmax
+
         probabilities.parent.mkdir(parents=True, exist_ok=True)
         partial = probabilities.with_suffix(".partial.npy")
         outputs = model.predict(x_test, batch_size=1000, verbose=0)
-        np.save(partial, nn.probabilities(outputs, cfg["model"]["output"]).astype(np.float32), allow_pickle=False)
+        probs = softmax(outputs) if cfg["model"]["output"] == "linear" else outputs
+        np.save(partial, probs.astype(np.float32), allow_pickle=False)
         partial.replace(probabilities)
     return {
         "epoch_seconds": [row["seconds"] for row in history],
