@@ -343,6 +343,29 @@ def postgres_workdir(prefix: str):
         shutil.rmtree(path, ignore_errors=True)
 
 
+def linear_onnx(weights: np.ndarray, softmax: bool = True) -> bytes:
+    """An ONNX graph of the project's form: ``pixels`` (N, 28, 28) -> flatten -> MatMul -> (Softmax) ->
+    ``outputs``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Flatten", ["pixels"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "w"], ["logits" if softmax else "outputs"]),
+    ]
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["logits"], ["outputs"], axis=1))
+    graph = helper.make_graph(
+        nodes,
+        "network",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 28, 28])],
+        [helper.make_tensor_value_info("outputs", TensorProto.FLOAT, ["batch", weights.shape[1]])],
+        [numpy_helper.from_array(weights.astype(np.float32), "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
 @pytest.fixture(scope="session")
 def default_model(tmp_path_factory) -> Path:
     """The pipeline's default network (params.yaml), trained on the prepared MNIST data as the train stage does

@@ -20,33 +20,10 @@ import pytest
 
 from stages.serving import classifier
 from stages.serving.classifier import Classifier, ModelUnavailable, onnx_problem
+from tests.conftest import linear_onnx
 from tests.tools.test_predict import drawn_seven, png
 
 ROOT = Path(__file__).resolve().parents[2]
-SHAPE = (28, 28)
-
-
-def linear_onnx(weights: np.ndarray, softmax: bool = True) -> bytes:
-    """An ONNX graph of the project's form: ``pixels`` (N, 28, 28) -> flatten -> MatMul -> (Softmax) ->
-    ``outputs``."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    nodes = [
-        helper.make_node("Flatten", ["pixels"], ["flat"], axis=1),
-        helper.make_node("MatMul", ["flat", "w"], ["logits" if softmax else "outputs"]),
-    ]
-    if softmax:
-        nodes.append(helper.make_node("Softmax", ["logits"], ["outputs"], axis=1))
-    graph = helper.make_graph(
-        nodes,
-        "network",
-        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", *SHAPE])],
-        [helper.make_tensor_value_info("outputs", TensorProto.FLOAT, ["batch", weights.shape[1]])],
-        [numpy_helper.from_array(weights.astype(np.float32), "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
 
 
 @pytest.fixture
