@@ -219,6 +219,17 @@ def test_a_worker_or_tune_best_on_a_sqlite_storage_that_is_not_there_creates_not
     assert [line.split(":")[0] for line in err] == ["tune-worker", "tune-best"], err
     assert all("no study 'demo' in this storage (none yet)" in line for line in err), err
     assert not (repo / "optuna.db").exists() and not (repo / ".tune").exists()
+    (repo / "there.db").touch()
+    for url, there in [
+        (f"sqlite:///{repo}/there.db", True),
+        (f"sqlite:///file:{repo}/there.db?mode=ro&uri=true", True),  # SQLite's own URI form
+        (f"sqlite:///file:{repo}/optuna.db?uri=true", False),
+        ("sqlite:///:memory:", True),
+        ("postgresql://tune@127.0.0.1:1/tune", True),  # a server's: asked, not looked for
+    ]:
+        assert storage._sqlite_file_exists(url) is there, url
+    with pytest.raises(TuneError, match=r"^storage sqlite:/x.db is unusable: Could not parse"):
+        storage.open_storage("sqlite:/x.db", create=False)
 
 
 def test_a_silent_worker_on_another_machine_is_found_by_the_heartbeat(repo, monkeypatch):

@@ -54,15 +54,17 @@ def open_storage(url: str | None, on_stale: Callable | None = None, create: bool
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own one line per trial instead
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    if not create and not _exists(url):
-        return optuna.storages.InMemoryStorage()
     if url is None:
+        if not create and not JOURNAL.exists():
+            return optuna.storages.InMemoryStorage()
         from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock  # noqa: PLC0415
 
         TUNE_DIR.mkdir(exist_ok=True)
         path = str(JOURNAL)
         return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
     try:
+        if not create and not _sqlite_file_exists(url):
+            return optuna.storages.InMemoryStorage()
         return optuna.storages.RDBStorage(
             url,
             heartbeat_interval=HEARTBEAT_S,
@@ -77,16 +79,20 @@ def open_storage(url: str | None, on_stale: Callable | None = None, create: bool
         raise TuneError(f"storage {describe_storage(url)} is unusable: {reason[:300]}") from None
 
 
-def _exists(url: str | None) -> bool:
-    """Whether the journal, or a SQLite storage's file, is there (a server's database: taken as there)."""
-    if url is None:
-        return JOURNAL.exists()
-    if url.startswith("sqlite"):
-        from sqlalchemy.engine import make_url  # noqa: PLC0415
+def _sqlite_file_exists(url: str) -> bool:
+    """Whether a SQLite storage's file is there (in memory, or a server's database: taken as there); SQLite's
+    ``file:`` URI form (``?uri=true``) included."""
+    if not url.startswith("sqlite"):
+        return True
+    from sqlalchemy.engine import make_url  # noqa: PLC0415
 
-        database = make_url(url).database
-        return not database or database == ":memory:" or Path(database).exists()
-    return True
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if parsed.query.get("uri") == "true" and database.startswith("file:"):
+        database = database.removeprefix("file:").split("?")[0]
+        if "memory" in str(parsed.query.get("mode")):
+            return True
+    return database in ("", ":memory:") or Path(database).exists()
 
 
 @contextlib.contextmanager
