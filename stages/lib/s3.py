@@ -17,8 +17,8 @@ def reason(exc: BaseException) -> str:
     botocore's own error, or S3's answer (a ``ClientError``, or the ``OSError`` s3fs raises from one)."""
     import botocore.exceptions  # noqa: PLC0415
 
-    if isinstance(exc, ValueError):
-        return INVALID_ENDPOINT
+    if isinstance(exc, ValueError) and not isinstance(exc, botocore.exceptions.BotoCoreError):
+        return INVALID_ENDPOINT  # botocore's InvalidRegionError is a ValueError too: its own message below
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return "no credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile)"
     if isinstance(exc, botocore.exceptions.EndpointConnectionError):

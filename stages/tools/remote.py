@@ -125,7 +125,7 @@ def check_s3(repo: Path = Path("."), timeout_s: float = 5) -> None:
     try:
         remote.fs.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=1)
     except (ValueError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
-        raise RemoteError(f"{where}: {s3.reason(exc)}") from None
+        raise RemoteError(redact.text(f"{where}: {s3.reason(exc)}")) from None
 
 
 def check_directory(path: str) -> None:

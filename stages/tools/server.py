@@ -122,7 +122,7 @@ def check_s3(uri: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         client = boto3.client("s3", endpoint_url=endpoint, config=config)
         client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
     except (ValueError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-        raise ServerError(f"{where}: {s3.reason(exc)}") from None
+        raise ServerError(redact.text(f"{where}: {s3.reason(exc)}")) from None
 
 
 def check_backend(uri: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:

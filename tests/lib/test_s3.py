@@ -29,6 +29,7 @@ def from_s3fs(answer: Exception) -> OSError:
         (botocore.exceptions.ClientError(DENIED, "ListObjectsV2"), "AccessDenied: Access Denied"),
         (from_s3fs(botocore.exceptions.ClientError(DENIED, "ListObjectsV2")), "AccessDenied: Access Denied"),
         (OSError("disk full"), "disk full"),
+        (botocore.exceptions.InvalidRegionError(region_name="eu west 1"), "Provided region_name 'eu west 1' doesn't"),
     ],
 )
 def test_each_failure_is_one_line_that_says_which_and_holds_no_secret(exc, said):
