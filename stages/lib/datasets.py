@@ -573,10 +573,12 @@ def packed_images(raw_dir: Path, manifest: dict[str, Any]) -> Path:
     files it describes (a cut-off copy would otherwise be read as unreadable images of the user's)."""
     path = Path(raw_dir) / IMAGES
     expected = sum(f["size"] for f in manifest["files"])
+    if not path.is_file():  # not there, or not a file
+        raise DatasetError(f"{path}: missing: run fetch again")
     try:
         size = path.stat().st_size
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: missing: run fetch again") from None
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot be read ({first_line(exc)}): run fetch again") from None
     if size != expected:
         raise DatasetError(f"{path}: {size} bytes, but {MANIFEST} describes {expected}: run fetch again")
     return path

@@ -13,11 +13,14 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import numpy as np
 
 from stages.lib.redact import described
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 T = TypeVar("T")
 
@@ -76,7 +79,7 @@ def decode(source: str | Path | Any) -> np.ndarray:
         return first_frame(source, from_image)
 
 
-def first_frame(source: str | Path | Any, convert: Callable[[Any], T]) -> T:
+def first_frame(source: str | Path | BinaryIO, convert: Callable[[PIL.Image.Image], T]) -> T:
     """``convert`` applied to the first frame of an image file or file-like object (opened lazily: ``convert``
     sees its header before its pixels); whatever Pillow raises is the one-line ``ImageError`` of ``unreadable``.
     The caller makes Pillow's decompression-bomb warning an error (``decode``; once per chunk of images in

@@ -190,8 +190,13 @@ def read_raw(path: Path = PARAMS_FILE) -> dict[str, Any]:
         raise ParamsError(f"params: {path} not found (run from the repository root)") from None
     except OSError as exc:
         raise ParamsError(f"params: {path} cannot be read: {exc.strerror or exc}") from None
-    except yaml.reader.ReaderError as exc:  # bytes that are not text in YAML's encodings (UTF-8, UTF-16)
-        raise ParamsError(
+    except yaml.reader.ReaderError as exc:
+        if exc.encoding == "unicode":  # text, but a control character YAML refuses (a NUL, an escape, a form feed)
+            raise ParamsError(
+                f"params: {path} holds a character YAML does not allow (#x{exc.character:02x}) at character "
+                f"{exc.position}: remove it"
+            ) from None
+        raise ParamsError(  # bytes that are not text in YAML's encodings (UTF-8, UTF-16)
             f"params: {path} is not UTF-8 text: {exc.reason} at byte {exc.position} (save it as UTF-8)"
         ) from None
     except yaml.YAMLError as exc:

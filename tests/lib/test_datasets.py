@@ -295,6 +295,9 @@ def test_a_damaged_images_bin_is_one_line(tmp_path):
     (raw / "images.bin").unlink()
     with pytest.raises(DatasetError, match=r"images.bin: missing: run fetch again"):
         datasets.packed_images(raw, manifest)
+    (raw / "images.bin").mkdir()  # not a file
+    with pytest.raises(DatasetError, match=r"images.bin: missing: run fetch again"):
+        datasets.packed_images(raw, manifest)
     (raw / "dataset.json").write_text("{not json")
     with pytest.raises(DatasetError, match="dataset.json: not valid JSON"):
         read_manifest(raw)

@@ -131,12 +131,15 @@ def test_a_params_file_that_is_not_utf8_text_or_not_a_file_is_one_line(tmp_path)
         schema.ParamsError, match=r"params.yaml is not UTF-8 text: invalid continuation byte at byte 26 "
     ):
         schema.load(train, path=path)
+    path.write_text("train:\n  epochs: 10\f\n")  # a form feed, pasted from somewhere
+    with pytest.raises(schema.ParamsError, match=r"params.yaml holds a character YAML does not allow \(#x0c\) at"):
+        schema.load(train, path=path)
     path.unlink()
     path.mkdir()
     with pytest.raises(schema.ParamsError, match=r"params.yaml cannot be read: Is a directory$"):
         schema.load(train, path=path)
     path.rmdir()
-    path.write_text("train:\n  epochs: 10  # café\n", encoding="utf-8")  # UTF-8 is read whatever the locale
+    path.write_text("train:\n  epochs: 10  # café\n", encoding="utf-8")  # a UTF-8 comment is fine
     assert schema.read_raw(path) == {"train": {"epochs": 10}}
 
 

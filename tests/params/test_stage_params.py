@@ -104,6 +104,7 @@ def test_more_conv_blocks_than_the_image_can_pool_fail_before_tensorflow(tmp_pat
     from stages.params import pipeline
 
     dense = yaml.safe_load((ROOT / "params.yaml").read_text())
+    dense["model"].update(kind="dense")
     dense["model"]["cnn"]["filters"] = [8, 8, 8, 8, 8]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(dense))
     assert pipeline.load(tmp_path / "params.yaml")["model"]["kind"] == "dense"  # builds no conv blocks: not checked

@@ -253,8 +253,9 @@ def test_local_missing_file_is_named(tmp_path, synthetic, expected):
     src = synthetic.write(tmp_path / "src")
     (src / "t10k-labels-idx1-ubyte").unlink()
     also = "t10k-labels.idx1-ubyte, t10k-labels-idx1-ubyte.gz, t10k-labels.idx1-ubyte.gz"
-    with pytest.raises(SourceError, match=rf"^no t10k-labels-idx1-ubyte in {src} \(also looked for {also}\)$"):
+    with pytest.raises(SourceError) as info:
         fetch_local(tmp_path, fast(local_dir=str(src)), expected)
+    assert str(info.value) == f"no t10k-labels-idx1-ubyte in {src} (also looked for {also})"
 
 
 def test_local_missing_directory_is_skipped(tmp_path, expected):
