@@ -63,7 +63,7 @@ def store(environ: Mapping[str, str] | None = None) -> tuple[str, str | None]:
     """(tracking URI, artifact location for a new experiment or None to let the server decide)."""
     environ = os.environ if environ is None else environ
     uri = environ.get("MLFLOW_TRACKING_URI")
-    if uri and uri.startswith("sqlite:///"):
+    if uri and uri.startswith("sqlite:///") and not uri.startswith(("sqlite:///:memory:", "sqlite:///file:")):
         # A relative path means the repository root (not .dvc/tmp/exps/... of a queued experiment);
         # artifacts go beside the database, not into ./mlruns of wherever the stage ran.
         db = repo_root(environ) / uri.removeprefix("sqlite:///")

@@ -53,7 +53,7 @@ def test_predict_serve_and_the_demo_read_the_projects_store_from_any_directory(t
     assert store.read_store(project, {}) == f"sqlite:///{project}/mlflow.db"
     relative = {"MLFLOW_TRACKING_URI": "sqlite:///team.db", "DVC_ROOT": str(tmp_path)}
     assert store.read_store(project, relative) == f"sqlite:///{project}/team.db"  # as publish wrote it
-    for uri in (f"sqlite:///{tmp_path}/elsewhere.db", "http://127.0.0.1:5000"):
+    for uri in (f"sqlite:///{tmp_path}/elsewhere.db", "http://127.0.0.1:5000", "sqlite:///:memory:"):
         assert store.read_store(project, {"MLFLOW_TRACKING_URI": uri}) == uri
 
 
