@@ -99,6 +99,7 @@ def main() -> int:
     try:
         model_params.check_image(cfg["model"], *cfg["preprocess"]["image_size"])  # before TensorFlow, not after
         stats = read_stats(STATS_PATH)
+        train, val = load_split(PREPARED_DIR, "train"), load_split(PREPARED_DIR, "val")
     except schema.ParamsError as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2
@@ -109,7 +110,6 @@ def main() -> int:
     from stages.lib import model as nn  # noqa: PLC0415 - TensorFlow, after the cheap checks
 
     nn.configure(cfg["train"]["seed"], threads=backend["threads"])
-    train, val = load_split(PREPARED_DIR, "train"), load_split(PREPARED_DIR, "val")
     model = nn.build(**cfg["model"], **data.network_shape(stats))
     started = time.monotonic()
     try:

@@ -174,3 +174,13 @@ def test_augmenting_colour_images_passes_the_checks_before_tensorflow(tmp_path):
     assert result.returncode == 2 and result.stdout.strip() == "TF_NOT_IMPORTED"
     [line] = result.stderr.strip().splitlines()
     assert "stats.json is missing: run the preprocess stage first" in line
+
+
+def test_a_missing_prepared_array_fails_train_in_one_line_before_tensorflow(tmp_path):
+    prepared = tmp_path / "data" / "prepared"
+    prepared.mkdir(parents=True)
+    (prepared / "stats.json").write_text("{}")  # stats present, the arrays not (an interrupted copy, say)
+    result = run_stage("train", tmp_path, lambda params: None)
+    assert result.returncode == 2 and result.stdout.strip() == "TF_NOT_IMPORTED"
+    [line] = result.stderr.strip().splitlines()
+    assert line == "train: error: data/prepared/x_train.npy is missing: run the preprocess stage first"
