@@ -60,7 +60,7 @@ $(STAMP): $(LOCK) pyproject.toml
 	@$(DROP_TESTS)
 	@touch $(STAMP)
 
-install: $(STAMP)  ## Create .venv and install the locked dependencies (again only when the lock changes)
+install: $(STAMP)  ## Create .venv and install the locked dependencies (again only when the lock or pyproject.toml changes)
 
 install-inference:  ## The inference-only environment .venv-inference (no TensorFlow): then `make serve INFERENCE=1`
 	@$(MAKE) --no-print-directory install INFERENCE=1
