@@ -37,6 +37,17 @@ import yaml
 from stages.lib import idx
 from stages.lib.sources import NPZ_ARRAYS, Expected
 
+# A git identity for every commit the tests make or cause: DVC commits a modified workspace aside before
+# `dvc exp run` (after a failed experiment, say), and GitHub's runners have no identity configured (git then
+# refuses). An identity in the environment wins over git's config files; one already set here is kept.
+for _key, _value in {
+    "GIT_AUTHOR_NAME": "mnist-pipeline tests",
+    "GIT_AUTHOR_EMAIL": "tests@example.com",
+    "GIT_COMMITTER_NAME": "mnist-pipeline tests",
+    "GIT_COMMITTER_EMAIL": "tests@example.com",
+}.items():
+    os.environ.setdefault(_key, _value)
+
 
 @dataclass
 class Synthetic:

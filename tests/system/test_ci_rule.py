@@ -172,3 +172,7 @@ def test_both_ci_runs_are_strict_and_the_workflow_provides_what_the_tests_need()
     setup = "\n".join(step.get("run", "") for step in job["steps"])
     assert "apt-get install -y -qq postgresql" in setup and "CHROMEWEBDRIVER/chromedriver" in setup
     assert "\nexport CI=true\n" in (ROOT / ".ci" / "run").read_text()
+    ci_run = (ROOT / ".ci" / "run").read_text()
+    assert all(f"packages+=({name})" in ci_run for name in ("postgresql", "chromium chromium-driver", "npm"))
+    comment_steps = [step for step in job["steps"] if "pull_request" in str(step.get("if", ""))]
+    assert len(comment_steps) == 2 and all(step["if"].startswith("${{ !cancelled() && ") for step in comment_steps)
