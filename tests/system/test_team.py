@@ -300,10 +300,10 @@ def test_make_server_keeps_its_cluster_and_secrets_private(auth_server):
     project, url, password, started = auth_server
     state = json.loads((project / ".server" / "pg.json").read_text())
     cluster = Path(state["directory"])
-    if os.geteuid() == 0:  # .ci/run here: postgres cannot enter the project, so the cluster lives aside, its own
+    if os.geteuid() == 0:  # as root (.ci/run here): postgres cannot enter the project, so the cluster lives aside
         assert not cluster.is_relative_to(project)
         assert stat.S_IMODE(cluster.stat().st_mode) == 0o700 and cluster.owner() == "postgres"
-    else:  # GitHub's runners: the cluster in the project's .server/, this user's only
+    else:  # as any other user (GitHub's runners): the cluster in the project's .server/, this user's only
         assert cluster == (project / ".server" / "postgres").resolve()
         assert stat.S_IMODE(cluster.stat().st_mode) == 0o700 and cluster.stat().st_uid == os.geteuid()
     hba = (cluster / "data" / "pg_hba.conf").read_text()

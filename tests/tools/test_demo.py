@@ -474,8 +474,8 @@ def test_drawn_digits_are_recognised_by_the_default_model(default_model):
 
 
 def browser_programs() -> tuple[str | None, str | None]:
-    """The browser and its driver: Debian's chromium and chromedriver, or else Google Chrome (GitHub's Ubuntu
-    runners) with the chromedriver on PATH or in $CHROMEWEBDRIVER."""
+    """The browser and its driver: chromium (Debian's), or else Google Chrome; the chromedriver on PATH, or else
+    in $CHROMEWEBDRIVER (where GitHub's Ubuntu runners keep one)."""
     chromium = shutil.which("chromium") or shutil.which("google-chrome") or shutil.which("chrome")
     driver_dir = os.environ.get("CHROMEWEBDRIVER")
     driver = shutil.which("chromedriver") or (driver_dir and shutil.which("chromedriver", path=driver_dir)) or None
