@@ -385,3 +385,13 @@ def test_a_study_name_that_is_no_plain_name_is_one_line(study, capsys):
     assert cli.main(["run", f"--study={study}", "--trials", "2"]) == 2
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith(f"tune: error: STUDY={study!r}: expected letters, digits")
+
+
+def test_a_worker_without_the_prepared_arrays_is_one_line_and_creates_nothing(repo, capsys):
+    base = storage.base_params()
+    storage.create_or_continue(storage.open_storage(None), "demo", space.load_space("dense", base), 2, base)
+    before = sorted(repo.rglob("*"))  # stats.json is there, the arrays are not (a copy cut short, say)
+    assert cli.main(["worker", "--study", "demo"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == "tune-worker: error: data/prepared/x_train.npy is missing: run `dvc repro` (or `dvc pull`) first"
+    assert sorted(repo.rglob("*")) == before  # no mlflow.db

@@ -25,6 +25,7 @@ import numpy as np
 
 from stages.lib import redact, store
 from stages.lib.paths import PREPARED_DIR
+from stages.tools.tune import TuneError
 from stages.tools.tune.liveness import Heartbeat, fail_dead_trials, retried_trial, retry, worker_id
 from stages.tools.tune.runs import EpochLog, Runs
 from stages.tools.tune.space import OBJECTIVE, Space, suggest, trial_config
@@ -120,10 +121,14 @@ def work(study_name: str, workers: int = 1, threads: int | None = None, log: Cal
     study = load_study(storage, study_name)
     check_worker(study, base)
     space = study.user_attrs["space"]
-    runs = Runs()
-
     from stages.lib.data import load_split, network_shape, read_stats  # noqa: PLC0415
     from stages.lib.training import backend_settings, background_value  # noqa: PLC0415
+
+    try:  # before MLflow and TensorFlow: a missing array is one line, as a missing stats.json is (check_worker)
+        data = {split: load_split(PREPARED_DIR, split) for split in ("train", "val")}
+    except FileNotFoundError as exc:
+        raise TuneError(f"{exc.filename} is missing: run `dvc repro` (or `dvc pull`) first") from None
+    runs = Runs()
 
     first = {k: next(iter(d.values()))[0] for k, d in space["search"].items()}
     config = trial_config(base, {**space["fixed"], **first})
@@ -133,7 +138,6 @@ def work(study_name: str, workers: int = 1, threads: int | None = None, log: Cal
 
     nn.configure(0, threads=n_threads)
     nn.tf.get_logger().setLevel("ERROR")  # each trial traces its own functions: TensorFlow's retracing warning
-    data = {split: load_split(PREPARED_DIR, split) for split in ("train", "val")}
     stats = read_stats()
     shape = network_shape(stats)  # the prepared data's, as the train stage builds its network
     background = background_value()
