@@ -331,9 +331,8 @@ def experiment_refs(repo: Path) -> set[str]:
 
 
 def commit_all(repo: Path, message: str) -> None:
-    """``git commit -am`` in a test's clone, with a throw-away identity."""
-    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com"]
-    subprocess.run([*git, "commit", "-qam", message], check=True)
+    """``git commit -am`` in a test's clone (under the tests' identity, set at the top of this file)."""
+    subprocess.run(["git", "-C", str(repo), "commit", "-qam", message], check=True)
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ def test_committed_bytes_and_gits_line_when_absent(tmp_path, monkeypatch):
     (tmp_path / "reports").mkdir()
     (tmp_path / "reports" / "a.bin").write_bytes(b"\x00\x01committed")
     run("add", ".")
-    run("-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-qm", "one")
+    run("commit", "-qm", "one")
     (tmp_path / "reports" / "a.bin").write_bytes(b"changed since")
     assert git.committed("HEAD", tmp_path.joinpath("reports", "a.bin").relative_to(tmp_path)) == b"\x00\x01committed"
     with pytest.raises(git.NotCommitted, match=r"^fatal: path 'reports/b.bin' does not exist in 'HEAD'$"):
