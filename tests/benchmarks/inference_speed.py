@@ -24,6 +24,7 @@ import argparse
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import statistics
@@ -198,7 +199,7 @@ def main() -> None:
                     results[runtime]["serve_ready_s"] = round(wait_for(port, "/ping", server), 1)
                     results[runtime].update(load(port, bodies, 16, args.seconds))
                     first = (Path(tmp) / f"serve-{runtime}.log").read_text().splitlines()[0]
-                    results[runtime]["serve_workers"] = int(first.split("(", 1)[1].split()[0])
+                    results[runtime]["serve_workers"] = int(re.search(r"\((\d+) workers?\b", first).group(1))
                 finally:
                     stop(server)
 
