@@ -108,7 +108,7 @@ lock-check: install  ## Fail when dvc.lock is stale against the code and params
 # base with main, or HEAD~1), curves and confusion matrices, in reports/pr/.
 BASE ?=
 report: install  ## The pull-request report against BASE (reports/pr/)
-	python -m stages.tools.report $(if $(BASE),--base $(BASE))
+	python -m stages.tools.report $(if $(BASE),--base "$$BASE")
 
 # Tables only, for a CI job summary (images cannot be shown there).
 summary:  ## Print the report's tables (for a CI job summary)

@@ -122,6 +122,22 @@ def test_report_shows_the_changed_metric_and_param_with_images(two_commits):
     assert other.read_text() == "mine" and not list(out.glob(".report-*"))  # kept; no staging left
 
 
+def test_make_report_passes_base_as_one_argument_never_to_the_shell(tmp_path):
+    # A branch name may hold ';' (git allows it): the workflow passes github.base_ref on as BASE. `-o install`:
+    # the environment is not the point here, and is not rebuilt.
+    witness = tmp_path / "ran"
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-o", "install", "report", f"BASE=no-such-rev;touch {witness}"],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert not witness.exists(), result.stdout + result.stderr
+    assert result.returncode != 0 and f"no-such-rev;touch {witness}" in result.stderr, result.stderr
+
+
 @pytest.mark.slow
 def test_lock_check_fails_on_a_changed_param(two_commits):
     def check(path=None):
