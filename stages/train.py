@@ -30,6 +30,7 @@ from stages.lib.training import (
     backend_settings,
     background_value,
     fit,
+    steps_per_epoch,
 )
 from stages.params import model as model_params
 from stages.params import preprocess as preprocess_params
@@ -100,12 +101,16 @@ def main() -> int:
         model_params.check_image(cfg["model"], *cfg["preprocess"]["image_size"])  # before TensorFlow, not after
         stats = read_stats(STATS_PATH)
         train, val = load_split(PREPARED_DIR, "train"), load_split(PREPARED_DIR, "val")
+        steps_per_epoch(len(train[0]), cfg["train"]["batch_size"])
     except schema.ParamsError as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2
     except FileNotFoundError as exc:
         print(f"train: error: {exc.filename} is missing: run the preprocess stage first", file=sys.stderr)
         return 2
+    except BatchTooLarge as exc:
+        print(f"train: error: {exc}", file=sys.stderr)
+        return 1
     backend = backend_settings(cfg["model"], cfg["train"]["threads"])
     from stages.lib import model as nn  # noqa: PLC0415 - TensorFlow, after the cheap checks
 

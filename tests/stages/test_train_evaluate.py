@@ -292,43 +292,71 @@ def run_train_stage(prepared, root, model=None, train=None, python_flags=()):
     return run_in([sys.executable, *python_flags, "-m", "stages.train"], root, PYTHONPATH=str(code), DVC_ROOT=str(root))
 
 
-@pytest.mark.parametrize("pool_first", [False, True], ids=["cnn", "cnn-pool-first"])
-def test_train_stage_smoke_cnn_with_augmentation_byte_reproducible(prepared, tmp_path, pool_first):
-    model = {"kind": "cnn", "hidden_units": [16], "dropout": 0.1, "cnn": {**CNN["cnn"], "pool_first": pool_first}}
+def imported_modules(stderr: str) -> set[str]:
+    """The modules ``python -X importtime`` listed on ``stderr``."""
+    return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import time")}
+
+
+def own_lines(stderr: str) -> str:
+    """``stderr`` without the lines of ``-X importtime``."""
+    return "\n".join(line for line in stderr.splitlines() if not line.startswith("import time"))
+
+
+@pytest.fixture(scope="module")
+def cnn_stage_runs(prepared, tmp_path_factory):
+    """The train stage run twice in processes of its own, as DVC runs it, on one CNN with augmentation (pooling
+    first, as the CNN recipes do; the layer order of both forms is tested in tests/lib/test_model.py): ``a``
+    plain, ``b`` under ``-X importtime`` (which lists the modules it imported). Shared by the tests that read
+    them, as each such process takes about 4 s, mostly TensorFlow's import."""
+    root = tmp_path_factory.mktemp("cnn-stage")
+    model = {"kind": "cnn", "hidden_units": [16], "dropout": 0.1, "cnn": {**CNN["cnn"], "pool_first": True}}
     train_cfg = {"augment": True, "schedule": "onecycle", "epochs": 2, "batch_size": 16, "learning_rate": 0.005}
+    runs = {
+        "a": run_train_stage(prepared, root / "a", model, train_cfg),
+        "b": run_train_stage(prepared, root / "b", model, train_cfg, python_flags=["-X", "importtime"]),
+    }
+    return root, runs
+
+
+def test_train_stage_smoke_cnn_with_augmentation_byte_reproducible(cnn_stage_runs):
+    root, runs = cnn_stage_runs
     files = []
-    for run in ("a", "b"):
-        result = run_train_stage(prepared, tmp_path / run, model, train_cfg)
-        assert result.returncode == 0, result.stderr
-        # Its own lines only: none of TensorFlow's native start-up chatter (absl, oneDNN).
-        assert "absl" not in result.stderr and "oneDNN custom operations" not in result.stderr, result.stderr
+    for run, result in runs.items():
+        assert result.returncode == 0, own_lines(result.stderr)[-3000:]
         epochs = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
         assert [line.split(" - ")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"]
-        files.append((tmp_path / run / "data" / "model" / "model.keras").read_bytes())
+        files.append((root / run / "data" / "model" / "model.keras").read_bytes())
     assert files[0] == files[1], "same params, same machine: the same model file"
-    loaded = nn.load_model(tmp_path / "a" / "data" / "model" / "model.keras")
+    # Its own lines only: none of TensorFlow's native start-up chatter (absl, oneDNN), which the stage keeps out
+    # unless import times are asked for (run b).
+    assert "absl" not in runs["a"].stderr and "oneDNN custom operations" not in runs["a"].stderr, runs["a"].stderr
+    loaded = nn.load_model(root / "a" / "data" / "model" / "model.keras")
     assert loaded.name == "mnist_cnn" and loaded.get_layer("conv_2").filters == 8
-    assert loaded.get_layer("batch_norm_1").output.shape[1] == (14 if pool_first else 28)
-    assert len(pd.read_csv(tmp_path / "a" / "reports" / "train" / "history.csv")) == 2
+    assert loaded.get_layer("batch_norm_1").output.shape[1] == 14  # pooled first: 28 / 2
+    assert len(pd.read_csv(root / "a" / "reports" / "train" / "history.csv")) == 2
 
 
-def test_train_stage_batch_larger_than_the_data_is_a_clear_error(prepared, tmp_path):
-    result = run_train_stage(prepared, tmp_path, train={"schedule": "cosine", "batch_size": 100_000})
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith("train: error: ")
-    assert "cannot fill one batch of 100000 (train.batch_size too large)" in result.stderr
-    assert not (tmp_path / "data" / "model" / "model.keras").exists()
-
-
-def test_train_stage_imports_neither_scikit_learn_nor_matplotlib(prepared, tmp_path):
+def test_train_stage_imports_neither_scikit_learn_nor_matplotlib(cnn_stage_runs):
     # Keras would import both with TensorFlow (1.3 s of its 4 s); the stage uses neither.
-    result = run_train_stage(prepared, tmp_path, train={"epochs": 1}, python_flags=["-X", "importtime"])
-    assert result.returncode == 0, result.stderr[-2000:]
-    imported = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if line.startswith("import time")}
+    root, runs = cnn_stage_runs
+    result = runs["b"]
+    assert result.returncode == 0, own_lines(result.stderr)[-2000:]
+    imported = imported_modules(result.stderr)
     assert {"tensorflow", "keras", "pandas"} <= imported
     # (-X importtime lists blocked imports too, but not the modules the packages would load.)
     assert not {"sklearn.base", "sklearn.utils", "matplotlib.colors", "matplotlib.figure"} & imported
-    assert (tmp_path / "data" / "model" / "model.keras").exists()
+    assert (root / "b" / "data" / "model" / "model.keras").exists()
+
+
+def test_train_stage_batch_larger_than_the_data_is_a_clear_error_before_tensorflow(prepared, tmp_path):
+    result = run_train_stage(prepared, tmp_path, train={"schedule": "cosine", "batch_size": 100_000},
+                             python_flags=["-X", "importtime"])  # fmt: skip
+    assert result.returncode == 1
+    assert own_lines(result.stderr).strip().splitlines() == [
+        "train: error: 320 training images cannot fill one batch of 100000 (train.batch_size too large)"
+    ]
+    assert "tensorflow" not in imported_modules(result.stderr)  # said before seconds of TensorFlow's import
+    assert not (tmp_path / "data" / "model").exists()
 
 
 def test_a_failure_after_training_leaves_the_last_model_whole(prepared, tmp_path, monkeypatch):
