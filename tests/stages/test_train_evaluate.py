@@ -304,8 +304,9 @@ def own_lines(stderr: str) -> str:
 
 @pytest.fixture(scope="module")
 def cnn_stage_runs(prepared, tmp_path_factory):
-    """The train stage run twice in processes of its own, as DVC runs it, on one CNN with augmentation (pooling
-    first, as the CNN recipes do; the layer order of both forms is tested in tests/lib/test_model.py): ``a``
+    """The train stage run twice in processes of its own, as DVC runs it, on one CNN with augmentation, pooling
+    first (as the cnn-fast recipe does; the layer order of both forms is tested in tests/lib/test_model.py, and
+    the default order trains byte-reproducibly in test_cnn_with_augmentation_is_byte_reproducible): ``a``
     plain, ``b`` under ``-X importtime`` (which lists the modules it imported). Shared by the tests that read
     them, as each such process takes about 4 s, mostly TensorFlow's import."""
     root = tmp_path_factory.mktemp("cnn-stage")
@@ -337,7 +338,8 @@ def test_train_stage_smoke_cnn_with_augmentation_byte_reproducible(cnn_stage_run
 
 
 def test_train_stage_imports_neither_scikit_learn_nor_matplotlib(cnn_stage_runs):
-    # Keras would import both with TensorFlow (1.3 s of its 4 s); the stage uses neither.
+    # Keras would import both with TensorFlow (1.3 s of its 4 s); the stage uses neither. Its imports are left
+    # out when it starts (stages.leave_out), before it knows the network: a CNN's run stands for a dense one's.
     root, runs = cnn_stage_runs
     result = runs["b"]
     assert result.returncode == 0, own_lines(result.stderr)[-2000:]
