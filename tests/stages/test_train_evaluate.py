@@ -302,25 +302,25 @@ def own_lines(stderr: str) -> str:
     return "\n".join(line for line in stderr.splitlines() if not line.startswith("import time"))
 
 
-@pytest.fixture(scope="module")
-def cnn_stage_runs(prepared, tmp_path_factory):
-    """The train stage run twice in processes of its own, as DVC runs it, on one CNN with augmentation, pooling
-    first (as the cnn-fast recipe does; the layer order of both forms is tested in tests/lib/test_model.py, and
-    the default order trains byte-reproducibly in test_cnn_with_augmentation_is_byte_reproducible): ``a``
-    plain, ``b`` under ``-X importtime`` (which lists the modules it imported). Shared by the tests that read
-    them, as each such process takes about 4 s, mostly TensorFlow's import."""
-    root = tmp_path_factory.mktemp("cnn-stage")
-    model = {"kind": "cnn", "hidden_units": [16], "dropout": 0.1, "cnn": {**CNN["cnn"], "pool_first": True}}
+@pytest.fixture(scope="module", params=[False, True], ids=["cnn", "cnn-pool-first"])
+def cnn_stage_runs(request, prepared, tmp_path_factory):
+    """The train stage run twice in processes of its own, as DVC runs it (for a CNN: oneDNN and two threads), on
+    one CNN with augmentation, in each layer order (``pool_first``: cnn-fast's; the other: cnn's and cnn-best's):
+    ``a`` plain, ``b`` under ``-X importtime`` (which lists the modules it imported). Shared by the tests that
+    read them, as each such process takes about 4 s, mostly TensorFlow's import."""
+    pool_first = request.param
+    root = tmp_path_factory.mktemp("cnn-pool-first" if pool_first else "cnn")
+    model = {"kind": "cnn", "hidden_units": [16], "dropout": 0.1, "cnn": {**CNN["cnn"], "pool_first": pool_first}}
     train_cfg = {"augment": True, "schedule": "onecycle", "epochs": 2, "batch_size": 16, "learning_rate": 0.005}
     runs = {
         "a": run_train_stage(prepared, root / "a", model, train_cfg),
         "b": run_train_stage(prepared, root / "b", model, train_cfg, python_flags=["-X", "importtime"]),
     }
-    return root, runs
+    return root, runs, pool_first
 
 
 def test_train_stage_smoke_cnn_with_augmentation_byte_reproducible(cnn_stage_runs):
-    root, runs = cnn_stage_runs
+    root, runs, pool_first = cnn_stage_runs
     files = []
     for run, result in runs.items():
         assert result.returncode == 0, own_lines(result.stderr)[-3000:]
@@ -333,14 +333,14 @@ def test_train_stage_smoke_cnn_with_augmentation_byte_reproducible(cnn_stage_run
     assert "absl" not in runs["a"].stderr and "oneDNN custom operations" not in runs["a"].stderr, runs["a"].stderr
     loaded = nn.load_model(root / "a" / "data" / "model" / "model.keras")
     assert loaded.name == "mnist_cnn" and loaded.get_layer("conv_2").filters == 8
-    assert loaded.get_layer("batch_norm_1").output.shape[1] == 14  # pooled first: 28 / 2
+    assert loaded.get_layer("batch_norm_1").output.shape[1] == (14 if pool_first else 28)
     assert len(pd.read_csv(root / "a" / "reports" / "train" / "history.csv")) == 2
 
 
 def test_train_stage_imports_neither_scikit_learn_nor_matplotlib(cnn_stage_runs):
     # Keras would import both with TensorFlow (1.3 s of its 4 s); the stage uses neither. Its imports are left
     # out when it starts (stages.leave_out), before it knows the network: a CNN's run stands for a dense one's.
-    root, runs = cnn_stage_runs
+    root, runs, _ = cnn_stage_runs
     result = runs["b"]
     assert result.returncode == 0, own_lines(result.stderr)[-2000:]
     imported = imported_modules(result.stderr)
