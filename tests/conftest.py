@@ -335,6 +335,12 @@ def commit_all(repo: Path, message: str) -> None:
     subprocess.run(["git", "-C", str(repo), "commit", "-qam", message], check=True)
 
 
+def imported_modules(stderr: str) -> set[str]:
+    """The modules a process imported, from its standard error under ``python -X importtime`` (or
+    ``PYTHONPROFILEIMPORTTIME=1``); blocked imports are listed too, not the modules they would have loaded."""
+    return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import time")}
+
+
 @contextlib.contextmanager
 def postgres_workdir(prefix: str):
     """A temporary directory for a throw-away PostgreSQL cluster, readable by the postgres user (PostgreSQL runs

@@ -20,7 +20,7 @@ import pytest
 
 from stages.serving import classifier
 from stages.serving.classifier import Classifier, ModelUnavailable, onnx_problem
-from tests.conftest import linear_onnx
+from tests.conftest import imported_modules, linear_onnx
 from tests.tools.test_predict import drawn_seven, png
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -300,7 +300,7 @@ def test_predict_answers_the_same_through_onnx_without_tensorflow_and_through_ke
             timeout=300,
         )
         assert result.returncode == 0, result.stderr[-2000:]
-        imported = {ln.rsplit("|", 1)[1].strip() for ln in result.stderr.splitlines() if ln.startswith("import time")}
+        imported = imported_modules(result.stderr)
         assert ("tensorflow" in imported) == (runtime == "keras")
         answers[runtime] = json.loads(result.stdout)
     assert answers["auto"]["digit"] == answers["keras"]["digit"]

@@ -15,7 +15,7 @@ from scipy import ndimage
 from stages.lib.images import CENTRE, ImageError, decode, mnist_style
 from stages.tools import predict
 from stages.tools.predict import expand, prepare
-from tests.conftest import user_environment
+from tests.conftest import imported_modules, user_environment
 from tests.photos import write_photos
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -296,7 +296,7 @@ def test_the_installed_command_prints_everything_and_skips_unused_imports(tiny_m
     last = result.stderr.strip().splitlines()[-1]
     where = re.escape(f"{tiny_model_dir.resolve()}/data/model")
     assert re.fullmatch(rf"mnist-predict: 1 of 1 images in [0-9.]+s \({where}, keras\)", last), last
-    imported = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if line.startswith("import time")}
+    imported = imported_modules(result.stderr)
     assert "tensorflow" in imported
     assert not {"sklearn.base", "matplotlib.figure"} & imported  # Keras would import both: see stages.leave_out
 
