@@ -88,14 +88,15 @@ def pin(uri: str, store_uri: str) -> str:
     return f"models:/{name}/{mlflow.MlflowClient(store_uri).get_model_version_by_alias(name, alias).version}"
 
 
-def refuse_pickled(uri: str) -> None:
+def refuse_pickled(uri: str, local: str | Path | None = None) -> None:
     """``TrackingError`` unless the MLflow model at ``uri`` was logged from code, as ``publish`` logs it (MLflow's
     code-model loader, and the code's path, which is what MLflow itself goes by): any other pyfunc model is
-    unpickled when loaded, running code its logger chose. Reads its MLmodel only. Callers also set ``NO_PICKLES``
-    in the loading process's environment, so that MLflow refuses too."""
-    from mlflow.models import get_model_info  # noqa: PLC0415
+    unpickled when loaded, running code its logger chose. Reads its MLmodel only: from ``local``, the model's
+    files already downloaded, if given (``uri`` then only names it). Callers also set ``NO_PICKLES`` in the
+    loading process's environment, so that MLflow refuses too."""
+    from mlflow.models import Model, get_model_info  # noqa: PLC0415
 
-    pyfunc = get_model_info(uri).flavors.get("python_function", {})
+    pyfunc = (Model.load(local) if local is not None else get_model_info(uri)).flavors.get("python_function", {})
     loader = pyfunc.get("loader_module")
     if loader != CODE_LOADER or "model_code_path" not in pyfunc:
         raise TrackingError(

@@ -78,15 +78,17 @@ def loadable(model: str, env: dict[str, str]) -> tuple[str, str]:
     moves meanwhile."""
     os.environ.update(env)  # this process becomes the server: its environment is the server's
     import mlflow  # noqa: PLC0415 - only once the plan is sound
+    import mlflow.artifacts  # noqa: PLC0415
     import mlflow.pyfunc  # noqa: PLC0415
 
     from stages.lib.registry import describe  # noqa: PLC0415
 
     pinned = tracking.pin(model, env["MLFLOW_TRACKING_URI"])
-    tracking.refuse_pickled(pinned)
     with tempfile.TemporaryDirectory(prefix="serve-check-") as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=pinned, dst_path=tmp)
+        tracking.refuse_pickled(pinned, local)
         # Its workers warn of the TensorFlow and Keras it pins where they are not installed: once is enough.
-        mlflow.pyfunc.load_model(pinned, suppress_warnings=True, dst_path=tmp)
+        mlflow.pyfunc.load_model(local, suppress_warnings=True)
     described = describe(pinned, env["MLFLOW_TRACKING_URI"])
     return pinned, (f"{redact.uri(model)}: {described.split(': ', 1)[1]}" if pinned != model else described)
 

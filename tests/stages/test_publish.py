@@ -563,14 +563,22 @@ def test_predict_with_a_logged_model_uri(project, tmp_path):
     for i, image in enumerate(raw):
         Image.fromarray(255 - image).resize((120, 120)).save(tmp_path / f"{i}.png")  # dark on light
     command = Path(sys.executable).parent / "mnist-predict"  # as installed: scikit-learn and matplotlib left out
+    scratch = tmp_path / "scratch"  # its TMPDIR
+    scratch.mkdir()
     for model_uri in [f"runs:/{run_id}/model", "models:/mnist-classifier@champion"]:
         # In tmp_path, no data/model: the model comes from the store.
         result = run_in(
-            [str(command), str(tmp_path), "--json", "--model", model_uri], tmp_path, MLFLOW_TRACKING_URI=uri
+            [str(command), str(tmp_path), "--json", "--model", model_uri],
+            tmp_path,
+            MLFLOW_TRACKING_URI=uri,
+            TMPDIR=str(scratch),
         )
         assert result.returncode == 0, result.stderr[-2000:]
         records = [json.loads(line) for line in result.stdout.splitlines()]
         assert len(records) == 3 and all(len(r["probabilities"]) == 10 for r in records)
+        # The model's files were downloaded for the load only: nothing left behind (MLflow's own download
+        # directory would stay).
+        assert not list(scratch.iterdir()), sorted(p.name for p in scratch.rglob("*"))[:20]
 
 
 # --- faults: the champion rule, claims across hosts, retries, a fresh SQLite store ----------------------

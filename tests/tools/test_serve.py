@@ -131,16 +131,19 @@ def test_a_model_that_cannot_load_here_is_one_line_before_any_worker(capsys, mon
     uvicorn would restart each worker as it fails, for ever. The store's password never shows."""
     from unittest import mock
 
+    import mlflow.artifacts
     import mlflow.pyfunc
 
     from stages.serving.classifier import ModelUnavailable
 
-    def unavailable(uri, **kwargs):
-        raise ModelUnavailable(f"{uri} at {os.environ['MLFLOW_TRACKING_URI']}: Keras is not installed here")
+    def unavailable(path, **kwargs):
+        assert path == str(tmp_path)  # what was downloaded
+        raise ModelUnavailable(f"the model from {os.environ['MLFLOW_TRACKING_URI']}: Keras is not installed here")
 
     monkeypatch.setattr(serve, "loadable", LOADABLE)  # the real one, on a model that cannot load here
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", lambda **kwargs: str(tmp_path))  # no store here
     monkeypatch.setattr(mlflow.pyfunc, "load_model", unavailable)
-    monkeypatch.setattr(serve.tracking, "refuse_pickled", lambda uri: None)  # no store answers here
+    monkeypatch.setattr(serve.tracking, "refuse_pickled", lambda uri, local: None)
     monkeypatch.setattr(serve.os, "execvpe", lambda *a: pytest.fail("started a server"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:s3cret@127.0.0.1:5000")
     with mock.patch.dict(os.environ):  # loadable makes this process's environment the server's: restored after
@@ -148,9 +151,7 @@ def test_a_model_that_cannot_load_here_is_one_line_before_any_worker(capsys, mon
         assert os.environ["ORT_DISABLE_TELEMETRY"] == "1" and os.environ["MODEL_RUNTIME"] == "keras"
     captured = capsys.readouterr()
     assert captured.out == "" and "s3cret" not in captured.err
-    assert captured.err.startswith(
-        "serve: error: cannot load models:/mnist-classifier/3: models:/mnist-classifier/3 at "
-    )
+    assert captured.err.startswith("serve: error: cannot load models:/mnist-classifier/3: the model from ")
     assert captured.err.endswith(": Keras is not installed here\n")
 
 
