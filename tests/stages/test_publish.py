@@ -447,7 +447,7 @@ def post(url: str, body: bytes) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read() or b"{}")
 
 
-def test_served_model_answers_raw_pixels_like_the_local_model(project, served):
+def test_served_model_answers_raw_pixels_like_the_local_model(project, served, tmp_path):
     import mlflow
 
     from stages.serving.classifier import Classifier
@@ -461,7 +461,8 @@ def test_served_model_answers_raw_pixels_like_the_local_model(project, served):
     np.testing.assert_allclose([p["probabilities"] for p in answer["predictions"]], probs, rtol=1e-4, atol=1e-6)
     # The registry's champion loads as a pyfunc model too, and agrees.
     mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow.db")
-    frame = mlflow.pyfunc.load_model("models:/mnist-classifier@champion").predict(raw.astype(np.float32))
+    champion = mlflow.pyfunc.load_model("models:/mnist-classifier@champion", dst_path=str(tmp_path))  # not /tmp's
+    frame = champion.predict(raw.astype(np.float32))
     assert frame["digit"].tolist() == probs.argmax(axis=1).tolist()
 
     bad = {

@@ -104,7 +104,7 @@ def published(project) -> str:
     return result.stdout
 
 
-def test_it_is_published_under_its_own_name_and_serves_class_names(project, published):
+def test_it_is_published_under_its_own_name_and_serves_class_names(project, published, tmp_path):
     import mlflow
 
     uri = f"sqlite:///{project}/mlflow.db"
@@ -116,7 +116,7 @@ def test_it_is_published_under_its_own_name_and_serves_class_names(project, publ
     assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"shapes-train", "shapes-val", "shapes-test"}
 
     mlflow.set_tracking_uri(uri)
-    served = mlflow.pyfunc.load_model("models:/shapes-classifier@champion")
+    served = mlflow.pyfunc.load_model("models:/shapes-classifier@champion", dst_path=str(tmp_path))  # not /tmp's
     x_test = np.load(project / "data" / "prepared" / "x_test.npy", allow_pickle=False)
     raw = np.clip(np.round(x_test[:6] * 255), 0, 255).astype(np.float32)
     frame = served.predict(raw)
