@@ -106,6 +106,18 @@ def refuse_pickled(uri: str, local: str | Path | None = None) -> None:
         )
 
 
+def load_from_code(pinned: str, directory: str, **load: Any) -> Any:
+    """The pyfunc model at ``pinned``, downloaded into ``directory`` (the caller's, which it removes: MLflow's own
+    download directory would stay in the temporary directory for good) and refused there unless it was logged
+    from code (``refuse_pickled``); ``load``: ``mlflow.pyfunc.load_model``'s options."""
+    import mlflow.artifacts  # noqa: PLC0415
+    import mlflow.pyfunc  # noqa: PLC0415
+
+    local = mlflow.artifacts.download_artifacts(artifact_uri=pinned, dst_path=directory)
+    refuse_pickled(pinned, local)
+    return mlflow.pyfunc.load_model(local, **load)
+
+
 def quiet_mlflow(environ: dict[str, str] | None = None) -> None:
     """MLflow's output quiet (``quiet_output``), its database errors without tracebacks, its requests without
     minutes of retries: call before importing MLflow."""

@@ -169,8 +169,7 @@ def load_model(uri: str | None, runtime: str | None = None) -> Loaded:
         return Loaded(classifier.probabilities, classifier.config, f"{shown_path(where)}, {classifier.runtime}")
     store_uri = store.read_store(PROJECT)
     store.check_readable(uri, store_uri)
-    import mlflow.artifacts  # noqa: PLC0415
-    import mlflow.pyfunc  # noqa: PLC0415
+    import mlflow  # noqa: PLC0415
 
     tracking.quiet_mlflow()
     mlflow.set_tracking_uri(store_uri)
@@ -181,9 +180,7 @@ def load_model(uri: str | None, runtime: str | None = None) -> Loaded:
     # Downloaded here rather than where MLflow would put it (a temporary directory of its own, left behind for
     # good): the model holds its network and ONNX session in memory once loaded, so the files go at once.
     with tempfile.TemporaryDirectory(prefix="mnist-model-") as tmp:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=pinned, dst_path=tmp)
-        tracking.refuse_pickled(pinned, local)
-        model = mlflow.pyfunc.load_model(local)
+        model = tracking.load_from_code(pinned, tmp)
     served = model.unwrap_python_model()
     classifier = getattr(served, "classifier", None)
     runtime = getattr(classifier, "runtime", None)  # a version registered before ONNX forms answers through Keras

@@ -77,18 +77,12 @@ def loadable(model: str, env: dict[str, str]) -> tuple[str, str]:
     uvicorn would restart for ever. The server keeps that version until it is restarted, wherever the alias
     moves meanwhile."""
     os.environ.update(env)  # this process becomes the server: its environment is the server's
-    import mlflow  # noqa: PLC0415 - only once the plan is sound
-    import mlflow.artifacts  # noqa: PLC0415
-    import mlflow.pyfunc  # noqa: PLC0415
-
-    from stages.lib.registry import describe  # noqa: PLC0415
+    from stages.lib.registry import describe  # noqa: PLC0415 - MLflow, only once the plan is sound
 
     pinned = tracking.pin(model, env["MLFLOW_TRACKING_URI"])
     with tempfile.TemporaryDirectory(prefix="serve-check-") as tmp:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=pinned, dst_path=tmp)
-        tracking.refuse_pickled(pinned, local)
         # Its workers warn of the TensorFlow and Keras it pins where they are not installed: once is enough.
-        mlflow.pyfunc.load_model(local, suppress_warnings=True)
+        tracking.load_from_code(pinned, tmp, suppress_warnings=True)
     described = describe(pinned, env["MLFLOW_TRACKING_URI"])
     return pinned, (f"{redact.uri(model)}: {described.split(': ', 1)[1]}" if pinned != model else described)
 
